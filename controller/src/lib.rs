@@ -1,0 +1,9 @@
+//! kproxy, a Kubernetes service proxy.
+//!
+//! Data flows one way: a [`source`] fills a [`model::Snapshot`], the [`planner`] turns it
+//! into a [`kproxy_dataplane::plan::ProxyPlan`] for this node, and a dataplane backend
+//! renders and applies that plan.
+
+pub mod model;
+pub mod planner;
+pub mod source;

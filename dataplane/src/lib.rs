@@ -1,0 +1,9 @@
+//! kproxy's dataplane: the Kubernetes-agnostic [`plan::ProxyPlan`] and the backends that
+//! program the kernel from it.
+//!
+//! Every backend is split in two: a pure renderer (plan in, a value describing kernel state
+//! out, golden-tested without root) and a thin apply layer (the only code that talks to the
+//! kernel or execs a tool).
+
+pub mod iptables;
+pub mod plan;

@@ -1,0 +1,304 @@
+//! The proxy plan: what one node must program, with every policy decision already made.
+//!
+//! A [`ProxyPlan`] is the only input of every backend renderer. It is produced by the
+//! controller's planner (a pure function of the Services, EndpointSlices and this Node) and
+//! holds no Kubernetes types: one [`ServicePortPlan`] per service port *and IP family*, with
+//! the endpoint sets the node may use already chosen (ready first, then serving+terminating,
+//! topology, traffic policies), plus the [`NodeContext`] the rules depend on.
+//!
+//! Backends only translate a plan; if a renderer needs to make a choice about *which*
+//! endpoints to use, that choice belongs in the planner instead.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+/// An IP family. Each family gets its own ruleset (iptables and ip6tables, `ip` and `ip6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl IpFamily {
+    /// Both families, IPv4 first.
+    pub const ALL: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> IpFamily {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// The family of a network.
+    pub fn of_net(net: &IpNet) -> IpFamily {
+        match net {
+            IpNet::V4(_) => IpFamily::V4,
+            IpNet::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// The loopback network of this family (`127.0.0.0/8` or `::1/128`).
+    pub fn loopback_net(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "127.0.0.0/8",
+            IpFamily::V6 => "::1/128",
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
+}
+
+/// A transport protocol a Service port can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The lower-case name used by iptables, nft and upstream's chain-name hashes.
+    pub fn as_lower(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// Names one port of one Service: `namespace/name:port` plus its protocol.
+///
+/// `Display` prints upstream's `ServicePortName.String()` (`ns/svc:port`, with an empty port
+/// name for single-port Services: `ns/svc:`), which is also what chain-name hashes are
+/// computed from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The port's name (empty for an unnamed port).
+    pub port: String,
+    /// The port's protocol.
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.name, self.port)
+    }
+}
+
+/// One endpoint (pod address and target port) as a backend may use it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// Pod IP and target port.
+    pub addr: SocketAddr,
+    /// The endpoint runs on this node.
+    pub is_local: bool,
+    /// The endpoint is ready (may receive new connections normally).
+    pub ready: bool,
+    /// The endpoint is serving (may be used as a fallback when terminating).
+    pub serving: bool,
+    /// The endpoint is terminating.
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    /// The endpoint's address.
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// `ip:port`, `[ip6]:port` for IPv6, as upstream's `BaseEndpointInfo.String()`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// Everything a backend needs to program one service port in one IP family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortPlan {
+    /// Which service port this is.
+    pub name: ServicePortName,
+    /// The family of every address in this plan.
+    pub family: IpFamily,
+    /// The cluster IP of this family.
+    pub cluster_ip: IpAddr,
+    /// The service port.
+    pub port: u16,
+    /// The NodePort, if the Service has one.
+    pub node_port: Option<u16>,
+    /// `spec.externalIPs` of this family.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of this family (VIP-mode ingress only).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` of this family.
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// `sessionAffinity: ClientIP` timeout in seconds, `None` without affinity.
+    pub session_affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `spec.healthCheckNodePort` (only set for eTP Local LoadBalancer Services).
+    pub health_check_node_port: Option<u16>,
+    /// The endpoints "Cluster" traffic policy uses (empty when no policy uses them).
+    pub cluster_endpoints: Vec<Endpoint>,
+    /// The endpoints "Local" traffic policy uses (empty when no policy uses them).
+    pub local_endpoints: Vec<Endpoint>,
+    /// Whether the service has any usable endpoint anywhere in the cluster.
+    pub has_any_endpoints: bool,
+}
+
+impl ServicePortPlan {
+    /// Reachable from outside through a NodePort, external IP or load-balancer IP.
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// Some traffic of this service uses the "Cluster" endpoint set.
+    pub fn uses_cluster_endpoints(&self) -> bool {
+        !self.internal_policy_local
+            || (self.externally_accessible() && !self.external_policy_local)
+    }
+
+    /// Some traffic of this service uses the "Local" endpoint set.
+    pub fn uses_local_endpoints(&self) -> bool {
+        self.internal_policy_local || (self.externally_accessible() && self.external_policy_local)
+    }
+
+    /// Cluster-IP traffic has an endpoint to go to.
+    pub fn has_internal_endpoints(&self) -> bool {
+        self.has_any_endpoints && (!self.internal_policy_local || !self.local_endpoints.is_empty())
+    }
+
+    /// External traffic (from outside the cluster) has an endpoint to go to.
+    pub fn has_external_endpoints(&self) -> bool {
+        self.has_any_endpoints && (!self.external_policy_local || !self.local_endpoints.is_empty())
+    }
+
+    /// Every endpoint some rule of this service may DNAT to: cluster then local, without
+    /// duplicates.
+    pub fn reachable_endpoints(&self) -> Vec<&Endpoint> {
+        let mut seen = BTreeSet::new();
+        self.cluster_endpoints
+            .iter()
+            .chain(&self.local_endpoints)
+            .filter(|ep| seen.insert(ep.addr))
+            .collect()
+    }
+}
+
+/// How kproxy tells traffic from this node's pods apart from other traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LocalTrafficDetector {
+    /// No detection: cluster-IP traffic is not masqueraded by source.
+    #[default]
+    None,
+    /// Pod traffic comes from the cluster CIDR(s) of this family (`--cluster-cidr`).
+    ClusterCidr(Vec<IpNet>),
+}
+
+/// Which destination addresses accept NodePort traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NodePortAddresses {
+    /// Every local address (`--nodeport-addresses` unset).
+    #[default]
+    All,
+    /// Exactly these node addresses (resolved from CIDRs or `primary`).
+    Only(Vec<IpAddr>),
+}
+
+/// Per-family facts about this node that the rules depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FamilyContext {
+    /// This node's addresses of the family (primary first).
+    pub node_ips: Vec<IpAddr>,
+    /// The addresses NodePorts listen on.
+    pub nodeport_addresses: NodePortAddresses,
+    /// How pod traffic is recognised.
+    pub local_detector: LocalTrafficDetector,
+}
+
+/// Node-wide settings and per-family facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeContext {
+    /// This node's name.
+    pub node_name: String,
+    /// IPv4 facts, `None` when the node does not serve IPv4.
+    pub ipv4: Option<FamilyContext>,
+    /// IPv6 facts, `None` when the node does not serve IPv6.
+    pub ipv6: Option<FamilyContext>,
+    /// `--masquerade-all`: SNAT all traffic to cluster IPs.
+    pub masquerade_all: bool,
+    /// The packet mark bit that requests masquerading (upstream: `1 << 14`).
+    pub masquerade_mark: u32,
+    /// `--iptables-localhost-nodeports`: accept NodePorts on 127.0.0.0/8 (IPv4 only).
+    pub localhost_nodeports: bool,
+}
+
+impl NodeContext {
+    /// The context of one family, if the node serves it.
+    pub fn family(&self, family: IpFamily) -> Option<&FamilyContext> {
+        match family {
+            IpFamily::V4 => self.ipv4.as_ref(),
+            IpFamily::V6 => self.ipv6.as_ref(),
+        }
+    }
+
+    /// The families this node serves, IPv4 first.
+    pub fn families(&self) -> impl Iterator<Item = IpFamily> + '_ {
+        IpFamily::ALL
+            .into_iter()
+            .filter(|f| self.family(*f).is_some())
+    }
+}
+
+/// What one node must program: node context and every service port, per family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyPlan {
+    /// Node-wide settings.
+    pub node: NodeContext,
+    /// One entry per service port and family, sorted by (name, family).
+    pub services: Vec<ServicePortPlan>,
+}
+
+impl ProxyPlan {
+    /// The service ports of one family.
+    pub fn services_of(&self, family: IpFamily) -> impl Iterator<Item = &ServicePortPlan> {
+        self.services.iter().filter(move |s| s.family == family)
+    }
+}
