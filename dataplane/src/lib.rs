@@ -7,3 +7,5 @@
 
 pub mod iptables;
 pub mod plan;
+#[cfg(test)]
+pub(crate) mod testutil;

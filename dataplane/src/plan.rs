@@ -189,10 +189,12 @@ impl ServicePortPlan {
             || !self.load_balancer_ips.is_empty()
     }
 
-    /// Some traffic of this service uses the "Cluster" endpoint set.
+    /// Some traffic of this service uses the "Cluster" endpoint set: cluster-IP traffic
+    /// with `internalTrafficPolicy: Cluster`, and any external traffic (even with
+    /// `externalTrafficPolicy: Local`, traffic from pods and from the node itself is
+    /// short-circuited to the cluster set, as upstream does).
     pub fn uses_cluster_endpoints(&self) -> bool {
-        !self.internal_policy_local
-            || (self.externally_accessible() && !self.external_policy_local)
+        !self.internal_policy_local || self.externally_accessible()
     }
 
     /// Some traffic of this service uses the "Local" endpoint set.
@@ -228,8 +230,8 @@ pub enum LocalTrafficDetector {
     /// No detection: cluster-IP traffic is not masqueraded by source.
     #[default]
     None,
-    /// Pod traffic comes from the cluster CIDR(s) of this family (`--cluster-cidr`).
-    ClusterCidr(Vec<IpNet>),
+    /// Pod traffic comes from the cluster CIDR of this family (`--cluster-cidr`).
+    ClusterCidr(IpNet),
 }
 
 /// Which destination addresses accept NodePort traffic.

@@ -1,0 +1,357 @@
+//! Runs `iptables-save` and `iptables-restore` (the only kernel I/O of iptables mode), picks
+//! the legacy or nft backend, and probes what the installed tools support.
+//!
+//! One sync is at most one `iptables-restore` per family (plus one `iptables-save` per table
+//! on full syncs); kproxy never runs one `iptables` command per rule.
+
+use std::fmt;
+use std::io;
+use std::process::Stdio;
+use std::str::FromStr;
+
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::plan::IpFamily;
+
+use super::restore::RestoreInput;
+use super::ruleset::Table;
+
+/// Which iptables implementation to program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesBackend {
+    /// `iptables-legacy` (x_tables).
+    Legacy,
+    /// `iptables-nft` (x_tables rules on nf_tables).
+    Nft,
+}
+
+impl fmt::Display for IptablesBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IptablesBackend::Legacy => "legacy",
+            IptablesBackend::Nft => "nft",
+        })
+    }
+}
+
+/// `--iptables-backend`: a backend, or `auto` to use the one the node already uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// Always legacy.
+    Legacy,
+    /// Always nft.
+    Nft,
+    /// The backend that already holds Kubernetes chains, else the one with more rules,
+    /// else nft.
+    #[default]
+    Auto,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "legacy" => Ok(BackendChoice::Legacy),
+            "nft" => Ok(BackendChoice::Nft),
+            "auto" => Ok(BackendChoice::Auto),
+            other => Err(format!(
+                "unknown iptables backend {other:?} (expected legacy, nft or auto)"
+            )),
+        }
+    }
+}
+
+/// An error of an iptables tool.
+#[derive(Debug, Error)]
+pub enum IptablesError {
+    /// The tool is not installed.
+    #[error("{binary} not found: install Debian's `iptables` package")]
+    Missing {
+        /// The binary.
+        binary: String,
+    },
+    /// The tool could not be run.
+    #[error("could not run {binary}: {source}")]
+    Exec {
+        /// The binary.
+        binary: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The tool ran and failed.
+    #[error("{binary} failed ({status}): {stderr}{context}")]
+    Failed {
+        /// The binary.
+        binary: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+        /// The input lines around the line it complained about, if any.
+        context: String,
+    },
+}
+
+/// One iptables binary family (`iptables`/`ip6tables`) of one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IptablesTool {
+    /// The IP family it programs.
+    pub family: IpFamily,
+    /// The backend.
+    pub backend: IptablesBackend,
+}
+
+impl IptablesTool {
+    /// The binary for `verb` (`save`, `restore` or `` for plain iptables).
+    pub fn binary(&self, verb: &str) -> String {
+        let base = match self.family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        let mut name = format!("{base}-{}", self.backend);
+        if !verb.is_empty() {
+            name = format!("{name}-{verb}");
+        }
+        name
+    }
+
+    /// `iptables-save` of kproxy's tables (filter and nat).
+    pub async fn save(&self) -> Result<String, IptablesError> {
+        let mut out = String::new();
+        for table in Table::ALL {
+            out.push_str(&self.save_table(table).await?);
+        }
+        Ok(out)
+    }
+
+    /// `iptables-save -t TABLE`.
+    pub async fn save_table(&self, table: Table) -> Result<String, IptablesError> {
+        run(&self.binary("save"), &["-t", table.name()], None).await
+    }
+
+    /// `iptables-restore --noflush` of `input` (no-op when empty).
+    pub async fn restore(&self, input: &RestoreInput) -> Result<(), IptablesError> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        run(
+            &self.binary("restore"),
+            &["--noflush", "-w", "5"],
+            Some(&input.text),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `(major, minor, patch)` of the installed iptables.
+    pub async fn version(&self) -> Result<(u32, u32, u32), IptablesError> {
+        let text = run(&self.binary(""), &["--version"], None).await?;
+        Ok(parse_version(&text).unwrap_or((0, 0, 0)))
+    }
+
+    /// `MASQUERADE --random-fully` needs iptables 1.6.2 or later.
+    pub async fn supports_random_fully(&self) -> bool {
+        self.version().await.is_ok_and(|v| v >= (1, 6, 2))
+    }
+}
+
+/// Parses `iptables v1.8.9 (nf_tables)`.
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// Resolves `--iptables-backend` for one family.
+pub async fn resolve_backend(
+    choice: BackendChoice,
+    family: IpFamily,
+) -> Result<IptablesBackend, IptablesError> {
+    match choice {
+        BackendChoice::Legacy => Ok(IptablesBackend::Legacy),
+        BackendChoice::Nft => Ok(IptablesBackend::Nft),
+        BackendChoice::Auto => {
+            let legacy = IptablesTool {
+                family,
+                backend: IptablesBackend::Legacy,
+            };
+            let nft = IptablesTool {
+                family,
+                backend: IptablesBackend::Nft,
+            };
+            // A backend that cannot even be listed does not count; if neither can, report nft's error.
+            let legacy_rules = legacy.save().await.ok();
+            let nft_rules = match nft.save().await {
+                Ok(text) => Some(text),
+                Err(err) if legacy_rules.is_none() => return Err(err),
+                Err(_) => None,
+            };
+            Ok(pick_backend(legacy_rules.as_deref(), nft_rules.as_deref()))
+        }
+    }
+}
+
+/// The auto choice, from what each backend's `iptables-save` printed.
+fn pick_backend(legacy: Option<&str>, nft: Option<&str>) -> IptablesBackend {
+    let kube_chains = |t: &str| t.lines().filter(|l| l.starts_with(":KUBE-")).count();
+    let rules = |t: &str| t.lines().filter(|l| l.starts_with("-A ")).count();
+    match (legacy, nft) {
+        (Some(_), None) => IptablesBackend::Legacy,
+        (Some(l), Some(n)) if kube_chains(l) > kube_chains(n) => IptablesBackend::Legacy,
+        (Some(l), Some(n)) if kube_chains(l) == kube_chains(n) && rules(l) > rules(n) => {
+            IptablesBackend::Legacy
+        }
+        _ => IptablesBackend::Nft,
+    }
+}
+
+async fn run(binary: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => IptablesError::Missing {
+            binary: binary.to_owned(),
+        },
+        _ => IptablesError::Exec {
+            binary: binary.to_owned(),
+            source,
+        },
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|source| IptablesError::Exec {
+                binary: binary.to_owned(),
+                source,
+            })?;
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|source| IptablesError::Exec {
+            binary: binary.to_owned(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    let context = stdin
+        .and_then(|input| failing_line(&stderr).map(|n| input_context(input, n)))
+        .unwrap_or_default();
+    Err(IptablesError::Failed {
+        binary: binary.to_owned(),
+        status: output.status.to_string(),
+        stderr,
+        context,
+    })
+}
+
+/// The line number in `iptables-restore: line 12 failed` or `Error occurred at line: 12`.
+fn failing_line(stderr: &str) -> Option<usize> {
+    stderr.lines().find_map(|l| {
+        let rest = l
+            .split_once("line ")
+            .map(|(_, r)| r)
+            .or_else(|| l.split_once("line: ").map(|(_, r)| r))?;
+        rest.trim_start_matches(':')
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// The input lines `n-2..=n+2` (1-based), each numbered.
+fn input_context(input: &str, n: usize) -> String {
+    let mut out = String::from("\n  input around the failing line:");
+    for (i, line) in input.lines().enumerate().skip(n.saturating_sub(3)).take(5) {
+        let marker = if i + 1 == n { ">" } else { " " };
+        out.push_str(&format!("\n  {marker}{:>6}: {line}", i + 1));
+    }
+    out
+}
+
+/// Writes `1` to `net.ipv4.conf.all.route_localnet` (of the current network namespace), as
+/// localhost NodePorts need.
+pub fn enable_route_localnet() -> io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1")
+}
+
+/// Whether `net.netfilter.nf_conntrack_tcp_be_liberal` is set (missing sysctl: no).
+pub fn conntrack_tcp_be_liberal() -> bool {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+        .is_ok_and(|v| v.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            parse_version("iptables v1.8.9 (nf_tables)\n"),
+            Some((1, 8, 9))
+        );
+        assert_eq!(parse_version("ip6tables v1.6 (legacy)"), Some((1, 6, 0)));
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn finds_failing_line_and_context() {
+        assert_eq!(failing_line("iptables-restore: line 4 failed"), Some(4));
+        assert_eq!(
+            failing_line("Error occurred at line: 7\nTry `iptables-restore -h'"),
+            Some(7)
+        );
+        let ctx = input_context("a\nb\nc\nd\ne\nf\n", 4);
+        assert!(ctx.contains(">     4: d"), "{ctx}");
+        assert!(ctx.contains("      2: b"), "{ctx}");
+    }
+
+    #[test]
+    fn auto_prefers_backend_with_kubernetes_chains_then_more_rules() {
+        let kube = "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
+        let busy = "*filter\n-A INPUT -j ACCEPT\n-A INPUT -j DROP\nCOMMIT\n";
+        let empty = "*filter\nCOMMIT\n";
+        assert_eq!(
+            pick_backend(Some(kube), Some(busy)),
+            IptablesBackend::Legacy
+        );
+        assert_eq!(pick_backend(Some(empty), Some(kube)), IptablesBackend::Nft);
+        assert_eq!(
+            pick_backend(Some(busy), Some(empty)),
+            IptablesBackend::Legacy
+        );
+        assert_eq!(pick_backend(Some(empty), Some(empty)), IptablesBackend::Nft);
+        assert_eq!(pick_backend(Some(empty), None), IptablesBackend::Legacy);
+    }
+
+    #[test]
+    fn backend_names() {
+        let t = IptablesTool {
+            family: IpFamily::V6,
+            backend: IptablesBackend::Legacy,
+        };
+        assert_eq!(t.binary("restore"), "ip6tables-legacy-restore");
+        assert_eq!(t.binary(""), "ip6tables-legacy");
+        assert_eq!("nft".parse::<BackendChoice>(), Ok(BackendChoice::Nft));
+        assert!("iptables".parse::<BackendChoice>().is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The iptables-mode sync engine: per IP family, render the plan, diff it against what the
+//! last sync wrote (or, on a full sync, against `iptables-save`), and apply the difference
+//! in one `iptables-restore`.
+//!
+//! After any failure the last-written ruleset is forgotten, so the next sync is a full one.
+
+use std::time::{Duration, Instant};
+
+use crate::plan::{IpFamily, NodePortAddresses, ProxyPlan};
+
+use super::apply::{
+    BackendChoice, IptablesError, IptablesTool, conntrack_tcp_be_liberal, enable_route_localnet,
+    resolve_backend,
+};
+use super::render::{RenderOptions, render};
+use super::restore::{self, RestoreInput, parse_save};
+use super::ruleset::{Ruleset, Table};
+
+/// What one family's sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The family.
+    pub family: IpFamily,
+    /// Whether this was a full sync.
+    pub full: bool,
+    /// Chains created or rewritten.
+    pub chains_written: usize,
+    /// Chains deleted.
+    pub chains_deleted: usize,
+    /// Rules written.
+    pub rules_written: usize,
+    /// Rules in the family's nat and filter chains after the sync.
+    pub nat_rules: usize,
+    /// Rules in the filter table after the sync.
+    pub filter_rules: usize,
+    /// Wall time of render + diff + apply.
+    pub took: Duration,
+}
+
+struct FamilyState {
+    tool: IptablesTool,
+    options: RenderOptions,
+    /// What the last successful sync left in the kernel.
+    written: Option<Ruleset>,
+}
+
+/// Programs iptables (and ip6tables) from plans.
+pub struct IptablesProxier {
+    families: Vec<FamilyState>,
+}
+
+impl IptablesProxier {
+    /// A proxier for `families`, with the backend resolved and capabilities probed.
+    pub async fn new(
+        choice: BackendChoice,
+        families: impl IntoIterator<Item = IpFamily>,
+    ) -> Result<Self, IptablesError> {
+        let mut states = Vec::new();
+        for family in families {
+            let backend = resolve_backend(choice, family).await?;
+            let tool = IptablesTool { family, backend };
+            let options = RenderOptions {
+                random_fully: tool.supports_random_fully().await,
+                conntrack_tcp_be_liberal: conntrack_tcp_be_liberal(),
+            };
+            tracing::info!(%family, %backend, random_fully = options.random_fully, "iptables backend");
+            states.push(FamilyState {
+                tool,
+                options,
+                written: None,
+            });
+        }
+        Ok(IptablesProxier { families: states })
+    }
+
+    /// The tools in use, one per family.
+    pub fn tools(&self) -> impl Iterator<Item = &IptablesTool> {
+        self.families.iter().map(|f| &f.tool)
+    }
+
+    /// Renders what a sync of `plan` would program, per family, touching nothing.
+    pub fn render(&self, plan: &ProxyPlan) -> Vec<Ruleset> {
+        self.families
+            .iter()
+            .filter_map(|f| render(plan, f.tool.family, &f.options))
+            .collect()
+    }
+
+    /// Syncs every family. `full` forces a full sync; a family that has never synced, or
+    /// whose last sync failed, is always synced fully.
+    pub async fn sync(
+        &mut self,
+        plan: &ProxyPlan,
+        full: bool,
+    ) -> Result<Vec<SyncReport>, IptablesError> {
+        let mut reports = Vec::new();
+        for state in &mut self.families {
+            let start = Instant::now();
+            let family = state.tool.family;
+            let wanted =
+                render(plan, family, &state.options).unwrap_or_else(|| Ruleset::new(family));
+            let previous = state.written.take().filter(|_| !full);
+            let full = previous.is_none();
+            let input = match &previous {
+                Some(prev) => restore::partial_sync(prev, &wanted),
+                None => {
+                    if family == IpFamily::V4 && needs_route_localnet(plan) {
+                        if let Err(err) = enable_route_localnet() {
+                            tracing::warn!(%err, "cannot set route_localnet: localhost NodePorts will not work");
+                        }
+                    }
+                    let saved = parse_save(&state.tool.save().await?);
+                    restore::full_sync(&wanted, &saved)
+                }
+            };
+            state.tool.restore(&input).await?;
+            reports.push(report(family, full, &input, &wanted, start.elapsed()));
+            state.written = Some(wanted);
+        }
+        Ok(reports)
+    }
+
+    /// Removes every chain and jump rule kproxy owns, in every family; touches nothing else.
+    pub async fn cleanup(&mut self) -> Result<RestoreInput, IptablesError> {
+        let mut total = RestoreInput::default();
+        for state in &mut self.families {
+            state.written = None;
+            let saved = parse_save(&state.tool.save().await?);
+            let input = restore::cleanup(&saved);
+            state.tool.restore(&input).await?;
+            total.text.push_str(&input.text);
+            total.chains_deleted += input.chains_deleted;
+            total.rules_written += input.rules_written;
+        }
+        Ok(total)
+    }
+}
+
+fn needs_route_localnet(plan: &ProxyPlan) -> bool {
+    plan.node.localhost_nodeports
+        && plan
+            .node
+            .ipv4
+            .as_ref()
+            .is_some_and(|ctx| match &ctx.nodeport_addresses {
+                NodePortAddresses::All => true,
+                NodePortAddresses::Only(ips) => ips.iter().any(|ip| ip.is_loopback()),
+            })
+}
+
+fn report(
+    family: IpFamily,
+    full: bool,
+    input: &RestoreInput,
+    wanted: &Ruleset,
+    took: Duration,
+) -> SyncReport {
+    SyncReport {
+        family,
+        full,
+        chains_written: input.chains_written,
+        chains_deleted: input.chains_deleted,
+        rules_written: input.rules_written,
+        nat_rules: wanted.rule_count(Table::Nat),
+        filter_rules: wanted.rule_count(Table::Filter),
+        took,
+    }
+}
