@@ -1,1 +1,159 @@
-//! placeholder
+//! The planner: turns a validated [`Snapshot`] into the [`ProxyPlan`] of this node.
+//!
+//! It owns every policy decision a backend must not make: which Services are programmed,
+//! which IP families each service port gets, which endpoints belong to a service port
+//! (slice/port matching, de-duplication) and which of them this node may use (upstream's
+//! `CategorizeEndpoints`: ready first, serving+terminating fallback, topology hints,
+//! external and internal traffic policy Local). It is pure and never fails.
+
+mod categorize;
+mod endpoints;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_matching;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kproxy_dataplane::plan::{IpFamily, NodeContext, ProxyPlan, ServicePortName, ServicePortPlan};
+
+use self::categorize::{EndpointUse, Locality, categorize};
+use self::endpoints::{PortQuery, gather};
+use crate::model::{Service, ServicePortSpec, Snapshot};
+
+/// Plans what this node programs. Pure: same inputs, same output.
+pub fn plan(snapshot: &Snapshot, node: &NodeContext, zone: Option<&str>) -> ProxyPlan {
+    let mut services: Vec<ServicePortPlan> = snapshot
+        .services
+        .values()
+        .filter(|svc| is_programmed(svc))
+        .flat_map(|svc| plan_service(snapshot, svc, node, zone))
+        .collect();
+    services.sort_by(|a, b| (&a.name, a.family).cmp(&(&b.name, b.family)));
+    ProxyPlan {
+        node: node.clone(),
+        services,
+    }
+}
+
+/// Whether kproxy programs the Service; logs why not.
+fn is_programmed(svc: &Service) -> bool {
+    match &svc.skip {
+        None => true,
+        Some(reason) => {
+            tracing::debug!(service = %svc.key, reason = %reason, "skipping service");
+            false
+        }
+    }
+}
+
+/// The plans of every port of one Service, in every family it has and this node serves.
+fn plan_service(
+    snapshot: &Snapshot,
+    svc: &Service,
+    node: &NodeContext,
+    zone: Option<&str>,
+) -> Vec<ServicePortPlan> {
+    let mut plans = Vec::new();
+    for (family, cluster_ip) in served_cluster_ips(svc, node) {
+        for port in &svc.ports {
+            let skeleton = port_skeleton(svc, port, family, cluster_ip);
+            plans.push(with_endpoints(snapshot, svc, port, skeleton, node, zone));
+        }
+    }
+    plans
+}
+
+/// The first cluster IP of each family the node serves.
+fn served_cluster_ips(svc: &Service, node: &NodeContext) -> Vec<(IpFamily, IpAddr)> {
+    node.families()
+        .filter_map(|f| {
+            let ip = svc.cluster_ips.iter().find(|ip| IpFamily::of(ip) == f)?;
+            Some((f, *ip))
+        })
+        .collect()
+}
+
+/// A service port's plan in one family, with empty endpoint sets.
+fn port_skeleton(
+    svc: &Service,
+    port: &ServicePortSpec,
+    family: IpFamily,
+    cluster_ip: IpAddr,
+) -> ServicePortPlan {
+    ServicePortPlan {
+        name: ServicePortName {
+            namespace: svc.key.namespace.clone(),
+            name: svc.key.name.clone(),
+            port: port.name.clone(),
+            protocol: port.protocol,
+        },
+        family,
+        cluster_ip,
+        port: port.port,
+        node_port: port.node_port,
+        external_ips: ips_of(&svc.external_ips, family),
+        load_balancer_ips: ips_of(&svc.load_balancer_ips, family),
+        load_balancer_source_ranges: nets_of(&svc.load_balancer_source_ranges, family),
+        session_affinity_timeout: svc.session_affinity_timeout,
+        external_policy_local: svc.external_policy_local,
+        internal_policy_local: svc.internal_policy_local,
+        health_check_node_port: svc.health_check_node_port,
+        cluster_endpoints: Vec::new(),
+        local_endpoints: Vec::new(),
+        has_any_endpoints: false,
+    }
+}
+
+/// Fills the endpoint sets of a skeleton plan.
+fn with_endpoints(
+    snapshot: &Snapshot,
+    svc: &Service,
+    port: &ServicePortSpec,
+    mut plan: ServicePortPlan,
+    node: &NodeContext,
+    zone: Option<&str>,
+) -> ServicePortPlan {
+    let query = PortQuery {
+        service: &svc.key,
+        port,
+        family: plan.family,
+        node_name: &node.node_name,
+    };
+    let candidates = gather(snapshot, query);
+    let uses = EndpointUse {
+        cluster: plan.uses_cluster_endpoints(),
+        local: plan.uses_local_endpoints(),
+    };
+    let locality = Locality {
+        node_name: &node.node_name,
+        zone,
+    };
+    let selection = categorize(&candidates, uses, locality);
+    plan.cluster_endpoints = selection.cluster;
+    plan.local_endpoints = selection.local;
+    plan.has_any_endpoints = selection.has_any;
+    plan
+}
+
+/// The addresses of one family, in order.
+fn ips_of(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
+    ips.iter()
+        .copied()
+        .filter(|ip| IpFamily::of(ip) == family)
+        .collect()
+}
+
+/// The networks of one family, in order.
+fn nets_of(nets: &[IpNet], family: IpFamily) -> Vec<IpNet> {
+    nets.iter()
+        .copied()
+        .filter(|net| IpFamily::of_net(net) == family)
+        .collect()
+}

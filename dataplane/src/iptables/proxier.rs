@@ -104,10 +104,11 @@ impl IptablesProxier {
             let input = match &previous {
                 Some(prev) => restore::partial_sync(prev, &wanted),
                 None => {
-                    if family == IpFamily::V4 && needs_route_localnet(plan) {
-                        if let Err(err) = enable_route_localnet() {
-                            tracing::warn!(%err, "cannot set route_localnet: localhost NodePorts will not work");
-                        }
+                    if family == IpFamily::V4
+                        && needs_route_localnet(plan)
+                        && let Err(err) = enable_route_localnet()
+                    {
+                        tracing::warn!(%err, "cannot set route_localnet: localhost NodePorts will not work");
                     }
                     let saved = parse_save(&state.tool.save().await?);
                     restore::full_sync(&wanted, &saved)
