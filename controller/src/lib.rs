@@ -4,6 +4,11 @@
 //! into a [`kproxy_dataplane::plan::ProxyPlan`] for this node, and a dataplane backend
 //! renders and applies that plan.
 
+pub mod app;
+pub mod cli;
+pub mod config;
 pub mod model;
+pub mod node;
 pub mod planner;
 pub mod source;
+pub mod sync;

@@ -1,0 +1,397 @@
+//! Command-line flags (kube-proxy's names where they apply) and their merge with
+//! `--config` into [`Settings`]: a flag given on the command line wins over the config
+//! file, which wins over the default.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use kproxy_dataplane::iptables::apply::BackendChoice;
+use kproxy_dataplane::plan::IpFamily;
+
+use crate::config::{KubeProxyConfiguration, parse_duration};
+
+/// kproxy: a Kubernetes service proxy (kube-proxy) in Rust.
+///
+/// Watches Services, EndpointSlices and this Node (from manifests) and programs the kernel
+/// so that traffic to ClusterIPs, NodePorts, external IPs and load-balancer IPs is DNATed
+/// to a backend pod on the node where it starts.
+#[derive(Debug, Parser)]
+#[command(name = "kproxy", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: run the proxy).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Proxy flags.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the rules a full sync would program (iptables-restore input, per IP family),
+    /// without touching the kernel. Takes the same flags as running the proxy.
+    Render(ProxyArgs),
+}
+
+/// The proxy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// Upstream kube-proxy's iptables chain layout, applied with iptables-restore.
+    Iptables,
+}
+
+/// Flags shared by running the proxy and `kproxy render`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Which proxy mode to use. Default: iptables (or `mode` from --config).
+    #[arg(long, value_enum)]
+    pub proxy_mode: Option<ProxyMode>,
+
+    /// A file or directory of YAML/JSON manifests (v1 Service, discovery.k8s.io/v1
+    /// EndpointSlice, v1 Node; multi-document files and Lists welcome). kproxy watches it
+    /// and re-syncs when it changes. Invalid objects are reported and skipped.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Option<PathBuf>,
+
+    /// The name of this node, matched against EndpointSlice nodeName and the Node object.
+    /// Default: the hostname.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+
+    /// The pod CIDR range(s) of the cluster, at most one per IP family, comma-separated.
+    /// Traffic to a ClusterIP from outside this range is masqueraded; pod traffic to
+    /// external destinations short-circuits externalTrafficPolicy: Local.
+    #[arg(long, value_name = "CIDR[,CIDR]")]
+    pub cluster_cidr: Option<String>,
+
+    /// SNAT all traffic sent via Service cluster IPs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub masquerade_all: Option<bool>,
+
+    /// Comma-separated CIDRs of the node addresses that accept NodePort traffic, or
+    /// `primary` for the node's primary IP of each family. Default: all local addresses.
+    #[arg(long, value_name = "CIDRS|primary")]
+    pub nodeport_addresses: Option<String>,
+
+    /// Accept NodePort connections on 127.0.0.0/8 (IPv4; sets route_localnet).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub iptables_localhost_nodeports: Option<bool>,
+
+    /// Period of full syncs (rewrites every kproxy chain and repairs drift), e.g. 30s, 1m.
+    #[arg(long, value_name = "DURATION")]
+    pub iptables_sync_period: Option<String>,
+
+    /// Minimum interval between syncs: bursts of changes within it become one sync.
+    #[arg(long, value_name = "DURATION")]
+    pub iptables_min_sync_period: Option<String>,
+
+    /// The bit of the packet mark that requests masquerading (0-31).
+    #[arg(long, value_name = "BIT")]
+    pub iptables_masquerade_bit: Option<u32>,
+
+    /// iptables implementation: legacy, nft, or auto (the one already holding Kubernetes
+    /// chains, else the one with more rules, else nft).
+    #[arg(long, default_value = "auto", value_name = "legacy|nft|auto")]
+    pub iptables_backend: BackendChoice,
+
+    /// A KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) YAML file. Flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The NodePort range Services are validated against (as the API server's flag).
+    #[arg(long, default_value = "30000-32767", value_name = "MIN-MAX", value_parser = parse_port_range)]
+    pub service_node_port_range: RangeInclusive<u16>,
+
+    /// Remove every chain and rule kproxy owns (nothing else), then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Do one full sync and exit: 0 when the rules are live, non-zero with the reason
+    /// otherwise. The rules stay.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Log verbosity as kube-proxy's -v: 0-1 info, 2-3 debug, 4+ trace (RUST_LOG wins).
+    #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "N")]
+    pub verbosity: u8,
+}
+
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not a range like 30000-32767"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{s:?} is not a port number"))
+    };
+    let (lo, hi) = (parse(lo)?, parse(hi)?);
+    if lo == 0 || lo > hi {
+        return Err(format!("{text:?} is not a valid port range"));
+    }
+    Ok(lo..=hi)
+}
+
+/// Where NodePorts listen, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePortAddressSpec {
+    /// Every local address (nothing configured).
+    All,
+    /// The node's primary IP of each family.
+    Primary,
+    /// Local addresses inside these CIDRs.
+    Cidrs(Vec<IpNet>),
+}
+
+/// Every setting, merged from flags, config file and defaults, and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Proxy mode.
+    pub mode: ProxyMode,
+    /// Manifest path.
+    pub manifests: Option<PathBuf>,
+    /// Node name override.
+    pub hostname_override: Option<String>,
+    /// Pod CIDRs, at most one per family.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `--masquerade-all`.
+    pub masquerade_all: bool,
+    /// NodePort addresses.
+    pub nodeport_addresses: NodePortAddressSpec,
+    /// `--iptables-localhost-nodeports`.
+    pub localhost_nodeports: bool,
+    /// Full-sync period.
+    pub sync_period: Duration,
+    /// Minimum time between syncs.
+    pub min_sync_period: Duration,
+    /// The masquerade mark (`1 << bit`).
+    pub masquerade_mark: u32,
+    /// iptables backend choice.
+    pub iptables_backend: BackendChoice,
+    /// NodePort range for validation.
+    pub node_port_range: RangeInclusive<u16>,
+}
+
+impl ProxyArgs {
+    /// Merges flags over the config file (if any) over defaults, checking every value.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let config = match &self.config {
+            Some(path) => {
+                let (config, ignored) = KubeProxyConfiguration::load(path)?;
+                if !ignored.is_empty() {
+                    tracing::info!(file = %path.display(), fields = ?ignored, "config fields kproxy does not use are ignored");
+                }
+                config
+            }
+            None => KubeProxyConfiguration::default(),
+        };
+        let ipt = &config.iptables;
+        let mode = match (self.proxy_mode, config.mode.as_deref()) {
+            (Some(mode), _) => mode,
+            (None, None | Some("") | Some("iptables")) => ProxyMode::Iptables,
+            (None, Some(other)) => anyhow::bail!(
+                "config mode {other:?} is not supported by this kproxy (supported: iptables)"
+            ),
+        };
+        let cidr_text = self.cluster_cidr.clone().or(config.cluster_cidr.clone());
+        let nodeports: Option<Vec<String>> = self
+            .nodeport_addresses
+            .as_ref()
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .or(config.node_port_addresses.clone());
+        let bit = self
+            .iptables_masquerade_bit
+            .or(ipt.masquerade_bit)
+            .unwrap_or(14);
+        anyhow::ensure!(bit <= 31, "--iptables-masquerade-bit {bit} is not in 0-31");
+        let duration =
+            |flag: &Option<String>, conf: &Option<String>, default: Duration, name| match flag
+                .as_ref()
+                .or(conf.as_ref())
+            {
+                Some(text) => parse_duration(text).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+                None => Ok(default),
+            };
+        Ok(Settings {
+            mode,
+            manifests: self.manifests.clone(),
+            hostname_override: self
+                .hostname_override
+                .clone()
+                .or(config.hostname_override.clone()),
+            cluster_cidrs: parse_cluster_cidrs(cidr_text.as_deref().unwrap_or(""))?,
+            masquerade_all: self.masquerade_all.or(ipt.masquerade_all).unwrap_or(false),
+            nodeport_addresses: parse_nodeport_addresses(nodeports.as_deref().unwrap_or(&[]))?,
+            localhost_nodeports: self
+                .iptables_localhost_nodeports
+                .or(ipt.localhost_node_ports)
+                .unwrap_or(true),
+            sync_period: duration(
+                &self.iptables_sync_period,
+                &ipt.sync_period,
+                Duration::from_secs(30),
+                "--iptables-sync-period",
+            )?,
+            min_sync_period: duration(
+                &self.iptables_min_sync_period,
+                &ipt.min_sync_period,
+                Duration::from_secs(1),
+                "--iptables-min-sync-period",
+            )?,
+            masquerade_mark: 1 << bit,
+            iptables_backend: self.iptables_backend,
+            node_port_range: self.service_node_port_range.clone(),
+        })
+    }
+}
+
+/// `--cluster-cidr`: comma-separated, at most one per family.
+pub fn parse_cluster_cidrs(text: &str) -> anyhow::Result<Vec<IpNet>> {
+    let mut cidrs: Vec<IpNet> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let cidr: IpNet = part
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--cluster-cidr: {part:?} is not a CIDR"))?;
+        let family = IpFamily::of_net(&cidr);
+        anyhow::ensure!(
+            !cidrs.iter().any(|c| IpFamily::of_net(c) == family),
+            "--cluster-cidr: more than one {family} CIDR ({part})"
+        );
+        cidrs.push(cidr.trunc());
+    }
+    Ok(cidrs)
+}
+
+/// `--nodeport-addresses`: CIDRs, or `primary` alone.
+pub fn parse_nodeport_addresses(items: &[String]) -> anyhow::Result<NodePortAddressSpec> {
+    let items: Vec<&str> = items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Ok(NodePortAddressSpec::All);
+    }
+    if items.contains(&"primary") {
+        anyhow::ensure!(
+            items.len() == 1,
+            "--nodeport-addresses: `primary` cannot be combined with CIDRs"
+        );
+        return Ok(NodePortAddressSpec::Primary);
+    }
+    let cidrs = items
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| anyhow::anyhow!("--nodeport-addresses: {s:?} is not a CIDR"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(NodePortAddressSpec::Cidrs(cidrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ProxyArgs {
+        let mut argv = vec!["kproxy"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("valid flags").proxy
+    }
+
+    #[test]
+    fn defaults_match_kube_proxy() {
+        let s = args(&[]).settings().expect("settings");
+        assert_eq!(s.mode, ProxyMode::Iptables);
+        assert_eq!(s.sync_period, Duration::from_secs(30));
+        assert_eq!(s.min_sync_period, Duration::from_secs(1));
+        assert_eq!(s.masquerade_mark, 0x4000);
+        assert!(s.localhost_nodeports);
+        assert!(!s.masquerade_all);
+        assert_eq!(s.nodeport_addresses, NodePortAddressSpec::All);
+        assert_eq!(s.node_port_range, 30000..=32767);
+    }
+
+    #[test]
+    fn flags_win_over_config_file() {
+        let dir = std::env::temp_dir().join(format!("kproxy-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             clusterCIDR: 10.244.0.0/16\niptables:\n  masqueradeAll: true\n  syncPeriod: 1m\n",
+        )
+        .expect("write config");
+        let config = file.to_string_lossy().into_owned();
+        let s = args(&[
+            "--config",
+            &config,
+            "--masquerade-all=false",
+            "--iptables-min-sync-period",
+            "250ms",
+        ])
+        .settings()
+        .expect("settings");
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(!s.masquerade_all, "flag must win");
+        assert_eq!(s.sync_period, Duration::from_secs(60), "config applies");
+        assert_eq!(s.min_sync_period, Duration::from_millis(250));
+        assert_eq!(
+            s.cluster_cidrs,
+            vec!["10.244.0.0/16".parse::<IpNet>().expect("cidr")]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_flag_name() {
+        let err = args(&["--cluster-cidr", "10.0.0.0/8,10.1.0.0/16"])
+            .settings()
+            .expect_err("two v4");
+        assert!(err.to_string().contains("--cluster-cidr"), "{err}");
+        let err = args(&["--nodeport-addresses", "primary,10.0.0.0/8"])
+            .settings()
+            .expect_err("mix");
+        assert!(err.to_string().contains("primary"), "{err}");
+        let err = args(&["--iptables-sync-period", "soon"])
+            .settings()
+            .expect_err("duration");
+        assert!(err.to_string().contains("--iptables-sync-period"), "{err}");
+        assert!(Cli::try_parse_from(["kproxy", "--proxy-mode", "bogus"]).is_err());
+        assert!(Cli::try_parse_from(["kproxy", "--service-node-port-range", "5-1"]).is_err());
+    }
+
+    #[test]
+    fn render_subcommand_takes_the_same_flags() {
+        let cli = Cli::try_parse_from([
+            "kproxy",
+            "render",
+            "--manifests",
+            "x",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+        ])
+        .expect("parse");
+        assert!(matches!(cli.command, Some(Command::Render(ref a)) if a.manifests.is_some()));
+    }
+
+    #[test]
+    fn nodeport_address_forms() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_nodeport_addresses(&v(&["primary"])).expect("ok"),
+            NodePortAddressSpec::Primary
+        );
+        assert!(matches!(
+            parse_nodeport_addresses(&v(&["192.168.0.0/16", "127.0.0.1"])).expect("ok"),
+            NodePortAddressSpec::Cidrs(c) if c.len() == 2
+        ));
+        assert!(parse_nodeport_addresses(&v(&["nonsense"])).is_err());
+    }
+}

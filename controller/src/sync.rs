@@ -1,0 +1,254 @@
+//! The sync loop: watch the source, plan, and hand plans to the dataplane.
+//!
+//! - A change is synced once `--iptables-min-sync-period` has passed since the last sync,
+//!   so a burst of changes becomes one sync.
+//! - Every `--iptables-sync-period` the sync is a full one (rewrites every kproxy chain,
+//!   removes stale ones, repairs jump rules), and so is the first sync and any sync after a
+//!   failure; a failed sync is retried with a backoff capped at the sync period.
+//! - A source that disappears (the manifest path is gone) keeps the last good snapshot
+//!   programmed instead of removing every service.
+
+use std::time::{Duration, Instant};
+
+use kproxy_dataplane::iptables::proxier::{IptablesProxier, SyncReport};
+use kproxy_dataplane::plan::ProxyPlan;
+
+use crate::cli::Settings;
+use crate::model::Snapshot;
+use crate::node::{HostAddresses, node_context};
+use crate::planner;
+use crate::source::{Loaded, ManifestWatcher};
+
+/// How often the manifest source is polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Plans this node's rules from a snapshot (reads the host's addresses).
+pub fn plan_for(
+    settings: &Settings,
+    node_name: &str,
+    snapshot: &Snapshot,
+) -> anyhow::Result<ProxyPlan> {
+    let host = HostAddresses::read()
+        .map_err(|e| anyhow::anyhow!("cannot read this host's addresses: {e}"))?;
+    let node = snapshot.nodes.get(node_name);
+    let ctx = node_context(settings, node_name, node, &host);
+    Ok(planner::plan(snapshot, &ctx, node.and_then(|n| n.zone())))
+}
+
+/// Logs every problem of a load (each names its file, document and object).
+pub fn report_problems(loaded: &Loaded) {
+    for problem in &loaded.problems {
+        tracing::warn!("skipped: {problem}");
+    }
+    tracing::info!(
+        services = loaded.snapshot.services.len(),
+        endpoint_slices = loaded.snapshot.endpoint_slices.len(),
+        nodes = loaded.snapshot.nodes.len(),
+        problems = loaded.problems.len(),
+        "manifests loaded"
+    );
+}
+
+/// Logs what a sync did.
+pub fn log_reports(reports: &[SyncReport]) {
+    for r in reports {
+        tracing::info!(
+            family = %r.family,
+            full = r.full,
+            chains_written = r.chains_written,
+            chains_deleted = r.chains_deleted,
+            rules_written = r.rules_written,
+            nat_rules = r.nat_rules,
+            filter_rules = r.filter_rules,
+            took_ms = r.took.as_secs_f64() * 1e3,
+            "synced iptables rules"
+        );
+    }
+}
+
+/// When the next sync may and must happen.
+#[derive(Debug)]
+struct Schedule {
+    min_sync_period: Duration,
+    sync_period: Duration,
+    last_sync: Option<Instant>,
+    last_full: Option<Instant>,
+    need_full: bool,
+    dirty: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Schedule {
+    fn new(settings: &Settings) -> Self {
+        Schedule {
+            min_sync_period: settings.min_sync_period,
+            sync_period: settings.sync_period,
+            last_sync: None,
+            last_full: None,
+            need_full: true,
+            dirty: true,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// `Some(full)` when a sync is due now.
+    fn due(&self, now: Instant) -> Option<bool> {
+        let full_due = self.need_full
+            || self
+                .last_full
+                .is_none_or(|t| now.duration_since(t) >= self.sync_period);
+        let wanted = self.dirty || full_due;
+        let debounced = self
+            .last_sync
+            .is_none_or(|t| now.duration_since(t) >= self.min_sync_period);
+        let retry_ok = self.retry_at.is_none_or(|t| now >= t);
+        (wanted && debounced && retry_ok).then_some(full_due)
+    }
+
+    fn succeeded(&mut self, now: Instant, full: bool) {
+        self.last_sync = Some(now);
+        if full {
+            self.last_full = Some(now);
+        }
+        self.need_full = false;
+        self.dirty = false;
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.last_sync = Some(now);
+        self.need_full = true;
+        self.failures = self.failures.saturating_add(1);
+        let backoff = Duration::from_millis(500)
+            .saturating_mul(1 << self.failures.min(8))
+            .min(self.sync_period.max(Duration::from_secs(1)));
+        self.retry_at = Some(now + backoff);
+    }
+}
+
+/// Runs until SIGINT or SIGTERM. The rules stay in place when kproxy exits, as with
+/// kube-proxy: a restart must not interrupt traffic.
+pub async fn run(
+    settings: &Settings,
+    node_name: &str,
+    mut watcher: ManifestWatcher,
+    mut dataplane: IptablesProxier,
+) -> anyhow::Result<()> {
+    let mut schedule = Schedule::new(settings);
+    let mut snapshot = Snapshot::default();
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        if let Some(loaded) = watcher.poll() {
+            if watcher.path().exists() {
+                report_problems(&loaded);
+                snapshot = loaded.snapshot;
+                schedule.dirty = true;
+            } else {
+                tracing::warn!(path = %watcher.path().display(), "manifest path is gone: keeping the last rules");
+            }
+        }
+        let now = Instant::now();
+        let Some(full) = schedule.due(now) else {
+            continue;
+        };
+        let result = match plan_for(settings, node_name, &snapshot) {
+            Ok(plan) => dataplane
+                .sync(&plan, full)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(reports) => {
+                log_reports(&reports);
+                schedule.succeeded(now, full);
+            }
+            Err(err) => {
+                tracing::error!("sync failed, retrying with a full sync: {err:#}");
+                schedule.failed(now);
+            }
+        }
+    }
+    tracing::info!("exiting; rules stay in place");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn schedule() -> Schedule {
+        let settings = Cli::try_parse_from([
+            "kproxy",
+            "--iptables-min-sync-period",
+            "1s",
+            "--iptables-sync-period",
+            "30s",
+        ])
+        .expect("flags")
+        .proxy
+        .settings()
+        .expect("settings");
+        Schedule::new(&settings)
+    }
+
+    #[test]
+    fn first_sync_is_full_and_immediate() {
+        let s = schedule();
+        assert_eq!(s.due(Instant::now()), Some(true));
+    }
+
+    #[test]
+    fn changes_are_debounced_by_min_sync_period_and_partial() {
+        let mut s = schedule();
+        let t0 = Instant::now();
+        s.succeeded(t0, true);
+        assert_eq!(
+            s.due(t0 + Duration::from_millis(10)),
+            None,
+            "nothing changed"
+        );
+        s.dirty = true;
+        assert_eq!(
+            s.due(t0 + Duration::from_millis(500)),
+            None,
+            "within min-sync-period"
+        );
+        assert_eq!(
+            s.due(t0 + Duration::from_secs(1)),
+            Some(false),
+            "partial sync"
+        );
+    }
+
+    #[test]
+    fn sync_period_forces_a_full_sync() {
+        let mut s = schedule();
+        let t0 = Instant::now();
+        s.succeeded(t0, true);
+        assert_eq!(s.due(t0 + Duration::from_secs(30)), Some(true));
+    }
+
+    #[test]
+    fn failure_forces_a_full_retry_after_backoff() {
+        let mut s = schedule();
+        let t0 = Instant::now();
+        s.succeeded(t0, true);
+        s.dirty = true;
+        s.failed(t0 + Duration::from_secs(2));
+        assert_eq!(s.due(t0 + Duration::from_secs(2)), None, "backing off");
+        assert_eq!(s.due(t0 + Duration::from_secs(5)), Some(true), "full retry");
+    }
+}
