@@ -1,0 +1,120 @@
+//! TCP echo backends: each connection gets one line, `<pod name> <peer address>`, so a
+//! client learns which endpoint served it and whether its source was masqueraded.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::netns::Netns;
+
+/// How long a backend lives at most, whatever the test does.
+const MAX_LIFETIME: Duration = Duration::from_secs(300);
+
+/// An echo server inside a namespace; stops when dropped.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl EchoServer {
+    /// Starts answering on `addr` in `ns` as `pod`.
+    pub fn start(ns: &Netns, addr: SocketAddr, pod: &str) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let pod = pod.to_owned();
+        let flag = stop.clone();
+        let thread = ns.spawn(move || {
+            let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"));
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            serve(listener, &pod, &flag)
+        })?;
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("echo server {addr}: {e}"),
+            Err(_) => anyhow::bail!("echo server {addr} did not start"),
+        }
+        Ok(EchoServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn serve(listener: TcpListener, pod: &str, stop: &AtomicBool) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
+        match listener.accept() {
+            Ok((mut conn, peer)) => {
+                let _ = conn.set_nonblocking(false);
+                let _ = writeln!(conn, "{pod} {}", peer.ip());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What one connection learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The pod that answered.
+    pub pod: String,
+    /// The source address the pod saw.
+    pub peer: String,
+}
+
+/// Connects from `ns` to `addr` and reads the echo line (2 s timeout).
+pub fn ask(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Reply> {
+    ns.run_in(move || ask_here(addr))
+}
+
+/// Connects from the current thread's namespace.
+pub fn ask_here(addr: SocketAddr) -> anyhow::Result<Reply> {
+    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connect {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(conn)
+        .read_line(&mut line)
+        .with_context(|| format!("read from {addr}"))?;
+    let mut parts = line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some(pod), Some(peer)) => Ok(Reply {
+            pod: pod.into(),
+            peer: peer.into(),
+        }),
+        _ => anyhow::bail!("unexpected reply from {addr}: {line:?}"),
+    }
+}
+
+/// Asks `n` times from `ns` (one thread, so the namespace is entered once).
+pub fn ask_many(ns: &Netns, addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Reply>> {
+    ns.run_in(move || (0..n).map(|_| ask_here(addr)).collect())
+}

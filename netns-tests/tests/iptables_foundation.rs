@@ -1,0 +1,263 @@
+//! End-to-end checks of iptables mode with real packets in network namespaces (root only):
+//! `kproxy --once` makes ClusterIPs and NodePorts work, foreign rules survive every kind of
+//! sync and `--cleanup`, and a bad object is named and skipped without hurting the others.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kproxy_netns_tests::echo::{ask, ask_many};
+use kproxy_netns_tests::kproxy::{KproxyProcess, run, run_ok};
+use kproxy_netns_tests::netns::Netns;
+use kproxy_netns_tests::node::*;
+
+const WEB_CLUSTER_IP: &str = "10.96.0.10";
+const WEB_NODE_PORT: u16 = 30080;
+
+fn cluster_ip() -> SocketAddr {
+    SocketAddr::new(WEB_CLUSTER_IP.parse().expect("ip"), 80)
+}
+
+fn node_port() -> SocketAddr {
+    SocketAddr::new(NODE_IP.parse().expect("ip"), WEB_NODE_PORT)
+}
+
+/// A cluster with two backends and the `web` NodePort Service pointing at both.
+fn web_cluster() -> anyhow::Result<OneNodeCluster> {
+    let cluster = OneNodeCluster::new(2)?;
+    let ips: Vec<_> = cluster.pods.iter().map(|p| p.ip).collect();
+    cluster.write_manifest("node.yaml", &node_yaml())?;
+    cluster.write_manifest(
+        "web.yaml",
+        &service_yaml("web", WEB_CLUSTER_IP, 80, Some(WEB_NODE_PORT)),
+    )?;
+    cluster.write_manifest("web-slice.yaml", &slice_yaml("web", &ips))?;
+    Ok(cluster)
+}
+
+fn args(cluster: &OneNodeCluster, extra: &[&str]) -> Vec<String> {
+    let mut args = cluster.kproxy_args(&cluster.manifests());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn once_reaches_backends(backend: &str) -> anyhow::Result<()> {
+    let cluster = web_cluster()?;
+    let a = args(&cluster, &["--once", "--iptables-backend", backend]);
+    run_ok(&cluster.node, &strs(&a))?;
+
+    // Pod → ClusterIP: DNATed on the node to a backend; the pod's own address is kept.
+    let replies = ask_many(&cluster.client, cluster_ip(), 20)?;
+    let pods: BTreeSet<_> = replies.iter().map(|r| r.pod.as_str()).collect();
+    assert_eq!(
+        pods,
+        BTreeSet::from(["pod-0", "pod-1"]),
+        "both endpoints get traffic"
+    );
+    assert!(
+        replies.iter().all(|r| r.peer == "10.244.1.100"),
+        "pod source kept: {replies:?}"
+    );
+
+    // External client → NodePort: eTP Cluster masquerades to the node's address.
+    let reply = ask(&cluster.external, node_port())?;
+    assert!(reply.pod.starts_with("pod-"), "{reply:?}");
+    assert_eq!(
+        reply.peer, "10.244.1.1",
+        "NodePort traffic is masqueraded: {reply:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn once_reaches_backends_via_cluster_ip_and_nodeport_nft() -> anyhow::Result<()> {
+    once_reaches_backends("nft")
+}
+
+#[test]
+fn once_reaches_backends_via_cluster_ip_and_nodeport_legacy() -> anyhow::Result<()> {
+    once_reaches_backends("legacy")
+}
+
+/// Rules that other software put into nat and filter before kproxy ran.
+const FOREIGN_RULES: &str = "\
+*nat
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A DOCKER -p tcp -m tcp --dport 8443 -j DNAT --to-destination 172.17.0.2:443
+COMMIT
+*filter
+:FORWARD DROP [0:0]
+:DOCKER-USER - [0:0]
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A FORWARD -j DOCKER-USER
+-A FORWARD -s 10.244.0.0/16 -m comment --comment \"cni: pod traffic\" -j ACCEPT
+-A DOCKER-USER -j RETURN
+COMMIT
+";
+
+/// `iptables-save` of nat and filter without kproxy's chains and rules, counters and
+/// comments: what must stay byte-identical.
+fn foreign_rules(node: &Netns, backend: &str) -> anyhow::Result<String> {
+    let save = node.exec(&format!("iptables-{backend}-save"), &[])?;
+    Ok(save
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("KUBE-"))
+        .map(|l| match l.rfind(" [") {
+            Some(i) if l.starts_with(':') => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn kube_lines(node: &Netns, backend: &str) -> anyhow::Result<Vec<String>> {
+    let save = node.exec(&format!("iptables-{backend}-save"), &[])?;
+    Ok(save
+        .lines()
+        .filter(|l| l.contains("KUBE-"))
+        .map(str::to_owned)
+        .collect())
+}
+
+fn foreign_rules_survive(backend: &str) -> anyhow::Result<()> {
+    let mut cluster = web_cluster()?;
+    let restore = format!("iptables-{backend}-restore");
+    let input = std::env::temp_dir().join(format!("{}-foreign", cluster.node.name()));
+    std::fs::write(&input, FOREIGN_RULES)?;
+    let loaded = cluster
+        .node
+        .exec(&restore, &["--noflush", &input.display().to_string()]);
+    std::fs::remove_file(&input).ok();
+    loaded?;
+    let before = foreign_rules(&cluster.node, backend)?;
+    assert!(
+        before.contains("DOCKER-USER") && before.contains(":FORWARD DROP"),
+        "{before}"
+    );
+
+    // Full sync by a long-running kproxy.
+    let a = args(
+        &cluster,
+        &[
+            "--iptables-backend",
+            backend,
+            "--iptables-min-sync-period",
+            "100ms",
+            "--iptables-sync-period",
+            "1h",
+        ],
+    );
+    let log = cluster.dir.join("kproxy.log");
+    let proxy = KproxyProcess::start(&cluster.node, &strs(&a), log)?;
+    proxy.wait_for_log("synced iptables rules", 1, Duration::from_secs(20))?;
+    assert_eq!(
+        foreign_rules(&cluster.node, backend)?,
+        before,
+        "after the full sync"
+    );
+    // FORWARD policy is DROP: NodePort traffic passes thanks to KUBE-FORWARD.
+    assert!(ask(&cluster.external, node_port())?.pod.starts_with("pod-"));
+
+    // Partial sync: pod-0 leaves the Service.
+    let only_pod1 = [cluster.pods[1].ip];
+    cluster.write_manifest("web-slice.yaml", &slice_yaml("web", &only_pod1))?;
+    proxy.wait_for_log("synced iptables rules", 2, Duration::from_secs(20))?;
+    let log = proxy.log();
+    let second = log
+        .lines()
+        .filter(|l| l.contains("synced iptables rules"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        second.contains("full=false"),
+        "second sync must be partial: {second}"
+    );
+    assert_eq!(
+        foreign_rules(&cluster.node, backend)?,
+        before,
+        "after the partial sync"
+    );
+    let replies = ask_many(&cluster.client, cluster_ip(), 10)?;
+    assert!(
+        replies.iter().all(|r| r.pod == "pod-1"),
+        "traffic follows the change: {replies:?}"
+    );
+    drop(proxy);
+
+    // Rules stay after kproxy exits; --cleanup removes them and nothing else.
+    assert!(
+        !kube_lines(&cluster.node, backend)?.is_empty(),
+        "rules stay when kproxy exits"
+    );
+    run_ok(&cluster.node, &["--cleanup", "--iptables-backend", backend])?;
+    assert_eq!(
+        foreign_rules(&cluster.node, backend)?,
+        before,
+        "after --cleanup"
+    );
+    assert_eq!(
+        kube_lines(&cluster.node, backend)?,
+        Vec::<String>::new(),
+        "no KUBE- chain or rule remains"
+    );
+    cluster.stop_servers();
+    Ok(())
+}
+
+#[test]
+fn foreign_rules_survive_sync_partial_sync_and_cleanup_nft() -> anyhow::Result<()> {
+    foreign_rules_survive("nft")
+}
+
+#[test]
+fn foreign_rules_survive_sync_partial_sync_and_cleanup_legacy() -> anyhow::Result<()> {
+    foreign_rules_survive("legacy")
+}
+
+#[test]
+fn bad_objects_are_named_and_the_others_still_work() -> anyhow::Result<()> {
+    let cluster = web_cluster()?;
+    let bad = format!(
+        "{}---\nthis: is: not: yaml: [\n---\n{}",
+        service_yaml("broken", "10.96.0.66", 0, None),
+        service_yaml("clash", "10.96.0.77", 80, Some(20000)),
+    );
+    cluster.write_manifest("bad.yaml", &bad)?;
+    let a = args(&cluster, &["--once"]);
+    let out = run(&cluster.node, &strs(&a))?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a bad object must not fail the sync:\n{log}"
+    );
+    assert!(
+        log.contains("default/broken") && log.contains("port"),
+        "names the bad Service:\n{log}"
+    );
+    assert!(
+        log.contains("default/clash") && log.contains("nodePort"),
+        "names the bad NodePort:\n{log}"
+    );
+    assert!(
+        log.contains("bad.yaml document 2"),
+        "names the broken document:\n{log}"
+    );
+
+    let reply = ask(&cluster.client, cluster_ip())?;
+    assert!(
+        reply.pod.starts_with("pod-"),
+        "the good Service works: {reply:?}"
+    );
+    let save = cluster.node.exec("iptables-save", &[])?;
+    assert!(
+        !save.contains("10.96.0.66") && !save.contains("10.96.0.77"),
+        "bad Services are not programmed"
+    );
+    Ok(())
+}
