@@ -185,8 +185,13 @@ pub async fn resolve_backend(
                 family,
                 backend: IptablesBackend::Nft,
             };
-            // A backend that cannot even be listed does not count; if neither can, report nft's error.
-            let legacy_rules = legacy.save().await.ok();
+            // Listing legacy tables creates them, so list them only if the kernel has some.
+            // A backend that cannot be listed does not count; if neither can, report nft's error.
+            let legacy_rules = if legacy_tables_exist(family) {
+                legacy.save().await.ok()
+            } else {
+                Some(String::new())
+            };
             let nft_rules = match nft.save().await {
                 Ok(text) => Some(text),
                 Err(err) if legacy_rules.is_none() => return Err(err),
@@ -195,6 +200,16 @@ pub async fn resolve_backend(
             Ok(pick_backend(legacy_rules.as_deref(), nft_rules.as_deref()))
         }
     }
+}
+
+/// Whether x_tables (legacy) tables exist in this network namespace, read without creating
+/// any: `/proc/net/ip_tables_names` lists the tables that exist.
+fn legacy_tables_exist(family: IpFamily) -> bool {
+    let file = match family {
+        IpFamily::V4 => "/proc/net/ip_tables_names",
+        IpFamily::V6 => "/proc/net/ip6_tables_names",
+    };
+    std::fs::read_to_string(file).is_ok_and(|names| !names.trim().is_empty())
 }
 
 /// The auto choice, from what each backend's `iptables-save` printed.
