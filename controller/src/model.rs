@@ -104,11 +104,12 @@ pub struct Service {
     pub load_balancer_source_ranges: Vec<IpNet>,
     /// `sessionAffinity: ClientIP` timeout in seconds (default 10800).
     pub session_affinity_timeout: Option<u32>,
-    /// `externalTrafficPolicy: Local` (only meaningful for NodePort/LoadBalancer).
+    /// `externalTrafficPolicy: Local`; true only when the Service is externally reachable
+    /// (type NodePort or LoadBalancer, or with externalIPs).
     pub external_policy_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_policy_local: bool,
-    /// `spec.healthCheckNodePort`.
+    /// `spec.healthCheckNodePort`; set only for type LoadBalancer with eTP Local.
     pub health_check_node_port: Option<u16>,
 }
 
@@ -119,7 +120,7 @@ pub struct SliceEndpoint {
     pub address: IpAddr,
     /// `conditions.ready` (nil means ready).
     pub ready: bool,
-    /// `conditions.serving` (nil means: same as ready).
+    /// `conditions.serving` (nil means serving, as upstream).
     pub serving: bool,
     /// `conditions.terminating` (nil means not terminating).
     pub terminating: bool,

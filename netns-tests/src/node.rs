@@ -117,7 +117,7 @@ impl OneNodeCluster {
     }
 
     /// The standard flags for kproxy on this node.
-    pub fn kproxy_args<'a>(&self, manifests: &'a Path) -> Vec<String> {
+    pub fn kproxy_args(&self, manifests: &Path) -> Vec<String> {
         vec![
             "--manifests".into(),
             manifests.display().to_string(),

@@ -1,1 +1,25 @@
-//! placeholder
+//! Sources of the objects kproxy proxies for: Kubernetes manifests read from disk.
+//!
+//! A source turns real Kubernetes objects (Services, EndpointSlices, Nodes, as k8s-openapi
+//! types) into a validated [`crate::model::Snapshot`]; the `validate_*` functions are the only
+//! place that checks them, so the planner never sees a bad value. Problems are returned, never logged
+//! here, and never stop the other objects from loading.
+
+mod documents;
+mod files;
+mod manifests;
+mod problem;
+#[cfg(test)]
+mod test_support;
+mod validate;
+mod watcher;
+
+pub use self::documents::MAX_DOCUMENT_BYTES;
+pub use self::files::MAX_FILE_BYTES;
+pub use self::manifests::{Loaded, load_manifests};
+pub use self::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
+pub use self::validate::{
+    DEFAULT_NAMESPACE, FieldError, ValidationOptions, validate_endpoint_slice, validate_node,
+    validate_service,
+};
+pub use self::watcher::ManifestWatcher;

@@ -1,0 +1,263 @@
+//! Finding and reading manifest files.
+//!
+//! A path is a file (read whatever its name) or a directory, walked recursively for files
+//! ending `.yaml`, `.yml` or `.json`, skipping hidden entries (names starting with `.`, such
+//! as the `..data` directory of a mounted ConfigMap) and following symbolic links (the
+//! visible names of a mounted ConfigMap are links) without looping. Files come back sorted
+//! by path with their whole content, so that loading and change detection see the same
+//! bytes. Nothing here fails: a file or directory that cannot be read is returned with its
+//! problem.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::problem::ProblemKind;
+
+/// The largest manifest file read.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The file name endings of manifest files in a directory.
+const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// One file found under the path, with its text or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceFile {
+    /// The file (or the directory that could not be listed).
+    pub path: PathBuf,
+    /// Its text (a leading byte order mark removed), or why it is unusable.
+    pub content: Result<String, ProblemKind>,
+}
+
+impl SourceFile {
+    fn failed(path: &Path, problem: ProblemKind) -> Self {
+        SourceFile {
+            path: path.to_path_buf(),
+            content: Err(problem),
+        }
+    }
+
+    /// Whether the file holds JSON (by its name) rather than YAML.
+    pub fn is_json(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "json")
+    }
+}
+
+/// Reads the file at `path`, or every manifest file under the directory at `path`.
+pub(crate) fn read_sources(path: &Path) -> Vec<SourceFile> {
+    read_sources_limited(path, MAX_FILE_BYTES)
+}
+
+/// [`read_sources`] with a file size limit.
+fn read_sources_limited(path: &Path, limit: u64) -> Vec<SourceFile> {
+    match fs::metadata(path) {
+        Err(e) => vec![SourceFile::failed(path, unreadable(e))],
+        Ok(meta) if meta.is_dir() => {
+            let mut files = Vec::new();
+            walk(path, limit, &mut HashSet::new(), &mut files);
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            files
+        }
+        Ok(_) => vec![read_file(path, limit)],
+    }
+}
+
+/// A hash of the paths and contents of `files`, to notice any change.
+pub(crate) fn fingerprint(files: &[SourceFile]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    files.len().hash(&mut hasher);
+    for file in files {
+        file.path.hash(&mut hasher);
+        match &file.content {
+            Ok(text) => (0u8, text).hash(&mut hasher),
+            Err(problem) => (1u8, problem.to_string()).hash(&mut hasher),
+        }
+    }
+    hasher.finish()
+}
+
+fn walk(dir: &Path, limit: u64, visited: &mut HashSet<PathBuf>, files: &mut Vec<SourceFile>) {
+    if let Ok(real) = fs::canonicalize(dir)
+        && !visited.insert(real)
+    {
+        return;
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return files.push(SourceFile::failed(dir, unreadable(e))),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => paths.push(entry.path()),
+            Err(e) => files.push(SourceFile::failed(dir, unreadable(e))),
+        }
+    }
+    // Sorted, so that which of two links to one directory is followed does not vary.
+    paths.sort();
+    for path in paths {
+        visit(&path, limit, visited, files);
+    }
+}
+
+/// One directory entry: recurse into a directory, read a manifest file, skip the rest.
+fn visit(path: &Path, limit: u64, visited: &mut HashSet<PathBuf>, files: &mut Vec<SourceFile>) {
+    let hidden = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    if hidden {
+        return;
+    }
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => walk(path, limit, visited, files),
+        Ok(meta) if meta.is_file() && is_manifest_name(path) => {
+            files.push(read_file(path, limit));
+        }
+        Ok(_) => {}
+        // A dangling link with a manifest's name is worth reporting.
+        Err(e) if is_manifest_name(path) => files.push(SourceFile::failed(path, unreadable(e))),
+        Err(_) => {}
+    }
+}
+
+fn is_manifest_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| MANIFEST_EXTENSIONS.contains(&e))
+}
+
+fn read_file(path: &Path, limit: u64) -> SourceFile {
+    SourceFile {
+        path: path.to_path_buf(),
+        content: read_limited(path, limit).and_then(decode_text),
+    }
+}
+
+/// Reads at most `limit` bytes; a larger file is an error, even one that grew meanwhile.
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ProblemKind> {
+    let file = File::open(path).map_err(unreadable)?;
+    let too_large = ProblemKind::FileTooLarge { limit };
+    if file.metadata().map_err(unreadable)?.len() > limit {
+        return Err(too_large);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > limit {
+        return Err(too_large);
+    }
+    Ok(bytes)
+}
+
+fn decode_text(bytes: Vec<u8>) -> Result<String, ProblemKind> {
+    let text = String::from_utf8(bytes).map_err(|e| ProblemKind::NotUtf8(e.to_string()))?;
+    Ok(match text.strip_prefix('\u{FEFF}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
+fn unreadable(error: std::io::Error) -> ProblemKind {
+    ProblemKind::Unreadable(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::test_support::TestDir;
+
+    fn names(files: &[SourceFile], root: &Path) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| {
+                f.path
+                    .strip_prefix(root)
+                    .unwrap_or(&f.path)
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn walks_directories_sorted_skipping_hidden_and_other_files() {
+        let dir = TestDir::new("walk");
+        dir.write("b.yaml", "b: 1\n");
+        dir.write("a/z.yml", "z: 1\n");
+        dir.write("a/y.json", "{}");
+        dir.write("a/notes.txt", "not a manifest");
+        dir.write(".hidden.yaml", "h: 1\n");
+        dir.write(".git/config.yaml", "g: 1\n");
+        dir.write("c/.secret/s.yaml", "s: 1\n");
+        let files = read_sources(dir.path());
+        assert_eq!(names(&files, dir.path()), ["a/y.json", "a/z.yml", "b.yaml"]);
+        assert_eq!(files[2].content, Ok("b: 1\n".to_string()));
+        assert!(files[0].is_json());
+    }
+
+    #[test]
+    fn a_file_path_is_read_whatever_its_name() {
+        let dir = TestDir::new("single");
+        let path = dir.write("manifest.txt", "\u{FEFF}a: 1\n");
+        let files = read_sources(&path);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].content, Ok("a: 1\n".to_string()));
+    }
+
+    #[test]
+    fn missing_path_is_a_problem_not_a_panic() {
+        let dir = TestDir::new("missing");
+        let files = read_sources(&dir.path().join("nope"));
+        assert_eq!(files.len(), 1);
+        assert!(matches!(files[0].content, Err(ProblemKind::Unreadable(_))));
+    }
+
+    #[test]
+    fn oversize_and_binary_files_are_problems() {
+        let dir = TestDir::new("limits");
+        dir.write("big.yaml", &"x".repeat(101));
+        dir.write("ok.yaml", &"x".repeat(100));
+        std::fs::write(dir.path().join("bin.yaml"), [0xff, 0xfe, 0x00]).expect("write");
+        let files = read_sources_limited(dir.path(), 100);
+        assert_eq!(
+            names(&files, dir.path()),
+            ["big.yaml", "bin.yaml", "ok.yaml"]
+        );
+        assert_eq!(
+            files[0].content,
+            Err(ProblemKind::FileTooLarge { limit: 100 })
+        );
+        assert!(matches!(files[1].content, Err(ProblemKind::NotUtf8(_))));
+        assert!(files[2].content.is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn follows_links_without_looping() {
+        let dir = TestDir::new("links");
+        dir.write("..data/svc.yaml", "a: 1\n");
+        std::os::unix::fs::symlink("..data/svc.yaml", dir.path().join("svc.yaml")).expect("link");
+        std::os::unix::fs::symlink(".", dir.path().join("loop")).expect("link");
+        let files = read_sources(dir.path());
+        assert_eq!(names(&files, dir.path()), ["svc.yaml"]);
+    }
+
+    #[test]
+    fn fingerprint_follows_paths_and_contents() {
+        let file = |path: &str, text: &str| SourceFile {
+            path: PathBuf::from(path),
+            content: Ok(text.to_string()),
+        };
+        let base = fingerprint(&[file("a.yaml", "x")]);
+        assert_eq!(base, fingerprint(&[file("a.yaml", "x")]));
+        assert_ne!(base, fingerprint(&[file("a.yaml", "y")]));
+        assert_ne!(base, fingerprint(&[file("b.yaml", "x")]));
+        assert_ne!(
+            base,
+            fingerprint(&[file("a.yaml", "x"), file("b.yaml", "")])
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! Loading a manifest file or directory into a validated [`Snapshot`].
+//!
+//! Each document is parsed on its own into a JSON value, its `apiVersion`/`kind` read, and
+//! then decoded into the k8s-openapi type (`v1` Service, `discovery.k8s.io/v1`
+//! EndpointSlice, `v1` Node) and validated. Lists (`v1` List, ServiceList,
+//! EndpointSliceList, NodeList) expand to their items; other kinds are ignored. A problem
+//! skips only the file, document or object it concerns. Of two objects with the same kind,
+//! namespace and name, the first in path order wins even when it is invalid (so that the
+//! second never silently stands in for a broken first); the second is reported.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::documents::{parse_json, parse_yaml, split_documents};
+use super::files::{SourceFile, read_sources};
+use super::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
+use super::validate::{
+    DEFAULT_NAMESPACE, ValidationOptions, validate_endpoint_slice, validate_node, validate_service,
+};
+use crate::model::{ObjectKey, Snapshot};
+
+/// What a load produced: the valid objects, and every problem met on the way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The valid objects.
+    pub snapshot: Snapshot,
+    /// The skipped files, documents and objects, in the order met. The caller logs them.
+    pub problems: Vec<ManifestProblem>,
+}
+
+/// Loads the manifest file at `path`, or every manifest file under the directory at `path`
+/// (recursively: files ending `.yaml`, `.yml` or `.json`, hidden names skipped, symbolic
+/// links followed), in path order.
+///
+/// Never fails: an unreadable path, a broken document or an invalid object becomes a
+/// problem and the rest still loads.
+pub fn load_manifests(path: &Path, opts: &ValidationOptions) -> Loaded {
+    load_sources(&read_sources(path), opts)
+}
+
+/// Loads files already read.
+pub(crate) fn load_sources(files: &[SourceFile], opts: &ValidationOptions) -> Loaded {
+    let mut collector = Collector {
+        opts,
+        loaded: Loaded::default(),
+        seen: HashMap::new(),
+    };
+    for file in files {
+        collector.add_file(file);
+    }
+    collector.loaded
+}
+
+/// `apiVersion` and `kind`.
+type TypeMeta = (String, String);
+
+/// What an `apiVersion`/`kind` pair is to the loader.
+enum Handling {
+    /// An object kproxy reads.
+    Object(ObjectKind),
+    /// A list whose items carry their own type, or default to the given one.
+    List(Option<(&'static str, &'static str)>),
+    /// Anything else.
+    Ignored,
+}
+
+fn handling(api_version: &str, kind: &str) -> Handling {
+    match (api_version, kind) {
+        ("v1", "Service") => Handling::Object(ObjectKind::Service),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Handling::Object(ObjectKind::EndpointSlice),
+        ("v1", "Node") => Handling::Object(ObjectKind::Node),
+        ("v1", "List") => Handling::List(None),
+        ("v1", "ServiceList") => Handling::List(Some(("v1", "Service"))),
+        ("discovery.k8s.io/v1", "EndpointSliceList") => {
+            Handling::List(Some(("discovery.k8s.io/v1", "EndpointSlice")))
+        }
+        ("v1", "NodeList") => Handling::List(Some(("v1", "Node"))),
+        _ => Handling::Ignored,
+    }
+}
+
+/// Accumulates the snapshot and problems of one load.
+struct Collector<'a> {
+    opts: &'a ValidationOptions,
+    loaded: Loaded,
+    /// Where each object seen so far was first found.
+    seen: HashMap<ObjectRef, ManifestLocation>,
+}
+
+impl Collector<'_> {
+    fn add_file(&mut self, file: &SourceFile) {
+        let text = match &file.content {
+            Ok(text) => text,
+            Err(problem) => {
+                let location = ManifestLocation::file(&file.path);
+                return self.problem(location, None, problem.clone());
+            }
+        };
+        if file.is_json() {
+            if !text.trim().is_empty() {
+                let location = ManifestLocation::document(&file.path, 1);
+                self.add_parsed(location, parse_json(text));
+            }
+            return;
+        }
+        for document in split_documents(text) {
+            let location = ManifestLocation::document(&file.path, document.index);
+            self.add_parsed(location, parse_yaml(&document));
+        }
+    }
+
+    fn add_parsed(&mut self, location: ManifestLocation, parsed: Result<Value, ProblemKind>) {
+        match parsed {
+            Ok(Value::Null) => {}
+            Ok(value) => self.add_value(location, value, None),
+            Err(problem) => self.problem(location, None, problem),
+        }
+    }
+
+    /// Adds a document or List item; `default_type` is a typed List's item type.
+    fn add_value(
+        &mut self,
+        location: ManifestLocation,
+        value: Value,
+        default_type: Option<(&str, &str)>,
+    ) {
+        let Value::Object(mut object) = value else {
+            return self.problem(location, None, ProblemKind::NotAnObject);
+        };
+        let Some((api_version, kind)) = type_meta(&mut object, default_type) else {
+            return self.problem(location, None, ProblemKind::NoTypeInformation);
+        };
+        match handling(&api_version, &kind) {
+            Handling::Object(kind) => self.add_object(location, kind, Value::Object(object)),
+            Handling::List(item_type) => self.add_list(location, &kind, object, item_type),
+            Handling::Ignored => tracing::debug!(
+                location = %location,
+                api_version,
+                kind,
+                "ignoring an object of a kind kproxy does not read"
+            ),
+        }
+    }
+
+    fn add_list(
+        &mut self,
+        location: ManifestLocation,
+        kind: &str,
+        mut list: Map<String, Value>,
+        item_type: Option<(&str, &str)>,
+    ) {
+        let items = match list.remove("items") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(_) => return self.problem(location, None, ProblemKind::BadItems(kind.into())),
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            self.add_value(location.with_item(i), item, item_type);
+        }
+    }
+
+    fn add_object(&mut self, location: ManifestLocation, kind: ObjectKind, value: Value) {
+        let object = ObjectRef {
+            kind,
+            key: key_of(&value, kind),
+        };
+        if !object.key.name.is_empty() {
+            if let Some(first) = self.seen.get(&object) {
+                let problem = ProblemKind::Duplicate {
+                    first: first.clone(),
+                };
+                return self.problem(location, Some(object), problem);
+            }
+            self.seen.insert(object.clone(), location.clone());
+        }
+        if let Err(problem) = self.decode_and_insert(kind, value) {
+            self.problem(location, Some(object), problem);
+        }
+    }
+
+    /// Decodes, validates and inserts one object.
+    fn decode_and_insert(&mut self, kind: ObjectKind, value: Value) -> Result<(), ProblemKind> {
+        let snapshot = &mut self.loaded.snapshot;
+        match kind {
+            ObjectKind::Service => {
+                let service = validate_service(&decode::<Service>(value)?, self.opts);
+                let service = service.map_err(ProblemKind::Invalid)?;
+                snapshot.services.insert(service.key.clone(), service);
+            }
+            ObjectKind::EndpointSlice => {
+                let slice = decode::<EndpointSlice>(value)?;
+                let slice = validate_endpoint_slice(&slice, self.opts);
+                if let Some(slice) = slice.map_err(ProblemKind::Invalid)? {
+                    snapshot.endpoint_slices.insert(slice.key.clone(), slice);
+                }
+            }
+            ObjectKind::Node => {
+                let node = validate_node(&decode::<Node>(value)?, self.opts);
+                let node = node.map_err(ProblemKind::Invalid)?;
+                snapshot.nodes.insert(node.name.clone(), node);
+            }
+        }
+        Ok(())
+    }
+
+    fn problem(
+        &mut self,
+        location: ManifestLocation,
+        object: Option<ObjectRef>,
+        kind: ProblemKind,
+    ) {
+        self.loaded.problems.push(ManifestProblem {
+            location,
+            object,
+            kind,
+        });
+    }
+}
+
+/// `apiVersion` and `kind` of an object, filling in a typed List's item type when the item
+/// has none (as the API server omits them in list items).
+fn type_meta(
+    object: &mut Map<String, Value>,
+    default_type: Option<(&str, &str)>,
+) -> Option<TypeMeta> {
+    if let Some((api_version, kind)) = default_type {
+        for (field, value) in [("apiVersion", api_version), ("kind", kind)] {
+            object
+                .entry(field)
+                .or_insert_with(|| Value::String(value.to_string()));
+        }
+    }
+    let field = |name: &str| object.get(name)?.as_str().filter(|s| !s.is_empty());
+    Some((field("apiVersion")?.to_string(), field("kind")?.to_string()))
+}
+
+/// The namespace (defaulted) and name of an object, read before decoding so that problems
+/// can name it.
+fn key_of(value: &Value, kind: ObjectKind) -> ObjectKey {
+    let meta = |field: &str| value.get("metadata")?.get(field)?.as_str();
+    let name = meta("name").unwrap_or("");
+    let namespace = match (kind, meta("namespace")) {
+        (ObjectKind::Node, _) => "",
+        (_, None | Some("")) => DEFAULT_NAMESPACE,
+        (_, Some(namespace)) => namespace,
+    };
+    ObjectKey::new(namespace, name)
+}
+
+fn decode<T: DeserializeOwned>(value: Value) -> Result<T, ProblemKind> {
+    serde_json::from_value(value).map_err(|e| ProblemKind::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,434 @@
+//! Validation of a `discovery.k8s.io/v1` EndpointSlice into a [`model::EndpointSlice`].
+//!
+//! Endpoint conditions are defaulted as upstream's endpointslicecache does (`ready` and
+//! `serving` nil mean true, `terminating` nil means false), and only an
+//! endpoint's first address is used. Slices of address type FQDN are valid but not used.
+
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use kproxy_dataplane::plan::IpFamily;
+
+use super::{
+    FieldError, PORT_RANGE, ValidationOptions, check_name, finish, object_key, parse_ip,
+    parse_protocol, port_in,
+};
+use crate::model::{self, ObjectKey, SERVICE_NAME_LABEL, SliceEndpoint, SlicePort};
+
+/// What `addressType` says.
+enum AddressType {
+    Ip(IpFamily),
+    Fqdn,
+}
+
+/// Validates an EndpointSlice.
+///
+/// `Ok(None)` for a slice of address type FQDN, which kproxy does not use. Returns every
+/// error of the slice at once; on any error the slice must be skipped.
+pub fn validate_endpoint_slice(
+    slice: &EndpointSlice,
+    _opts: &ValidationOptions,
+) -> Result<Option<model::EndpointSlice>, Vec<FieldError>> {
+    let key = object_key(&slice.metadata, true);
+    let mut errors = Vec::new();
+    check_name(&key, &mut errors);
+    let family = match address_type(&slice.address_type, &mut errors) {
+        Some(AddressType::Fqdn) => return finish(None, errors),
+        Some(AddressType::Ip(family)) => family,
+        None => return Err(errors),
+    };
+    let service = service_key(slice, &key, &mut errors);
+    let ports = ports(slice.ports.as_deref().unwrap_or_default(), &mut errors);
+    let endpoints = endpoints(&slice.endpoints, family, &mut errors);
+    let validated = model::EndpointSlice {
+        key,
+        service,
+        family,
+        ports,
+        endpoints,
+    };
+    finish(Some(validated), errors)
+}
+
+fn address_type(value: &str, errors: &mut Vec<FieldError>) -> Option<AddressType> {
+    match value {
+        "IPv4" => Some(AddressType::Ip(IpFamily::V4)),
+        "IPv6" => Some(AddressType::Ip(IpFamily::V6)),
+        "FQDN" => Some(AddressType::Fqdn),
+        other => {
+            errors.push(FieldError::new(
+                "addressType",
+                format!("{other:?} is not one of IPv4, IPv6, FQDN"),
+            ));
+            None
+        }
+    }
+}
+
+/// The Service the slice belongs to, from its `kubernetes.io/service-name` label.
+fn service_key(slice: &EndpointSlice, key: &ObjectKey, errors: &mut Vec<FieldError>) -> ObjectKey {
+    let labels = slice.metadata.labels.as_ref();
+    let name = labels
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map_or("", String::as_str);
+    if name.is_empty() {
+        errors.push(FieldError::new(
+            format!("metadata.labels[{SERVICE_NAME_LABEL:?}]"),
+            "is required (the name of the Service the slice belongs to)",
+        ));
+    }
+    ObjectKey::new(key.namespace.clone(), name)
+}
+
+fn ports(raw: &[EndpointPort], errors: &mut Vec<FieldError>) -> Vec<SlicePort> {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut ports = Vec::with_capacity(raw.len());
+    for (i, port) in raw.iter().enumerate() {
+        let name = port.name.as_deref().unwrap_or("");
+        if let Some(first) = names.insert(name, i) {
+            errors.push(FieldError::new(
+                format!("ports[{i}].name"),
+                format!("{name:?} is also the name of ports[{first}]"),
+            ));
+        }
+        ports.extend(slice_port(i, port, errors));
+    }
+    ports
+}
+
+/// One entry of `ports`, `None` when it has errors.
+fn slice_port(i: usize, port: &EndpointPort, errors: &mut Vec<FieldError>) -> Option<SlicePort> {
+    let field = |name: &str| format!("ports[{i}].{name}");
+    let protocol = parse_protocol(&field("protocol"), port.protocol.as_deref(), errors);
+    let Some(number) = port.port else {
+        errors.push(FieldError::new(field("port"), "is required"));
+        return None;
+    };
+    let number = port_in(&field("port"), number, &PORT_RANGE, errors)?;
+    Some(SlicePort {
+        name: port.name.clone().unwrap_or_default(),
+        protocol: protocol?,
+        port: number,
+    })
+}
+
+fn endpoints(
+    raw: &[Endpoint],
+    family: IpFamily,
+    errors: &mut Vec<FieldError>,
+) -> Vec<SliceEndpoint> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, endpoint)| slice_endpoint(i, endpoint, family, errors))
+        .collect()
+}
+
+/// One entry of `endpoints`, `None` when it has errors.
+fn slice_endpoint(
+    i: usize,
+    endpoint: &Endpoint,
+    family: IpFamily,
+    errors: &mut Vec<FieldError>,
+) -> Option<SliceEndpoint> {
+    let Some(first) = endpoint.addresses.first() else {
+        errors.push(FieldError::new(
+            format!("endpoints[{i}].addresses"),
+            "must have at least one address",
+        ));
+        return None;
+    };
+    let field = format!("endpoints[{i}].addresses[0]");
+    let address = parse_ip(&field, first, errors)?;
+    let actual = IpFamily::of(&address);
+    if actual != family {
+        errors.push(FieldError::new(
+            field,
+            format!("{address} is {actual} but the slice's addressType is {family}"),
+        ));
+        return None;
+    }
+    let conditions = endpoint.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let hints = endpoint.hints.as_ref();
+    Some(SliceEndpoint {
+        address,
+        ready,
+        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        node_name: endpoint.node_name.clone().filter(|n| !n.is_empty()),
+        zone_hints: hint_names(hints.and_then(|h| h.for_zones.as_deref()), |z| &z.name),
+        node_hints: hint_names(hints.and_then(|h| h.for_nodes.as_deref()), |n| &n.name),
+    })
+}
+
+/// The names of a list of hints.
+fn hint_names<T>(hints: Option<&[T]>, name: impl Fn(&T) -> &String) -> BTreeSet<String> {
+    hints
+        .unwrap_or_default()
+        .iter()
+        .map(|h| name(h).clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::source::test_support::{patched, yaml};
+    use kproxy_dataplane::plan::Protocol;
+
+    const SLICE: &str = r#"
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+endpoints:
+- addresses:
+  - 10.244.1.5
+  conditions:
+    ready: true
+    serving: true
+    terminating: false
+  hints:
+    forZones:
+    - name: zone-a
+  nodeName: node-a
+  targetRef:
+    kind: Pod
+    name: web-7d4b9c6f5-abcde
+    namespace: shop
+    uid: 0b1e5a77-3f0c-4d4e-8f57-1a2b3c4d5e6f
+  zone: zone-a
+- addresses:
+  - 10.244.2.9
+  conditions:
+    ready: false
+    serving: true
+    terminating: true
+  nodeName: node-b
+  targetRef:
+    kind: Pod
+    name: web-7d4b9c6f5-fghij
+    namespace: shop
+    uid: 7c8d9e0f-1a2b-4c3d-9e8f-0a1b2c3d4e5f
+  zone: zone-b
+kind: EndpointSlice
+metadata:
+  creationTimestamp: "2025-03-01T10:00:05Z"
+  generateName: web-
+  generation: 3
+  labels:
+    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
+    kubernetes.io/service-name: web
+  name: web-x7k2p
+  namespace: shop
+  ownerReferences:
+  - apiVersion: v1
+    blockOwnerDeletion: true
+    controller: true
+    kind: Service
+    name: web
+    uid: 6f1c2c55-1d7e-4c7e-9a55-2f1f0e7c8a11
+  resourceVersion: "5678"
+  uid: 2d3e4f50-6a7b-4c8d-9e0f-1a2b3c4d5e6f
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+"#;
+
+    fn validate(value: &Value) -> Result<Option<model::EndpointSlice>, Vec<String>> {
+        let slice: EndpointSlice = serde_json::from_value(value.clone()).expect("decodes");
+        validate_endpoint_slice(&slice, &ValidationOptions::default())
+            .map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    fn ok(patches: &[(&str, Value)]) -> model::EndpointSlice {
+        validate(&patched(SLICE, patches))
+            .expect("valid")
+            .expect("not FQDN")
+    }
+
+    fn errors(patches: &[(&str, Value)]) -> Vec<String> {
+        validate(&patched(SLICE, patches)).expect_err("invalid")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test IP")
+    }
+
+    #[test]
+    fn slice_validates() {
+        let expected = model::EndpointSlice {
+            key: ObjectKey::new("shop", "web-x7k2p"),
+            service: ObjectKey::new("shop", "web"),
+            family: IpFamily::V4,
+            ports: vec![SlicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
+            endpoints: vec![
+                SliceEndpoint {
+                    address: ip("10.244.1.5"),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node_name: Some("node-a".into()),
+                    zone_hints: BTreeSet::from(["zone-a".to_string()]),
+                    node_hints: BTreeSet::new(),
+                },
+                SliceEndpoint {
+                    address: ip("10.244.2.9"),
+                    ready: false,
+                    serving: true,
+                    terminating: true,
+                    node_name: Some("node-b".into()),
+                    zone_hints: BTreeSet::new(),
+                    node_hints: BTreeSet::new(),
+                },
+            ],
+        };
+        assert_eq!(ok(&[]), expected);
+    }
+
+    #[test]
+    fn conditions_default_as_upstream() {
+        let slice = ok(&[("/endpoints/0/conditions", json!({}))]);
+        let e = &slice.endpoints[0];
+        assert_eq!((e.ready, e.serving, e.terminating), (true, true, false));
+        let slice = ok(&[("/endpoints/0/conditions", json!({"ready": false}))]);
+        let e = &slice.endpoints[0];
+        assert_eq!((e.ready, e.serving, e.terminating), (false, true, false));
+        let mut value = yaml(SLICE);
+        value["endpoints"][0]
+            .as_object_mut()
+            .expect("map")
+            .remove("conditions");
+        let slice = validate(&value).expect("valid").expect("IPv4");
+        let e = &slice.endpoints[0];
+        assert_eq!((e.ready, e.serving, e.terminating), (true, true, false));
+    }
+
+    #[test]
+    fn node_hints_and_missing_node_name() {
+        let hints = json!({"forNodes": [{"name": "node-a"}, {"name": "node-c"}]});
+        let slice = ok(&[
+            ("/endpoints/1/hints", hints),
+            ("/endpoints/1/nodeName", json!(null)),
+        ]);
+        let e = &slice.endpoints[1];
+        let nodes: Vec<&str> = e.node_hints.iter().map(String::as_str).collect();
+        assert_eq!(nodes, ["node-a", "node-c"]);
+        assert_eq!(e.node_name, None);
+    }
+
+    #[test]
+    fn fqdn_slices_are_not_used() {
+        let patches = [
+            ("/addressType", json!("FQDN")),
+            ("/endpoints", json!([{"addresses": ["db.example.com"]}])),
+        ];
+        assert_eq!(validate(&patched(SLICE, &patches)), Ok(None));
+    }
+
+    #[test]
+    fn address_type_must_be_known() {
+        assert_eq!(
+            errors(&[("/addressType", json!("IPX"))]),
+            ["addressType: \"IPX\" is not one of IPv4, IPv6, FQDN"]
+        );
+    }
+
+    #[test]
+    fn service_name_label_is_required() {
+        let mut value = yaml(SLICE);
+        let labels = value["metadata"]["labels"].as_object_mut().expect("labels");
+        labels.remove("kubernetes.io/service-name");
+        assert_eq!(
+            validate(&value).expect_err("invalid"),
+            [
+                "metadata.labels[\"kubernetes.io/service-name\"]: is required (the name of the Service the slice belongs to)"
+            ]
+        );
+    }
+
+    #[test]
+    fn namespace_defaults_for_slice_and_service() {
+        let mut value = yaml(SLICE);
+        value["metadata"]
+            .as_object_mut()
+            .expect("map")
+            .remove("namespace");
+        let slice = validate(&value).expect("valid").expect("IPv4");
+        assert_eq!(slice.key, ObjectKey::new("default", "web-x7k2p"));
+        assert_eq!(slice.service, ObjectKey::new("default", "web"));
+    }
+
+    #[test]
+    fn addresses_must_parse_and_match_the_family() {
+        assert_eq!(
+            errors(&[("/endpoints/1/addresses", json!(["fd00:10:244::9"]))]),
+            [
+                "endpoints[1].addresses[0]: fd00:10:244::9 is IPv6 but the slice's addressType is IPv4"
+            ]
+        );
+        assert_eq!(
+            errors(&[("/endpoints/0/addresses", json!(["10.244.1"]))]),
+            ["endpoints[0].addresses[0]: \"10.244.1\" is not an IP address"]
+        );
+        assert_eq!(
+            errors(&[("/endpoints/0/addresses", json!([]))]),
+            ["endpoints[0].addresses: must have at least one address"]
+        );
+        let v6 = [
+            ("/addressType", json!("IPv6")),
+            (
+                "/endpoints",
+                json!([{"addresses": ["fd00:10:244::9", "not-used"]}]),
+            ),
+        ];
+        assert_eq!(ok(&v6).endpoints[0].address, ip("fd00:10:244::9"));
+    }
+
+    #[test]
+    fn null_endpoints_and_ports_are_empty() {
+        let slice = ok(&[("/endpoints", json!(null)), ("/ports", json!(null))]);
+        assert!(slice.endpoints.is_empty());
+        assert!(slice.ports.is_empty());
+    }
+
+    #[test]
+    fn ports_are_checked() {
+        let slice = ok(&[("/ports", json!([{"port": 53, "protocol": "UDP"}]))]);
+        assert_eq!(
+            slice.ports,
+            [SlicePort {
+                name: String::new(),
+                protocol: Protocol::Udp,
+                port: 53,
+            }]
+        );
+        assert_eq!(
+            errors(&[("/ports", json!([{"name": "http"}]))]),
+            ["ports[0].port: is required"]
+        );
+        assert_eq!(
+            errors(&[("/ports", json!([{"name": "http", "port": 0}]))]),
+            ["ports[0].port: 0 is not in 1-65535"]
+        );
+        assert_eq!(
+            errors(&[(
+                "/ports",
+                json!([{"name": "http", "port": 80, "protocol": "QUIC"}])
+            )]),
+            ["ports[0].protocol: \"QUIC\" is not one of TCP, UDP, SCTP"]
+        );
+        let twice = json!([{"name": "http", "port": 80}, {"name": "http", "port": 81}]);
+        assert_eq!(
+            errors(&[("/ports", twice)]),
+            ["ports[1].name: \"http\" is also the name of ports[0]"]
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Validation of a `v1` Node into a [`NodeInfo`].
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node, NodeAddress};
+
+use super::{FieldError, ValidationOptions, check_name, finish, object_key, parse_ip};
+use crate::model::NodeInfo;
+
+/// The address types kproxy uses, in the order it lists them.
+const ADDRESS_TYPES: [&str; 2] = ["InternalIP", "ExternalIP"];
+
+/// Validates a Node: its name, labels and `status.addresses` of type InternalIP then
+/// ExternalIP (each in manifest order). An address of those types that does not parse is
+/// an error of the Node; other address types (Hostname, InternalDNS...) are ignored.
+pub fn validate_node(node: &Node, _opts: &ValidationOptions) -> Result<NodeInfo, Vec<FieldError>> {
+    let key = object_key(&node.metadata, false);
+    let mut errors = Vec::new();
+    check_name(&key, &mut errors);
+    let raw = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .unwrap_or_default();
+    let addresses = ADDRESS_TYPES
+        .iter()
+        .flat_map(|wanted| addresses_of_type(raw, wanted, &mut errors))
+        .collect();
+    let info = NodeInfo {
+        name: key.name,
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        addresses,
+    };
+    finish(info, errors)
+}
+
+/// The parsed addresses of one type, in manifest order.
+fn addresses_of_type(
+    raw: &[NodeAddress],
+    wanted: &str,
+    errors: &mut Vec<FieldError>,
+) -> Vec<IpAddr> {
+    raw.iter()
+        .enumerate()
+        .filter(|(_, a)| a.type_ == wanted)
+        .filter_map(|(i, a)| {
+            parse_ip(
+                &format!("status.addresses[{i}].address"),
+                &a.address,
+                errors,
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::source::test_support::patched;
+
+    const NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  annotations:
+    node.alpha.kubernetes.io/ttl: "0"
+  creationTimestamp: "2025-02-20T08:00:00Z"
+  labels:
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: node-a
+    kubernetes.io/os: linux
+    topology.kubernetes.io/zone: zone-a
+  name: node-a
+  resourceVersion: "991"
+  uid: 3a4b5c6d-7e8f-4a0b-9c1d-2e3f4a5b6c7d
+spec:
+  podCIDR: 10.244.1.0/24
+  podCIDRs:
+  - 10.244.1.0/24
+  - fd00:10:244:1::/64
+status:
+  addresses:
+  - address: 203.0.113.21
+    type: ExternalIP
+  - address: 192.168.10.21
+    type: InternalIP
+  - address: node-a
+    type: Hostname
+  - address: fd00:192:168:10::21
+    type: InternalIP
+  capacity:
+    cpu: "4"
+    memory: 16393360Ki
+    pods: "110"
+"#;
+
+    fn validate(value: &Value) -> Result<NodeInfo, Vec<String>> {
+        let node: Node = serde_json::from_value(value.clone()).expect("decodes");
+        validate_node(&node, &ValidationOptions::default())
+            .map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn node_validates_with_internal_then_external_addresses() {
+        let node = validate(&patched(NODE, &[])).expect("valid");
+        assert_eq!(node.name, "node-a");
+        assert_eq!(node.zone(), Some("zone-a"));
+        assert_eq!(node.labels.len(), 4);
+        let addresses: Vec<String> = node.addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            addresses,
+            ["192.168.10.21", "fd00:192:168:10::21", "203.0.113.21"]
+        );
+    }
+
+    #[test]
+    fn node_without_status_has_no_addresses() {
+        let node = validate(&patched(NODE, &[("/status", json!(null))])).expect("valid");
+        assert!(node.addresses.is_empty());
+    }
+
+    #[test]
+    fn unparsable_addresses_are_errors_of_the_node() {
+        let bad = json!({"address": "192.168.10.300", "type": "InternalIP"});
+        assert_eq!(
+            validate(&patched(NODE, &[("/status/addresses/3", bad)])).expect_err("invalid"),
+            ["status.addresses[3].address: \"192.168.10.300\" is not an IP address"]
+        );
+    }
+
+    #[test]
+    fn node_name_is_required() {
+        assert_eq!(
+            validate(&patched(NODE, &[("/metadata/name", json!(""))])).expect_err("invalid"),
+            ["metadata.name: is required"]
+        );
+    }
+}
