@@ -90,14 +90,20 @@ pub struct Reply {
     pub peer: String,
 }
 
-/// Connects from `ns` to `addr` and reads the echo line (2 s timeout).
+/// How long a client waits to connect. Generous on purpose: with br_netfilter, the first
+/// SYN of an IPv6 flow that is DNATed back out of the same bridge is lost while the node
+/// resolves the pod's neighbour (seen with a hand-written ip6tables DNAT and no kproxy at
+/// all), so the first connection succeeds only on the SYN retransmit 1-3 s later.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects from `ns` to `addr` and reads the echo line.
 pub fn ask(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Reply> {
     ns.run_in(move || ask_here(addr))
 }
 
 /// Connects from the current thread's namespace.
 pub fn ask_here(addr: SocketAddr) -> anyhow::Result<Reply> {
-    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("connect {addr}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut line = String::new();

@@ -7,6 +7,9 @@
 //!                                      ├── ...
 //!                                      └── client pod (10.244.1.100)
 //! ```
+//!
+//! Every link is dual-stack: the same layout in IPv6 is `fd00:50::1` / `fd00:50::2` on the
+//! uplink and `fd00:244:1::/64` on the bridge (pod *i* at `fd00:244:1::(10+i)`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -22,6 +25,12 @@ pub const NODE_IP: &str = "192.168.50.2";
 pub const EXTERNAL_IP: &str = "192.168.50.1";
 /// The pod CIDR of the cluster (`--cluster-cidr`).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The node's IPv6 address on its uplink.
+pub const NODE_IP6: &str = "fd00:50::2";
+/// The external client's IPv6 address.
+pub const EXTERNAL_IP6: &str = "fd00:50::1";
+/// The IPv6 pod CIDR of the cluster.
+pub const CLUSTER_CIDR6: &str = "fd00:244::/32";
 /// The port every backend listens on.
 pub const BACKEND_PORT: u16 = 8080;
 
@@ -29,8 +38,10 @@ pub const BACKEND_PORT: u16 = 8080;
 pub struct Pod {
     /// Its name (what its echo server answers).
     pub name: String,
-    /// Its address.
+    /// Its IPv4 address.
     pub ip: IpAddr,
+    /// Its IPv6 address.
+    pub ip6: IpAddr,
     /// Its namespace.
     pub ns: Netns,
 }
@@ -60,11 +71,14 @@ impl OneNodeCluster {
         let node = Netns::new(&format!("{prefix}-node"))?;
         let external = Netns::new(&format!("{prefix}-ext"))?;
         node.sysctl("net.ipv4.ip_forward=1")?;
+        node.sysctl("net.ipv6.conf.all.forwarding=1")?;
         node.ip(&["link", "add", "cbr0", "type", "bridge"])?;
         node.ip(&["addr", "add", "10.244.1.1/24", "dev", "cbr0"])?;
+        node.ip(&["addr", "add", "fd00:244:1::1/64", "dev", "cbr0", "nodad"])?;
         node.ip(&["link", "set", "cbr0", "up"])?;
         // As a CNI plugin does: bridged pod-to-pod replies must pass through conntrack.
         node.sysctl("net.bridge.bridge-nf-call-iptables=1")?;
+        node.sysctl("net.bridge.bridge-nf-call-ip6tables=1")?;
         veth(
             &node,
             "eth0",
@@ -73,23 +87,42 @@ impl OneNodeCluster {
             "eth0",
             &format!("{EXTERNAL_IP}/24"),
         )?;
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        external.ip(&[
+            "addr",
+            "add",
+            &format!("{EXTERNAL_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
 
         let client = Netns::new(&format!("{prefix}-cli"))?;
-        attach_pod(&node, &client, "vcli", "10.244.1.100")?;
+        attach_pod(&node, &client, "vcli", 100)?;
         let mut pods = Vec::new();
         let mut servers = Vec::new();
         for i in 0..backends {
             let ns = Netns::new(&format!("{prefix}-p{i}"))?;
-            let ip = format!("10.244.1.{}", 10 + i);
-            attach_pod(&node, &ns, &format!("vp{i}"), &ip)?;
+            let host = 10 + u8::try_from(i)?;
+            attach_pod(&node, &ns, &format!("vp{i}"), host)?;
             let name = format!("pod-{i}");
-            let ip: IpAddr = ip.parse()?;
-            servers.push(EchoServer::start(
-                &ns,
-                SocketAddr::new(ip, BACKEND_PORT),
-                &name,
-            )?);
-            pods.push(Pod { name, ip, ns });
+            let ip: IpAddr = format!("10.244.1.{host}").parse()?;
+            let ip6: IpAddr = format!("fd00:244:1::{host}").parse()?;
+            for addr in [ip, ip6] {
+                servers.push(EchoServer::start(
+                    &ns,
+                    SocketAddr::new(addr, BACKEND_PORT),
+                    &name,
+                )?);
+            }
+            pods.push(Pod { name, ip, ip6, ns });
         }
         Ok(OneNodeCluster {
             servers,
@@ -124,7 +157,7 @@ impl OneNodeCluster {
             "--hostname-override".into(),
             NODE_NAME.into(),
             "--cluster-cidr".into(),
-            CLUSTER_CIDR.into(),
+            format!("{CLUSTER_CIDR},{CLUSTER_CIDR6}"),
         ]
     }
 
@@ -134,10 +167,22 @@ impl OneNodeCluster {
     }
 }
 
-fn attach_pod(node: &Netns, pod: &Netns, node_if: &str, ip: &str) -> anyhow::Result<()> {
-    veth(node, node_if, "", pod, "eth0", &format!("{ip}/24"))?;
+/// A pod with addresses `10.244.1.HOST` and `fd00:244:1::HOST` on the node's bridge; as a
+/// CNI plugin does, the port joins the bridge before the pod's addresses are configured.
+fn attach_pod(node: &Netns, pod: &Netns, node_if: &str, host: u8) -> anyhow::Result<()> {
+    veth(node, node_if, "", pod, "eth0", "")?;
     node.ip(&["link", "set", node_if, "master", "cbr0"])?;
+    pod.ip(&["addr", "add", &format!("10.244.1.{host}/24"), "dev", "eth0"])?;
+    pod.ip(&[
+        "addr",
+        "add",
+        &format!("fd00:244:1::{host}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
     pod.ip(&["route", "add", "default", "via", "10.244.1.1"])?;
+    pod.ip(&["-6", "route", "add", "default", "via", "fd00:244:1::1"])?;
     Ok(())
 }
 
@@ -159,10 +204,17 @@ pub fn service_yaml(name: &str, cluster_ip: &str, port: u16, node_port: Option<u
     )
 }
 
-/// An EndpointSlice of `service` with ready endpoints on this node.
+/// An IPv4 EndpointSlice of `service` with ready endpoints on this node.
 pub fn slice_yaml(service: &str, endpoints: &[IpAddr]) -> String {
+    family_slice_yaml(service, "IPv4", endpoints)
+}
+
+/// An EndpointSlice (`-1` for IPv4, `-2` for IPv6) of `service` with ready endpoints on
+/// this node.
+pub fn family_slice_yaml(service: &str, address_type: &str, endpoints: &[IpAddr]) -> String {
+    let n = if address_type == "IPv6" { 2 } else { 1 };
     let mut text = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  - name: http\n    protocol: TCP\n    port: {BACKEND_PORT}\nendpoints:\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{n}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {address_type}\nports:\n  - name: http\n    protocol: TCP\n    port: {BACKEND_PORT}\nendpoints:\n"
     );
     for ip in endpoints {
         text.push_str(&format!(

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kproxy_netns_tests::echo::{ask, ask_many};
+use kproxy_netns_tests::echo::{ask, ask_here, ask_many};
 use kproxy_netns_tests::kproxy::{KproxyProcess, run, run_ok};
 use kproxy_netns_tests::netns::Netns;
 use kproxy_netns_tests::node::*;
@@ -258,6 +258,49 @@ fn bad_objects_are_named_and_the_others_still_work() -> anyhow::Result<()> {
     assert!(
         !save.contains("10.96.0.66") && !save.contains("10.96.0.77"),
         "bad Services are not programmed"
+    );
+    Ok(())
+}
+
+#[test]
+fn dual_stack_service_is_programmed_in_both_families() -> anyhow::Result<()> {
+    let cluster = OneNodeCluster::new(2)?;
+    let node = format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE_NAME}\nstatus:\n  addresses:\n    - type: InternalIP\n      address: {NODE_IP}\n    - type: InternalIP\n      address: {NODE_IP6}\n"
+    );
+    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: dual\n  namespace: default\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: 10.96.0.30\n  clusterIPs: [10.96.0.30, \"fd00:96::30\"]\n  ports:\n    - name: http\n      port: 80\n      targetPort: 8080\n      nodePort: 30090\n";
+    let v4: Vec<_> = cluster.pods.iter().map(|p| p.ip).collect();
+    let v6: Vec<_> = cluster.pods.iter().map(|p| p.ip6).collect();
+    cluster.write_manifest("node.yaml", &node)?;
+    cluster.write_manifest("dual.yaml", service)?;
+    cluster.write_manifest("dual-v4.yaml", &family_slice_yaml("dual", "IPv4", &v4))?;
+    cluster.write_manifest("dual-v6.yaml", &family_slice_yaml("dual", "IPv6", &v6))?;
+    run_ok(&cluster.node, &strs(&args(&cluster, &["--once"])))?;
+
+    // Pod → IPv6 ClusterIP keeps the pod's IPv6 source; IPv4 still works beside it.
+    let reply = ask(&cluster.client, "[fd00:96::30]:80".parse()?)?;
+    assert!(reply.pod.starts_with("pod-"), "{reply:?}");
+    assert_eq!(
+        reply.peer, "fd00:244:1::100",
+        "pod source kept over IPv6: {reply:?}"
+    );
+    assert!(
+        ask(&cluster.client, "10.96.0.30:80".parse()?)?
+            .pod
+            .starts_with("pod-")
+    );
+    // External → IPv6 NodePort, masqueraded to the node's bridge address.
+    let reply = ask(&cluster.external, format!("[{NODE_IP6}]:30090").parse()?)?;
+    assert_eq!(reply.peer, "fd00:244:1::1", "{reply:?}");
+    let v6_rules = cluster.node.exec("ip6tables-save", &["-t", "nat"])?;
+    assert!(
+        v6_rules.contains("fd00:96::30"),
+        "ip6tables has the IPv6 ClusterIP:\n{v6_rules}"
+    );
+    let v4_rules = cluster.node.exec("iptables-save", &["-t", "nat"])?;
+    assert!(
+        !v4_rules.contains("fd00:"),
+        "no IPv6 address in the IPv4 ruleset"
     );
     Ok(())
 }
