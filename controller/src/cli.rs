@@ -69,7 +69,7 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "CIDR[,CIDR]")]
     pub cluster_cidr: Option<String>,
 
-    /// SNAT all traffic sent via Service cluster IPs.
+    /// SNAT all traffic sent via Service cluster IPs. Default: false.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub masquerade_all: Option<bool>,
 
@@ -78,19 +78,21 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "CIDRS|primary")]
     pub nodeport_addresses: Option<String>,
 
-    /// Accept NodePort connections on 127.0.0.0/8 (IPv4; sets route_localnet).
+    /// Accept NodePort connections on 127.0.0.0/8 (IPv4; sets route_localnet). Default: true.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub iptables_localhost_nodeports: Option<bool>,
 
     /// Period of full syncs (rewrites every kproxy chain and repairs drift), e.g. 30s, 1m.
+    /// Default: 30s.
     #[arg(long, value_name = "DURATION")]
     pub iptables_sync_period: Option<String>,
 
     /// Minimum interval between syncs: bursts of changes within it become one sync.
+    /// Default: 1s.
     #[arg(long, value_name = "DURATION")]
     pub iptables_min_sync_period: Option<String>,
 
-    /// The bit of the packet mark that requests masquerading (0-31).
+    /// The bit of the packet mark that requests masquerading (0-31). Default: 14.
     #[arg(long, value_name = "BIT")]
     pub iptables_masquerade_bit: Option<u32>,
 

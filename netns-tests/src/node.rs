@@ -103,6 +103,9 @@ impl OneNodeCluster {
             "eth0",
             "nodad",
         ])?;
+        // Like a real node, a default route: traffic to unknown addresses (such as a
+        // ClusterIP without rules) is routed, so it meets the filter table.
+        node.ip(&["route", "add", "default", "via", EXTERNAL_IP])?;
 
         let client = Netns::new(&format!("{prefix}-cli"))?;
         attach_pod(&node, &client, "vcli", 100)?;

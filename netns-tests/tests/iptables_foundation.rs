@@ -13,6 +13,8 @@ use kproxy_netns_tests::node::*;
 
 const WEB_CLUSTER_IP: &str = "10.96.0.10";
 const WEB_NODE_PORT: u16 = 30080;
+/// A Service without endpoints.
+const EMPTY_CLUSTER_IP: &str = "10.96.0.11";
 
 fn cluster_ip() -> SocketAddr {
     SocketAddr::new(WEB_CLUSTER_IP.parse().expect("ip"), 80)
@@ -32,6 +34,8 @@ fn web_cluster() -> anyhow::Result<OneNodeCluster> {
         &service_yaml("web", WEB_CLUSTER_IP, 80, Some(WEB_NODE_PORT)),
     )?;
     cluster.write_manifest("web-slice.yaml", &slice_yaml("web", &ips))?;
+    let empty = service_yaml("empty", EMPTY_CLUSTER_IP, 80, None);
+    cluster.write_manifest("empty.yaml", &empty)?;
     Ok(cluster)
 }
 
@@ -69,6 +73,31 @@ fn once_reaches_backends(backend: &str) -> anyhow::Result<()> {
     assert_eq!(
         reply.peer, "10.244.1.1",
         "NodePort traffic is masqueraded: {reply:?}"
+    );
+
+    // The node itself → 127.0.0.1:NodePort (localhost NodePorts need route_localnet).
+    let localhost = SocketAddr::new("127.0.0.1".parse()?, WEB_NODE_PORT);
+    let reply = cluster.node.run_in(move || ask_here(localhost))?;
+    assert!(
+        reply.pod.starts_with("pod-"),
+        "localhost NodePort: {reply:?}"
+    );
+
+    // A Service without endpoints is refused at once (REJECT), not left to time out.
+    let started = std::time::Instant::now();
+    let err = ask(
+        &cluster.client,
+        SocketAddr::new(EMPTY_CLUSTER_IP.parse()?, 80),
+    )
+    .expect_err("no endpoints: must fail");
+    let refused = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert!(refused, "expected connection refused, got {err:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "REJECT answers at once"
     );
     Ok(())
 }
