@@ -7,6 +7,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod healthcheck;
 pub mod model;
 pub mod node;
 pub mod planner;

@@ -5,6 +5,7 @@
 //! - Every `--iptables-sync-period` the sync is a full one (rewrites every kproxy chain,
 //!   removes stale ones, repairs jump rules), and so is the first sync and any sync after a
 //!   failure; a failed sync is retried with a backoff capped at the sync period.
+//! - After every sync the health-check NodePorts are updated from the same plan.
 //! - A source that disappears (the manifest path is gone) keeps the last good snapshot
 //!   programmed instead of removing every service.
 
@@ -14,6 +15,7 @@ use kproxy_dataplane::iptables::proxier::{IptablesProxier, SyncReport};
 use kproxy_dataplane::plan::ProxyPlan;
 
 use crate::cli::Settings;
+use crate::healthcheck::ServiceHealthServer;
 use crate::model::Snapshot;
 use crate::node::{HostAddresses, node_context};
 use crate::planner;
@@ -138,6 +140,7 @@ pub async fn run(
     mut dataplane: IptablesProxier,
 ) -> anyhow::Result<()> {
     let mut schedule = Schedule::new(settings);
+    let mut health = ServiceHealthServer::new();
     let mut snapshot = Snapshot::default();
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,21 +164,24 @@ pub async fn run(
         let Some(full) = schedule.due(now) else {
             continue;
         };
-        let result = match plan_for(settings, node_name, &snapshot) {
-            Ok(plan) => dataplane
-                .sync(&plan, full)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(err) => Err(err),
+        let plan = match plan_for(settings, node_name, &snapshot) {
+            Ok(plan) => plan,
+            Err(err) => {
+                tracing::error!("cannot plan, retrying: {err:#}");
+                schedule.failed(now);
+                continue;
+            }
         };
-        match result {
+        match dataplane.sync(&plan, full).await {
             Ok(reports) => {
                 log_reports(&reports);
                 schedule.succeeded(now, full);
+                health.sync(&plan, true);
             }
             Err(err) => {
                 tracing::error!("sync failed, retrying with a full sync: {err:#}");
                 schedule.failed(now);
+                health.sync(&plan, false);
             }
         }
     }
