@@ -11,8 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use kproxy_dataplane::iptables::proxier::{IptablesProxier, SyncReport};
+use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::plan::ProxyPlan;
+use kproxy_dataplane::report::SyncReport;
 
 use crate::cli::Settings;
 use crate::healthcheck::ServiceHealthServer;
@@ -53,19 +54,7 @@ pub fn report_problems(loaded: &Loaded) {
 
 /// Logs what a sync did.
 pub fn log_reports(reports: &[SyncReport]) {
-    for r in reports {
-        tracing::info!(
-            family = %r.family,
-            full = r.full,
-            chains_written = r.chains_written,
-            chains_deleted = r.chains_deleted,
-            rules_written = r.rules_written,
-            nat_rules = r.nat_rules,
-            filter_rules = r.filter_rules,
-            took_ms = r.took.as_secs_f64() * 1e3,
-            "synced iptables rules"
-        );
-    }
+    reports.iter().for_each(SyncReport::log);
 }
 
 /// When the next sync may and must happen.

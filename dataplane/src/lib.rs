@@ -7,5 +7,6 @@
 
 pub mod iptables;
 pub mod plan;
+pub mod report;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -184,7 +184,7 @@ fn foreign_rules_survive(backend: &str) -> anyhow::Result<()> {
     );
     let log = cluster.dir.join("kproxy.log");
     let proxy = KproxyProcess::start(&cluster.node, &strs(&a), log)?;
-    proxy.wait_for_log("synced iptables rules", 1, Duration::from_secs(20))?;
+    proxy.wait_for_log("synced rules", 1, Duration::from_secs(20))?;
     assert_eq!(
         foreign_rules(&cluster.node, backend)?,
         before,
@@ -196,11 +196,11 @@ fn foreign_rules_survive(backend: &str) -> anyhow::Result<()> {
     // Partial sync: pod-0 leaves the Service.
     let only_pod1 = [cluster.pods[1].ip];
     cluster.write_manifest("web-slice.yaml", &slice_yaml("web", &only_pod1))?;
-    proxy.wait_for_log("synced iptables rules", 2, Duration::from_secs(20))?;
+    proxy.wait_for_log("synced rules", 2, Duration::from_secs(20))?;
     let log = proxy.log();
     let second = log
         .lines()
-        .filter(|l| l.contains("synced iptables rules"))
+        .filter(|l| l.contains("synced rules"))
         .nth(1)
         .unwrap_or_default();
     assert!(

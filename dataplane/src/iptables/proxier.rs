@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::plan::{IpFamily, NodePortAddresses, ProxyPlan};
+use crate::report::SyncReport;
 
 use super::apply::{
     BackendChoice, IptablesError, IptablesTool, conntrack_tcp_be_liberal, enable_route_localnet,
@@ -15,27 +16,6 @@ use super::apply::{
 use super::render::{RenderOptions, render};
 use super::restore::{self, RestoreInput, parse_save};
 use super::ruleset::{Ruleset, Table};
-
-/// What one family's sync did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncReport {
-    /// The family.
-    pub family: IpFamily,
-    /// Whether this was a full sync.
-    pub full: bool,
-    /// Chains created or rewritten.
-    pub chains_written: usize,
-    /// Chains deleted.
-    pub chains_deleted: usize,
-    /// Rules written.
-    pub rules_written: usize,
-    /// Rules in the family's nat and filter chains after the sync.
-    pub nat_rules: usize,
-    /// Rules in the filter table after the sync.
-    pub filter_rules: usize,
-    /// Wall time of render + diff + apply.
-    pub took: Duration,
-}
 
 struct FamilyState {
     tool: IptablesTool,
@@ -157,13 +137,13 @@ fn report(
     took: Duration,
 ) -> SyncReport {
     SyncReport {
+        mode: "iptables",
         family,
         full,
-        chains_written: input.chains_written,
-        chains_deleted: input.chains_deleted,
-        rules_written: input.rules_written,
-        nat_rules: wanted.rule_count(Table::Nat),
-        filter_rules: wanted.rule_count(Table::Filter),
+        objects_written: input.chains_written,
+        objects_deleted: input.chains_deleted,
+        lines_written: input.rules_written,
+        rules_total: wanted.rule_count(Table::Nat) + wanted.rule_count(Table::Filter),
         took,
     }
 }
