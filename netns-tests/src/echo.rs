@@ -61,12 +61,28 @@ fn serve(listener: TcpListener, pod: &str, stop: &AtomicBool) -> anyhow::Result<
         match listener.accept() {
             Ok((mut conn, peer)) => {
                 let _ = conn.set_nonblocking(false);
-                let _ = writeln!(conn, "{pod} {}", peer.ip());
+                let _ = answer(&mut conn, pod, peer);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the line in one segment, half-closes, and drains what the client sent (bounded),
+/// so that unread input does not turn the close into a reset that loses the reply.
+fn answer(conn: &mut TcpStream, pod: &str, peer: SocketAddr) -> std::io::Result<()> {
+    use std::io::Read;
+    conn.write_all(format!("{pod} {}\n", peer.ip()).as_bytes())?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut sink = [0u8; 512];
+    for _ in 0..64 {
+        if conn.read(&mut sink)? == 0 {
+            break;
         }
     }
     Ok(())
@@ -123,4 +139,68 @@ pub fn ask_here(addr: SocketAddr) -> anyhow::Result<Reply> {
 /// Asks `n` times from `ns` (one thread, so the namespace is entered once).
 pub fn ask_many(ns: &Netns, addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Reply>> {
     ns.run_in(move || (0..n).map(|_| ask_here(addr)).collect())
+}
+
+/// How a connection attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Connected and read the echo line.
+    Replied(Reply),
+    /// Actively refused (RST or ICMP port unreachable: a REJECT).
+    Refused,
+    /// Nothing came back within the timeout (a DROP).
+    TimedOut,
+    /// Anything else.
+    Failed(anyhow::Error),
+}
+
+/// Connects from `ns` to `addr`, optionally from source address `src`, waiting at most
+/// `timeout`, and says how it ended.
+pub fn try_ask(
+    ns: &Netns,
+    src: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Outcome {
+    match ns.run_in(move || Ok(try_ask_here(src, addr, timeout))) {
+        Ok(outcome) => outcome,
+        Err(err) => Outcome::Failed(err),
+    }
+}
+
+/// [`try_ask`] from the current thread's namespace.
+pub fn try_ask_here(src: Option<std::net::IpAddr>, addr: SocketAddr, timeout: Duration) -> Outcome {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let attempt = || -> std::io::Result<Reply> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if let Some(src) = src {
+            socket.bind(&SocketAddr::new(src, 0).into())?;
+        }
+        socket.connect_timeout(&addr.into(), timeout)?;
+        let conn: TcpStream = socket.into();
+        conn.set_read_timeout(Some(timeout))?;
+        let mut line = String::new();
+        BufReader::new(conn).read_line(&mut line)?;
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some(pod), Some(peer)) => Ok(Reply {
+                pod: pod.into(),
+                peer: peer.into(),
+            }),
+            _ => Err(std::io::Error::other(format!("unexpected reply {line:?}"))),
+        }
+    };
+    match attempt() {
+        Ok(reply) => Outcome::Replied(reply),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Outcome::TimedOut
+        }
+        Err(e) => Outcome::Failed(anyhow::Error::new(e).context(format!("connect {addr}"))),
+    }
 }

@@ -4,9 +4,21 @@
 //! - [`netns`]: a namespace that deletes itself on drop, commands and threads inside it.
 //! - [`echo`]: TCP echo backends that answer with their pod name and the peer they saw.
 //! - [`node`]: a one-node cluster (bridge of pods, a client pod, an external client).
+//! - [`manifests`]: Service + EndpointSlice manifests from a `ServiceSpec` value.
 //! - [`kproxy`]: running the kproxy binary inside a node namespace.
+//! - [`report`]: the run-netns report (text table and SVG chart).
+//! - [`rig`]: a multi-node cluster built with rtnetlink (nodes, pods, underlay, external).
+//! - [`scenario`]: a running cluster in one proxy mode and the measurements scenarios share.
+//! - [`stats`]: chi-square judgement of load distributions.
+//! - [`traffic`]: traffic generators (pnet raw packets with capture, smoltcp over TUN).
 
 pub mod echo;
 pub mod kproxy;
+pub mod manifests;
 pub mod netns;
 pub mod node;
+pub mod report;
+pub mod rig;
+pub mod scenario;
+pub mod stats;
+pub mod traffic;

@@ -1,0 +1,182 @@
+//! A running test cluster: a 3-node [`Rig`] with echo backends in every pod and kproxy in
+//! every node in one proxy mode, plus the measurements scenarios share (hits per backend
+//! from a client, DNAT-on-source probes). The e2e suite and `run-netns` are both written
+//! on top of it, so a scenario reads as: which Services, which client, what must happen.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::echo::{Outcome, try_ask};
+use crate::manifests::{EndpointSpec, ServiceSpec};
+use crate::netns::Netns;
+use crate::rig::{Rig, RigSpec, UPLINK, udp_ask};
+use crate::traffic::probe::{Capture, Probe, ProbeProtocol, send_and_capture};
+
+/// The port every backend pod serves (TCP and UDP echo).
+pub const BACKEND_PORT: u16 = 8080;
+
+/// How long a client waits before calling a connection dropped.
+pub const DROP_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A rig with backends and kproxy running in `mode`.
+pub struct Cluster {
+    /// The rig.
+    pub rig: Rig,
+    /// The proxy mode kproxy runs in.
+    pub mode: String,
+    synced: Vec<usize>,
+}
+
+impl Cluster {
+    /// Builds a `nodes` × `pods_per_node` rig, starts backends, writes `services` and starts
+    /// kproxy in `mode` (with `extra_args`) on every node, and waits for the first sync.
+    pub fn start(
+        mode: &str,
+        nodes: usize,
+        pods_per_node: usize,
+        services: &[ServiceSpec],
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut rig = Rig::new(RigSpec {
+            nodes,
+            pods_per_node,
+        })?;
+        rig.start_backends(BACKEND_PORT)?;
+        for spec in services {
+            rig.write_manifest(&file_of(spec), &spec.to_manifest())?;
+        }
+        let mut args = vec!["--proxy-mode", mode];
+        args.extend_from_slice(extra_args);
+        rig.start_kproxy(&args)?;
+        let synced = rig.wait_synced(&vec![0; nodes]).context("first sync")?;
+        Ok(Cluster {
+            rig,
+            mode: mode.to_owned(),
+            synced,
+        })
+    }
+
+    /// Writes (or rewrites) a Service and waits until every node synced it; returns how
+    /// long that took.
+    pub fn apply(&mut self, spec: &ServiceSpec) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let since = self.rig.sync_counts();
+        self.rig
+            .write_manifest(&file_of(spec), &spec.to_manifest())?;
+        self.synced = self.rig.wait_synced(&since)?;
+        Ok(started.elapsed())
+    }
+
+    /// The namespace of a pod by name.
+    pub fn pod_ns(&self, name: &str) -> anyhow::Result<&Netns> {
+        Ok(&self.pod(name)?.ns)
+    }
+
+    /// A pod's address by name.
+    pub fn pod_ip(&self, name: &str) -> anyhow::Result<Ipv4Addr> {
+        Ok(self.pod(name)?.ip)
+    }
+
+    fn pod(&self, name: &str) -> anyhow::Result<&crate::rig::RigPod> {
+        self.rig.pod(name).with_context(|| format!("no pod {name}"))
+    }
+
+    /// A ready endpoint for pod `name`.
+    pub fn endpoint(&self, name: &str) -> anyhow::Result<EndpointSpec> {
+        let pod = self.pod(name)?;
+        Ok(EndpointSpec::ready(pod.ip, &self.rig.nodes[pod.node].name))
+    }
+
+    /// A serving, terminating endpoint for pod `name`.
+    pub fn terminating_endpoint(&self, name: &str) -> anyhow::Result<EndpointSpec> {
+        let pod = self.pod(name)?;
+        Ok(EndpointSpec::terminating(
+            pod.ip,
+            &self.rig.nodes[pod.node].name,
+        ))
+    }
+
+    /// Node `i`'s uplink address.
+    pub fn node_ip(&self, i: usize) -> Ipv4Addr {
+        self.rig.nodes[i].ip
+    }
+
+    /// `n` TCP connections from `client` to `addr`: hits per backend pod and failures.
+    pub fn tcp_hits(&self, client: &Netns, addr: SocketAddr, n: usize) -> Hits {
+        let mut hits = Hits::default();
+        for _ in 0..n {
+            match try_ask(client, None, addr, DROP_TIMEOUT) {
+                Outcome::Replied(reply) => hits.record(reply.pod, reply.peer),
+                _ => hits.failures += 1,
+            }
+        }
+        hits
+    }
+
+    /// `n` UDP requests from `client` to `addr`.
+    pub fn udp_hits(&self, client: &Netns, addr: SocketAddr, n: usize) -> Hits {
+        let mut hits = Hits::default();
+        for _ in 0..n {
+            match udp_ask(client, addr) {
+                Ok(reply) => hits.record(reply.pod, reply.peer),
+                Err(_) => hits.failures += 1,
+            }
+        }
+        hits
+    }
+
+    /// Sends `count` TCP SYN (or UDP) probes from pod `from` to `dst` and captures them on
+    /// the pod's node's uplink. `Ok(true)` when every probe that left the node was already
+    /// DNATed to one of `endpoints` (and at least one left), `Ok(false)` when any left with
+    /// another destination (such as the ClusterIP itself).
+    pub fn dnat_on_source(
+        &self,
+        from: &str,
+        dst: SocketAddrV4,
+        protocol: ProbeProtocol,
+        endpoints: &[SocketAddrV4],
+        count: usize,
+    ) -> anyhow::Result<bool> {
+        let pod = self.pod(from)?;
+        let node = &self.rig.nodes[pod.node];
+        let probe = Probe {
+            from: &pod.ns,
+            src: pod.ip,
+            dst,
+            protocol,
+            count,
+        };
+        let seen = send_and_capture(&probe, &Capture::outgoing(&node.ns, UPLINK))?;
+        Ok(!seen.is_empty() && seen.iter().all(|s| endpoints.contains(&s.dst)))
+    }
+}
+
+/// Hits per backend pod, the source addresses the backends saw, and failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hits {
+    /// Replies per pod name.
+    pub per_pod: BTreeMap<String, usize>,
+    /// Source addresses seen by the backends.
+    pub peers: BTreeMap<String, usize>,
+    /// Requests without a reply.
+    pub failures: usize,
+}
+
+impl Hits {
+    fn record(&mut self, pod: String, peer: String) {
+        *self.per_pod.entry(pod).or_default() += 1;
+        *self.peers.entry(peer).or_default() += 1;
+    }
+
+    /// Total replies.
+    pub fn total(&self) -> usize {
+        self.per_pod.values().sum()
+    }
+}
+
+fn file_of(spec: &ServiceSpec) -> String {
+    format!("svc-{}.json", spec.name)
+}

@@ -1,0 +1,546 @@
+//! The end-to-end suite: every Service feature kproxy implements, proven with real packets
+//! in a 3-node rig, once per proxy mode. Each scenario is a function of the mode; the
+//! `suite!` macro instantiates all of them for a mode, so a new mode gets the whole suite
+//! with one line. Needs root.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use kproxy_netns_tests::echo::{Outcome, try_ask};
+use kproxy_netns_tests::manifests::{PortSpec, ServiceSpec, ServiceType};
+use kproxy_netns_tests::rig::{EXTERNAL_IP, UPLINK};
+use kproxy_netns_tests::scenario::{BACKEND_PORT, Cluster, DROP_TIMEOUT};
+use kproxy_netns_tests::stats::{assert_uniform, samples_to_detect_skew};
+use kproxy_netns_tests::traffic::probe::ProbeProtocol;
+use kproxy_netns_tests::traffic::tcp_over_tun::TunClient;
+
+type Result = anyhow::Result<()>;
+
+fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(a, b, c, d)
+}
+
+fn sock(addr: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(addr), port)
+}
+
+fn web(endpoints: Vec<kproxy_netns_tests::manifests::EndpointSpec>) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(
+        "web",
+        ip(10, 96, 0, 10),
+        vec![PortSpec::tcp("http", 80, BACKEND_PORT)],
+    );
+    spec.endpoints = endpoints;
+    spec
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn backends_hit(hits: &kproxy_netns_tests::scenario::Hits) -> BTreeSet<String> {
+    hits.per_pod.keys().cloned().collect()
+}
+
+/// ClusterIP from a pod on another node and from a pod on the same node as an endpoint:
+/// every connection reaches an endpoint, evenly (chi-square), the client's address is
+/// kept, and the packet leaves the source node already DNATed (pnet capture).
+fn cluster_ip(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let endpoints = ["pod-1-0", "pod-2-0", "pod-2-1"];
+    let spec = web(endpoints
+        .iter()
+        .map(|p| c.endpoint(p))
+        .collect::<anyhow::Result<_>>()?);
+    c.apply(&spec)?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    let n = samples_to_detect_skew(endpoints.len());
+    for client in ["pod-0-0", "pod-1-1"] {
+        let hits = c.tcp_hits(c.pod_ns(client)?, vip, n);
+        assert_eq!(hits.failures, 0, "from {client}: {hits:?}");
+        assert_uniform(&hits.per_pod, &endpoints);
+        let own = c.pod_ip(client)?.to_string();
+        assert_eq!(
+            hits.peers.keys().collect::<Vec<_>>(),
+            vec![&own],
+            "pod source kept from {client}"
+        );
+    }
+    let targets: Vec<SocketAddrV4> = endpoints
+        .iter()
+        .map(|p| Ok(SocketAddrV4::new(c.pod_ip(p)?, BACKEND_PORT)))
+        .collect::<anyhow::Result<_>>()?;
+    let dst = SocketAddrV4::new(ip(10, 96, 0, 10), 80);
+    assert!(
+        c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &targets, 20)?,
+        "TCP DNAT on the source node"
+    );
+    Ok(())
+}
+
+/// NodePort (externalTrafficPolicy: Cluster) from outside through every node, kernel
+/// sockets and the smoltcp client: always answered, source masqueraded.
+fn node_port(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-1")?]);
+    spec.service_type = ServiceType::NodePort;
+    spec.ports = vec![PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30080)];
+    c.apply(&spec)?;
+    let mut tun = TunClient::new(
+        &c.rig.external,
+        "kptun0",
+        ip(198, 18, 0, 1),
+        ip(198, 18, 0, 2),
+        24,
+    )?;
+    for node in 0..3 {
+        let hits = c.tcp_hits(&c.rig.external, sock(c.node_ip(node), 30080), 6);
+        assert_eq!(hits.failures, 0, "via node-{node}: {hits:?}");
+        assert!(
+            !hits.peers.contains_key(&EXTERNAL_IP.to_string()),
+            "eTP Cluster masquerades: {hits:?}"
+        );
+        let line = tun.request(
+            SocketAddrV4::new(c.node_ip(node), 30080),
+            b"",
+            Duration::from_secs(3),
+        )?;
+        assert!(
+            line.starts_with("pod-1-0 ") || line.starts_with("pod-2-1 "),
+            "smoltcp via node-{node}: {line:?}"
+        );
+    }
+    Ok(())
+}
+
+/// externalIPs: the external client reaches the Service through an external IP routed to a
+/// node.
+fn external_ips(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-0")?]);
+    spec.external_ips = vec![ip(203, 0, 113, 20)];
+    c.apply(&spec)?;
+    c.rig.route_vips_via(2)?;
+    let hits = c.tcp_hits(&c.rig.external, sock(ip(203, 0, 113, 20), 80), 6);
+    assert_eq!(hits.failures, 0, "{hits:?}");
+    assert!(backends_hit(&hits).is_subset(&names(&["pod-1-0", "pod-2-0"])));
+    let mut tun = TunClient::new(
+        &c.rig.external,
+        "kptun0",
+        ip(198, 18, 0, 1),
+        ip(198, 18, 0, 2),
+        24,
+    )?;
+    let line = tun.request(
+        SocketAddrV4::new(ip(203, 0, 113, 20), 80),
+        b"",
+        Duration::from_secs(3),
+    )?;
+    assert!(line.starts_with("pod-"), "smoltcp to external IP: {line:?}");
+    Ok(())
+}
+
+/// LoadBalancer IP with loadBalancerSourceRanges: a source inside the range is served, one
+/// outside (the smoltcp client's network) is dropped.
+fn load_balancer_source_ranges(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-0")?]);
+    spec.service_type = ServiceType::LoadBalancer;
+    spec.ports = vec![PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30081)];
+    spec.load_balancer_ips = vec![ip(203, 0, 113, 30)];
+    spec.source_ranges = vec!["192.168.50.0/24".into()];
+    c.apply(&spec)?;
+    let lb = sock(ip(203, 0, 113, 30), 80);
+    let hits = c.tcp_hits(&c.rig.external, lb, 4);
+    assert_eq!(hits.failures, 0, "allowed source: {hits:?}");
+    let mut tun = TunClient::new(
+        &c.rig.external,
+        "kptun0",
+        ip(198, 18, 0, 1),
+        ip(198, 18, 0, 2),
+        24,
+    )?;
+    let refused = tun.request(
+        SocketAddrV4::new(ip(203, 0, 113, 30), 80),
+        b"",
+        DROP_TIMEOUT,
+    );
+    assert!(
+        refused.is_err(),
+        "198.18.0.2 is outside loadBalancerSourceRanges: {refused:?}"
+    );
+    // Without source ranges the same client gets through: the test can tell.
+    spec.source_ranges.clear();
+    c.apply(&spec)?;
+    let line = tun.request(
+        SocketAddrV4::new(ip(203, 0, 113, 30), 80),
+        b"",
+        Duration::from_secs(3),
+    )?;
+    assert!(line.starts_with("pod-"), "{line:?}");
+    Ok(())
+}
+
+/// externalTrafficPolicy: Local: only local endpoints, client source preserved, nodes
+/// without local endpoints drop, and the health-check NodePort answers 200/503 with the
+/// local endpoint count.
+fn external_traffic_policy_local(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![
+        c.endpoint("pod-1-0")?,
+        c.endpoint("pod-1-1")?,
+        c.endpoint("pod-2-0")?,
+    ]);
+    spec.service_type = ServiceType::LoadBalancer;
+    spec.ports = vec![PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30090)];
+    spec.external_local = true;
+    spec.health_check_node_port = Some(32090);
+    c.apply(&spec)?;
+
+    let hits = c.tcp_hits(&c.rig.external, sock(c.node_ip(1), 30090), 12);
+    assert_eq!(hits.failures, 0, "{hits:?}");
+    assert_eq!(
+        backends_hit(&hits),
+        names(&["pod-1-0", "pod-1-1"]),
+        "only node-1's endpoints"
+    );
+    assert_eq!(
+        hits.peers.keys().collect::<Vec<_>>(),
+        vec![&EXTERNAL_IP.to_string()],
+        "source preserved"
+    );
+    let mut tun = TunClient::new(
+        &c.rig.external,
+        "kptun0",
+        ip(198, 18, 0, 1),
+        ip(198, 18, 0, 2),
+        24,
+    )?;
+    let line = tun.request(
+        SocketAddrV4::new(c.node_ip(2), 30090),
+        b"",
+        Duration::from_secs(3),
+    )?;
+    assert_eq!(
+        line.trim(),
+        "pod-2-0 198.18.0.2",
+        "smoltcp client's address preserved"
+    );
+    match try_ask(
+        &c.rig.external,
+        None,
+        sock(c.node_ip(0), 30090),
+        DROP_TIMEOUT,
+    ) {
+        Outcome::TimedOut => {}
+        other => panic!("node-0 has no local endpoint: must drop, got {other:?}"),
+    }
+
+    let health = |node: usize| http_get(&c.rig.external, sock(c.node_ip(node), 32090));
+    let (status, body) = health(1)?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"localEndpoints\":2"), "{body}");
+    let (status, body) = health(0)?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"localEndpoints\":0"), "{body}");
+    Ok(())
+}
+
+/// internalTrafficPolicy: Local: pods reach only endpoints on their own node; a node
+/// without local endpoints drops.
+fn internal_traffic_policy_local(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-0")?]);
+    spec.internal_local = true;
+    c.apply(&spec)?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    let hits = c.tcp_hits(c.pod_ns("pod-1-1")?, vip, 8);
+    assert_eq!(hits.failures, 0, "{hits:?}");
+    assert_eq!(backends_hit(&hits), names(&["pod-1-0"]));
+    match try_ask(c.pod_ns("pod-0-0")?, None, vip, DROP_TIMEOUT) {
+        Outcome::TimedOut => Ok(()),
+        other => panic!("node-0 has no local endpoint: must drop, got {other:?}"),
+    }
+}
+
+/// sessionAffinity: ClientIP: every connection of a client sticks to one backend; many
+/// clients spread over all of them.
+fn session_affinity(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![
+        c.endpoint("pod-1-0")?,
+        c.endpoint("pod-1-1")?,
+        c.endpoint("pod-2-0")?,
+    ]);
+    spec.affinity_timeout = Some(600);
+    c.apply(&spec)?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    // Twelve client addresses on one pod: a chance of 3^-11 that all pick one backend.
+    let client = c.pod_ns("pod-0-0")?;
+    for k in 0..12u8 {
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("10.244.0.{}/24", 100 + k),
+            "dev",
+            "eth0",
+        ])?;
+    }
+    let mut chosen = BTreeSet::new();
+    for k in 0..12u8 {
+        let src = IpAddr::V4(ip(10, 244, 0, 100 + k));
+        let mut picks = BTreeSet::new();
+        for _ in 0..5 {
+            match try_ask(client, Some(src), vip, Duration::from_secs(3)) {
+                Outcome::Replied(r) => {
+                    assert_eq!(r.peer, src.to_string());
+                    picks.insert(r.pod);
+                }
+                other => panic!("from {src}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            picks.len(),
+            1,
+            "client {src} must stick to one backend: {picks:?}"
+        );
+        chosen.extend(picks);
+    }
+    assert!(chosen.len() > 1, "different clients spread: {chosen:?}");
+    Ok(())
+}
+
+/// A Service without endpoints is refused at once (REJECT), from a pod and from outside.
+fn no_endpoints_refused(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![]);
+    spec.service_type = ServiceType::NodePort;
+    spec.ports = vec![PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30082)];
+    c.apply(&spec)?;
+    for (client, target) in [
+        (c.pod_ns("pod-0-0")?, sock(ip(10, 96, 0, 10), 80)),
+        (&c.rig.external, sock(c.node_ip(1), 30082)),
+    ] {
+        let started = Instant::now();
+        match try_ask(client, None, target, Duration::from_secs(3)) {
+            Outcome::Refused => assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "refused at once"
+            ),
+            other => panic!("{target} without endpoints: expected refused, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// Hairpin: a pod reaching itself through its Service is served, masqueraded to its node.
+fn hairpin(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    c.apply(&web(vec![c.endpoint("pod-0-0")?]))?;
+    let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, sock(ip(10, 96, 0, 10), 80), 3);
+    assert_eq!(hits.failures, 0, "{hits:?}");
+    assert_eq!(backends_hit(&hits), names(&["pod-0-0"]));
+    assert_eq!(
+        hits.peers.keys().collect::<Vec<_>>(),
+        vec!["10.244.0.1"],
+        "hairpin is masqueraded"
+    );
+    Ok(())
+}
+
+/// Terminating fallback: with only serving+terminating endpoints traffic still flows to
+/// them; once a ready endpoint exists, only it is used.
+fn terminating_fallback(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![
+        c.terminating_endpoint("pod-1-0")?,
+        c.terminating_endpoint("pod-2-0")?,
+    ]);
+    c.apply(&spec)?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 8);
+    assert_eq!(hits.failures, 0, "{hits:?}");
+    assert!(backends_hit(&hits).is_subset(&names(&["pod-1-0", "pod-2-0"])));
+    spec.endpoints.push(c.endpoint("pod-0-1")?);
+    c.apply(&spec)?;
+    let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 8);
+    assert_eq!(
+        backends_hit(&hits),
+        names(&["pod-0-1"]),
+        "ready endpoints win: {hits:?}"
+    );
+    Ok(())
+}
+
+/// An endpoint change is programmed on every node and traffic follows, within a bound.
+fn endpoint_change_follows(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-0")?]);
+    c.apply(&spec)?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    spec.endpoints = vec![c.endpoint("pod-2-1")?];
+    let took = c.apply(&spec)?;
+    eprintln!("{mode}: endpoint change synced on 3 nodes in {took:?}");
+    assert!(took < Duration::from_secs(5), "bounded: {took:?}");
+    let hits = c.tcp_hits(c.pod_ns("pod-0-1")?, vip, 8);
+    assert_eq!(backends_hit(&hits), names(&["pod-2-1"]), "{hits:?}");
+    Ok(())
+}
+
+/// UDP: a UDP Service spreads evenly across nodes, and UDP probes are DNATed on the source
+/// node too.
+fn udp(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let endpoints = ["pod-1-0", "pod-1-1", "pod-2-0"];
+    let mut spec = ServiceSpec::new(
+        "dns",
+        ip(10, 96, 0, 53),
+        vec![PortSpec::udp("dns", 53, BACKEND_PORT)],
+    );
+    spec.endpoints = endpoints
+        .iter()
+        .map(|p| c.endpoint(p))
+        .collect::<anyhow::Result<_>>()?;
+    c.apply(&spec)?;
+    let hits = c.udp_hits(
+        c.pod_ns("pod-0-0")?,
+        sock(ip(10, 96, 0, 53), 53),
+        samples_to_detect_skew(3),
+    );
+    assert_eq!(hits.failures, 0, "{hits:?}");
+    assert_uniform(&hits.per_pod, &endpoints);
+    let targets: Vec<SocketAddrV4> = endpoints
+        .iter()
+        .map(|p| Ok(SocketAddrV4::new(c.pod_ip(p)?, BACKEND_PORT)))
+        .collect::<anyhow::Result<_>>()?;
+    let dst = SocketAddrV4::new(ip(10, 96, 0, 53), 53);
+    assert!(
+        c.dnat_on_source("pod-0-0", dst, ProbeProtocol::Udp, &targets, 20)?,
+        "UDP DNAT on the source node"
+    );
+    Ok(())
+}
+
+/// The DNAT-on-source assertion can fail: with kproxy stopped on node-0 and node-0
+/// routing the service range to node-1 (DNAT moved off the source node), the probe sees
+/// the ClusterIP leave node-0 and reports it.
+fn dnat_off_source_is_detected(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-0")?]);
+    c.apply(&spec)?;
+    let targets = [
+        SocketAddrV4::new(c.pod_ip("pod-1-0")?, BACKEND_PORT),
+        SocketAddrV4::new(c.pod_ip("pod-2-0")?, BACKEND_PORT),
+    ];
+    let dst = SocketAddrV4::new(ip(10, 96, 0, 10), 80);
+    assert!(c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &targets, 10)?);
+    // Move DNAT off node-0: stop kproxy (rules stay on every node), remove node-0's
+    // rules, and route the service range from node-0 to node-1, which still DNATs.
+    c.rig.stop_kproxy();
+    let node0 = c.rig.node_ns(0);
+    let out = kproxy_netns_tests::kproxy::run(node0, &["--cleanup"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node0.ip(&[
+        "route",
+        "add",
+        "10.96.0.0/16",
+        "via",
+        &c.node_ip(1).to_string(),
+        "dev",
+        UPLINK,
+    ])?;
+    assert!(
+        !c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &targets, 10)?,
+        "a probe leaving node-0 with the ClusterIP must be reported"
+    );
+    Ok(())
+}
+
+/// `GET /` over HTTP/1.1 from `ns`; returns the status code and body.
+fn http_get(
+    ns: &kproxy_netns_tests::netns::Netns,
+    addr: SocketAddr,
+) -> anyhow::Result<(u16, String)> {
+    ns.run_in(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        Ok((status, body))
+    })
+}
+
+macro_rules! suite {
+    ($mode:ident) => {
+        mod $mode {
+            const MODE: &str = stringify!($mode);
+            #[test]
+            fn cluster_ip() -> super::Result {
+                super::cluster_ip(MODE)
+            }
+            #[test]
+            fn node_port() -> super::Result {
+                super::node_port(MODE)
+            }
+            #[test]
+            fn external_ips() -> super::Result {
+                super::external_ips(MODE)
+            }
+            #[test]
+            fn load_balancer_source_ranges() -> super::Result {
+                super::load_balancer_source_ranges(MODE)
+            }
+            #[test]
+            fn external_traffic_policy_local() -> super::Result {
+                super::external_traffic_policy_local(MODE)
+            }
+            #[test]
+            fn internal_traffic_policy_local() -> super::Result {
+                super::internal_traffic_policy_local(MODE)
+            }
+            #[test]
+            fn session_affinity() -> super::Result {
+                super::session_affinity(MODE)
+            }
+            #[test]
+            fn no_endpoints_refused() -> super::Result {
+                super::no_endpoints_refused(MODE)
+            }
+            #[test]
+            fn hairpin() -> super::Result {
+                super::hairpin(MODE)
+            }
+            #[test]
+            fn terminating_fallback() -> super::Result {
+                super::terminating_fallback(MODE)
+            }
+            #[test]
+            fn endpoint_change_follows() -> super::Result {
+                super::endpoint_change_follows(MODE)
+            }
+            #[test]
+            fn udp() -> super::Result {
+                super::udp(MODE)
+            }
+            #[test]
+            fn dnat_off_source_is_detected() -> super::Result {
+                super::dnat_off_source_is_detected(MODE)
+            }
+        }
+    };
+}
+
+suite!(iptables);
