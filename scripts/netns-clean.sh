@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Removes what killed or crashed netns tests left behind (run as root, not while tests run):
-#   - network namespaces named kp<digits>... (the test rigs' and netns::unique_prefix's
-#     kp<pid>x<n>-...) and kpdemo-... (scripts/demo.sh): the processes inside are killed
-#     (TERM, then KILL), then the namespace is deleted;
-#   - scratch directories /tmp/kp<pid>x<n> (manifests and logs of a rig or cluster).
+# Removes what killed or crashed netns tests left behind (run as root):
+#   - network namespaces named kp<pid>x<n>-... (the test rigs' and netns::unique_prefix's)
+#     whose creating process <pid> is gone, and kpdemo-... (scripts/demo.sh) unless --keep-demo:
+#     the processes inside are killed (TERM, then KILL), then the namespace is deleted;
+#   - scratch directories /tmp/kp<pid>x<n> whose creator is gone.
+# Namespaces of a live test process are left alone, so it is safe while tests run.
 # Prints what it removed; running it twice is harmless.
 set -euo pipefail
 
@@ -12,7 +13,14 @@ if [[ $EUID -ne 0 ]]; then
     exit 1
 fi
 
-ours() { [[ $1 =~ ^kp[0-9] || $1 =~ ^kpdemo- ]]; }
+# A name of ours whose creator is gone: kp<pid>x... with no process <pid>, or kpdemo-.
+ours() {
+    if [[ $1 =~ ^kp([0-9]+)x ]]; then
+        [[ ! -d /proc/${BASH_REMATCH[1]} ]]
+    else
+        [[ $1 =~ ^kpdemo- ]]
+    fi
+}
 
 removed=0
 mapfile -t namespaces < <(ip netns list 2>/dev/null | awk '{print $1}')
@@ -40,7 +48,7 @@ done
 shopt -s nullglob
 for dir in /tmp/kp[0-9]*; do
     name=${dir#/tmp/}
-    [[ -d $dir && $name =~ ^kp[0-9]+x[0-9]+$ ]] || continue
+    [[ -d $dir && $name =~ ^kp[0-9]+x[0-9]+$ ]] && ours "$name" || continue
     rm -rf -- "$dir"
     echo "removed $dir"
     removed=$((removed + 1))

@@ -7,25 +7,26 @@ use anyhow::{Context, bail};
 
 use crate::netns::Netns;
 
-/// The kproxy binary: `$KPROXY_BIN`, else `target/<profile>/kproxy` next to this test.
+/// The kproxy binary: `$KPROXY_BIN`, else `target/<profile>/kproxy` next to this program.
 pub fn kproxy_bin() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KPROXY_BIN") {
         return Ok(path.into());
     }
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/kproxy
-    let candidate = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("kproxy"))
-        .context("locating the target directory")?;
-    if !candidate.exists() {
-        bail!(
+    // target/<profile>/run-netns → target/<profile>/kproxy;
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/kproxy.
+    let dir = exe.parent().context("locating the target directory")?;
+    let candidates = [
+        dir.join("kproxy"),
+        dir.parent().unwrap_or(dir).join("kproxy"),
+    ];
+    match candidates.iter().find(|c| c.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => bail!(
             "{} not found: build it first (`cargo build -p kproxy`, or run `cargo test --workspace`), or set KPROXY_BIN",
-            candidate.display()
-        );
+            candidates[1].display()
+        ),
     }
-    Ok(candidate)
 }
 
 /// Runs `kproxy ARGS` to completion inside `node`.

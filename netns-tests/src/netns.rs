@@ -9,11 +9,12 @@ use nix::sched::{CloneFlags, setns};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
-/// A unique short prefix for one test's namespaces (`kp<pid>x<n>`).
+/// A unique prefix for one test's namespaces, `kp<pid>x<n>`: the creator's full PID, so
+/// `scripts/netns-clean.sh` can tell leftovers (creator gone) from namespaces in use.
 pub fn unique_prefix() -> String {
     format!(
         "kp{}x{}",
-        std::process::id() % 100_000,
+        std::process::id(),
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     )
 }

@@ -103,10 +103,10 @@ const COLORS: [&str; 6] = [
 
 /// The SVG bar chart: one group of bars per service, one bar per backend.
 pub fn svg(mode: &str, results: &[ServiceResult]) -> String {
-    let group_w = 170.0;
+    let group_w = 200.0;
     let (top, chart_h, left) = (60.0, 220.0, 50.0);
     let width = left + group_w * results.len().max(1) as f64 + 20.0;
-    let height = top + chart_h + 90.0;
+    let height = top + chart_h + 80.0;
     let max = results
         .iter()
         .flat_map(|r| r.hits.values())
@@ -151,6 +151,13 @@ pub fn svg(mode: &str, results: &[ServiceResult]) -> String {
                 x + bar_w / 2.0,
                 base - h - 3.0
             );
+            let short = e.strip_prefix("pod-").unwrap_or(e);
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{short}</text>"#,
+                x + bar_w / 2.0,
+                base + 12.0
+            );
         }
         let label_x = x0 + (group_w - 30.0) / 2.0;
         let verdict = if r.ok() { "✓" } else { "✗" };
@@ -161,14 +168,20 @@ pub fn svg(mode: &str, results: &[ServiceResult]) -> String {
         let _ = writeln!(
             out,
             r#"<text x="{label_x:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{} {verdict}</text>"#,
-            base + 16.0,
+            base + 30.0,
             r.name
         );
         let _ = writeln!(
             out,
             r#"<text x="{label_x:.1}" y="{:.1}" text-anchor="middle">{p}DNAT on source {}</text>"#,
-            base + 32.0,
+            base + 45.0,
             mark(r.dnat_on_source)
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{label_x:.1}" y="{:.1}" text-anchor="middle" font-size="9" fill="dimgray">{}</text>"#,
+            base + 59.0,
+            r.path
         );
     }
     out.push_str("</svg>\n");
