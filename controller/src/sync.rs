@@ -23,7 +23,7 @@ use crate::planner;
 use crate::source::{Loaded, ManifestWatcher};
 
 /// How often the manifest source is polled.
-const POLL_INTERVAL: Duration = Duration::from_millis(250);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Plans this node's rules from a snapshot (reads the host's addresses).
 pub fn plan_for(

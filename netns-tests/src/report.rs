@@ -24,6 +24,8 @@ pub struct ServiceResult {
     pub chi_square: Option<ChiSquare>,
     /// Whether a probe left the source node already DNATed (None: not checked).
     pub dnat_on_source: Option<bool>,
+    /// From writing the Service's manifest until every node's kproxy had synced it (ms).
+    pub programmed_ms: Option<f64>,
 }
 
 impl ServiceResult {
@@ -53,8 +55,8 @@ pub fn text_table(mode: &str, results: &[ServiceResult], sync_ms: &[f64]) -> Str
     let _ = writeln!(out, "kproxy {mode} mode: {} services", results.len());
     let _ = writeln!(
         out,
-        "{:<10} {:<44} {:<28} {:>9} {:>5}  ok",
-        "service", "path", "hits per backend", "chi² p", "DNAT"
+        "{:<10} {:<44} {:<28} {:>9} {:>5} {:>9}  ok",
+        "service", "path", "hits per backend", "chi² p", "DNAT", "live in"
     );
     for r in results {
         let hits: Vec<String> = r
@@ -71,12 +73,14 @@ pub fn text_table(mode: &str, results: &[ServiceResult], sync_ms: &[f64]) -> Str
             .map_or("-".to_owned(), |c| format!("{:.3}", c.p_value));
         let _ = writeln!(
             out,
-            "{:<10} {:<44} {:<28} {:>9} {:>5}  {}{}",
+            "{:<10} {:<44} {:<28} {:>9} {:>5} {:>9}  {}{}",
             r.name,
             r.path,
             hits.join(" "),
             p,
             mark(r.dnat_on_source),
+            r.programmed_ms
+                .map_or("-".to_owned(), |ms| format!("{ms:.0} ms")),
             mark(Some(r.ok())),
             if r.failures > 0 {
                 format!(" ({} failed)", r.failures)
@@ -204,6 +208,7 @@ mod tests {
             endpoints,
             failures: 0,
             dnat_on_source: dnat,
+            programmed_ms: Some(250.0),
         }
     }
 
@@ -222,6 +227,7 @@ mod tests {
         let table = text_table("iptables", &[good.clone(), bad.clone()], &[1.5, 2.5]);
         assert!(table.contains("0-0=100"), "{table}");
         assert!(table.contains("mean 2.0 ms"), "{table}");
+        assert!(table.contains("250 ms"), "{table}");
         let svg = svg("iptables", &[good, bad]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect x=").count(), 5, "one bar per backend");

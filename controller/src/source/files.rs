@@ -52,16 +52,59 @@ pub(crate) fn read_sources(path: &Path) -> Vec<SourceFile> {
 
 /// [`read_sources`] with a file size limit.
 fn read_sources_limited(path: &Path, limit: u64) -> Vec<SourceFile> {
+    manifest_paths(path)
+        .into_iter()
+        .map(|found| match found.meta {
+            Ok(_) => read_file(&found.path, limit),
+            Err(problem) => SourceFile::failed(&found.path, problem),
+        })
+        .collect()
+}
+
+/// A manifest file found under the path (or a file or directory that could not be read),
+/// with its metadata: what a walk learns without reading any content.
+struct Found {
+    path: PathBuf,
+    meta: Result<fs::Metadata, ProblemKind>,
+}
+
+/// Every manifest file at or under `path`, sorted by path.
+fn manifest_paths(path: &Path) -> Vec<Found> {
     match fs::metadata(path) {
-        Err(e) => vec![SourceFile::failed(path, unreadable(e))],
+        Err(e) => vec![Found {
+            path: path.to_path_buf(),
+            meta: Err(unreadable(e)),
+        }],
         Ok(meta) if meta.is_dir() => {
-            let mut files = Vec::new();
-            walk(path, limit, &mut HashSet::new(), &mut files);
-            files.sort_by(|a, b| a.path.cmp(&b.path));
-            files
+            let mut found = Vec::new();
+            walk(path, &mut HashSet::new(), &mut found);
+            found.sort_by(|a, b| a.path.cmp(&b.path));
+            found
         }
-        Ok(_) => vec![read_file(path, limit)],
+        Ok(meta) => vec![Found {
+            path: path.to_path_buf(),
+            meta: Ok(meta),
+        }],
     }
+}
+
+/// A hash of the paths, sizes and modification times (ns) of the manifest files at or
+/// under `path`: cheap to compute on every poll, and it changes with every edit that goes
+/// through the file system (an edit keeping size and a nanosecond mtime is caught by the
+/// watcher's periodic content check).
+pub(crate) fn stat_fingerprint(path: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for found in manifest_paths(path) {
+        found.path.hash(&mut hasher);
+        match &found.meta {
+            Ok(meta) => {
+                meta.len().hash(&mut hasher);
+                meta.modified().ok().hash(&mut hasher);
+            }
+            Err(problem) => problem.to_string().hash(&mut hasher),
+        }
+    }
+    hasher.finish()
 }
 
 /// A hash of the paths and contents of `files`, to notice any change.
@@ -78,32 +121,36 @@ pub(crate) fn fingerprint(files: &[SourceFile]) -> u64 {
     hasher.finish()
 }
 
-fn walk(dir: &Path, limit: u64, visited: &mut HashSet<PathBuf>, files: &mut Vec<SourceFile>) {
+fn walk(dir: &Path, visited: &mut HashSet<PathBuf>, found: &mut Vec<Found>) {
     if let Ok(real) = fs::canonicalize(dir)
         && !visited.insert(real)
     {
         return;
     }
+    let failed = |e| Found {
+        path: dir.to_path_buf(),
+        meta: Err(unreadable(e)),
+    };
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) => return files.push(SourceFile::failed(dir, unreadable(e))),
+        Err(e) => return found.push(failed(e)),
     };
     let mut paths = Vec::new();
     for entry in entries {
         match entry {
             Ok(entry) => paths.push(entry.path()),
-            Err(e) => files.push(SourceFile::failed(dir, unreadable(e))),
+            Err(e) => found.push(failed(e)),
         }
     }
     // Sorted, so that which of two links to one directory is followed does not vary.
     paths.sort();
     for path in paths {
-        visit(&path, limit, visited, files);
+        visit(&path, visited, found);
     }
 }
 
-/// One directory entry: recurse into a directory, read a manifest file, skip the rest.
-fn visit(path: &Path, limit: u64, visited: &mut HashSet<PathBuf>, files: &mut Vec<SourceFile>) {
+/// One directory entry: recurse into a directory, note a manifest file, skip the rest.
+fn visit(path: &Path, visited: &mut HashSet<PathBuf>, found: &mut Vec<Found>) {
     let hidden = path
         .file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with('.'));
@@ -111,13 +158,21 @@ fn visit(path: &Path, limit: u64, visited: &mut HashSet<PathBuf>, files: &mut Ve
         return;
     }
     match fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => walk(path, limit, visited, files),
+        Ok(meta) if meta.is_dir() => walk(path, visited, found),
         Ok(meta) if meta.is_file() && is_manifest_name(path) => {
-            files.push(read_file(path, limit));
+            found.push(Found {
+                path: path.to_path_buf(),
+                meta: Ok(meta),
+            });
         }
         Ok(_) => {}
         // A dangling link with a manifest's name is worth reporting.
-        Err(e) if is_manifest_name(path) => files.push(SourceFile::failed(path, unreadable(e))),
+        Err(e) if is_manifest_name(path) => {
+            found.push(Found {
+                path: path.to_path_buf(),
+                meta: Err(unreadable(e)),
+            });
+        }
         Err(_) => {}
     }
 }

@@ -1,14 +1,21 @@
 //! Watching a manifest file or directory for changes by polling.
 //!
-//! Every poll reads the files again and compares a fingerprint of their paths and contents
-//! with the last load's, so an edit is noticed even within the file system's timestamp
-//! granularity, and a file added, removed or renamed is noticed too.
+//! Every poll walks the path and hashes each manifest file's path, size and modification
+//! time (no reading), which is cheap enough to poll every few tens of milliseconds. Only
+//! when that changes, or every [`CONTENT_RECHECK`], are the files read and their contents
+//! compared with the last load's, so an edit is noticed even if it kept size and mtime,
+//! and a file added, removed or renamed is noticed too.
 
 use std::path::{Path, PathBuf};
 
-use super::files::{fingerprint, read_sources};
+use std::time::{Duration, Instant};
+
+use super::files::{fingerprint, read_sources, stat_fingerprint};
 use super::manifests::{Loaded, load_sources};
 use super::validate::ValidationOptions;
+
+/// How often the contents are compared even when no file's size or mtime changed.
+pub const CONTENT_RECHECK: Duration = Duration::from_secs(2);
 
 /// Polls a manifest file or directory and loads it again when it changed.
 #[derive(Debug, Clone)]
@@ -17,6 +24,8 @@ pub struct ManifestWatcher {
     opts: ValidationOptions,
     /// The fingerprint of the files of the last load, `None` before the first poll.
     last: Option<u64>,
+    /// The metadata fingerprint at the last content check, and when that was.
+    last_stat: Option<(u64, Instant)>,
 }
 
 impl ManifestWatcher {
@@ -26,6 +35,7 @@ impl ManifestWatcher {
             path: path.into(),
             opts,
             last: None,
+            last_stat: None,
         }
     }
 
@@ -40,6 +50,14 @@ impl ManifestWatcher {
     /// Reads every file (blocking I/O): call it from a blocking context. A missing or
     /// unreadable path loads as a [`Loaded`] with a problem.
     pub fn poll(&mut self) -> Option<Loaded> {
+        let stat = stat_fingerprint(&self.path);
+        if let Some((last, at)) = self.last_stat
+            && last == stat
+            && at.elapsed() < CONTENT_RECHECK
+        {
+            return None;
+        }
+        self.last_stat = Some((stat, Instant::now()));
         let files = read_sources(&self.path);
         let current = fingerprint(&files);
         if self.last == Some(current) {

@@ -230,6 +230,7 @@ fn measure(c: &Cluster, case: &Case, requests: usize) -> anyhow::Result<ServiceR
         failures: hits.failures,
         chi_square,
         dnat_on_source,
+        programmed_ms: None,
     };
     if !case.even && result.hits.len() != 1 {
         // Session affinity: one client must stick to one backend.
@@ -263,22 +264,26 @@ fn run(opts: &Options) -> anyhow::Result<bool> {
     let mut cluster = Cluster::start(&opts.mode, 3, 2, &[], &[])?;
     progress(&format!("rig up in {:?}", cluster.rig.build_time()));
     let cases = cases(&cluster)?;
+    let mut programmed = Vec::new();
     for case in &cases {
         let took = cluster.apply(&case.spec)?;
         progress(&format!(
             "service {} programmed on all nodes in {took:?}",
             case.spec.name
         ));
+        programmed.push(took);
     }
     cluster.rig.route_vips_via(1)?;
     let mut results = Vec::new();
-    for case in &cases {
+    for (case, took) in cases.iter().zip(programmed) {
         progress(&format!(
             "sending {} requests: {}",
             opts.requests,
             path_of(case)
         ));
-        results.push(measure(&cluster, case, opts.requests)?);
+        let mut result = measure(&cluster, case, opts.requests)?;
+        result.programmed_ms = Some(took.as_secs_f64() * 1e3);
+        results.push(result);
     }
     let syncs = sync_times(&cluster);
     println!("\n{}", text_table(&opts.mode, &results, &syncs));
