@@ -2,7 +2,7 @@
 //! `--config` into [`Settings`]: a flag given on the command line wins over the config
 //! file, which wins over the default.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +43,19 @@ pub enum Command {
 pub enum ProxyMode {
     /// Upstream kube-proxy's iptables chain layout, applied with iptables-restore.
     Iptables,
+    /// One nftables table per family (`ip kproxy`, `ip6 kproxy`) with verdict maps and
+    /// shared chains, applied as one `nft -f` transaction per sync.
+    Nftables,
+}
+
+impl ProxyMode {
+    /// The mode's name as in `--proxy-mode` and the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Nftables => "nftables",
+        }
+    }
 }
 
 /// Flags shared by running the proxy and `kproxy render`.
@@ -74,7 +87,8 @@ pub struct ProxyArgs {
     pub masquerade_all: Option<bool>,
 
     /// Comma-separated CIDRs of the node addresses that accept NodePort traffic, or
-    /// `primary` for the node's primary IP of each family. Default: all local addresses.
+    /// `primary` for the node's primary IP of each family. Default: all local addresses in
+    /// iptables mode, `primary` in nftables mode (as kube-proxy).
     #[arg(long, value_name = "CIDRS|primary")]
     pub nodeport_addresses: Option<String>,
 
@@ -82,12 +96,21 @@ pub struct ProxyArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub iptables_localhost_nodeports: Option<bool>,
 
-    /// Period of full syncs (rewrites every kproxy chain and repairs drift), e.g. 30s, 1m.
-    /// Default: 30s.
+    /// Period of full syncs in every mode (rewrites everything kproxy owns and repairs
+    /// drift), e.g. 30s, 1m. Wins over the mode's own setting. Default: 30s.
+    #[arg(long, value_name = "DURATION")]
+    pub sync_period: Option<String>,
+
+    /// Minimum interval between syncs in every mode: bursts of changes within it become
+    /// one sync. Wins over the mode's own setting. Default: 1s.
+    #[arg(long, value_name = "DURATION")]
+    pub min_sync_period: Option<String>,
+
+    /// Period of full syncs in iptables mode (see --sync-period). Default: 30s.
     #[arg(long, value_name = "DURATION")]
     pub iptables_sync_period: Option<String>,
 
-    /// Minimum interval between syncs: bursts of changes within it become one sync.
+    /// Minimum interval between syncs in iptables mode (see --min-sync-period).
     /// Default: 1s.
     #[arg(long, value_name = "DURATION")]
     pub iptables_min_sync_period: Option<String>,
@@ -109,7 +132,18 @@ pub struct ProxyArgs {
     #[arg(long, default_value = "30000-32767", value_name = "MIN-MAX", value_parser = parse_port_range)]
     pub service_node_port_range: RangeInclusive<u16>,
 
-    /// Remove every chain and rule kproxy owns (nothing else), then exit.
+    /// Where to serve /healthz and /livez (IP:port); empty to disable.
+    /// Default: 0.0.0.0:10256.
+    #[arg(long, value_name = "IP:PORT")]
+    pub healthz_bind_address: Option<String>,
+
+    /// Where to serve /metrics, /proxyMode and /configz (IP:port); empty to disable.
+    /// Default: 127.0.0.1:10249.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_bind_address: Option<String>,
+
+    /// Remove everything kproxy owns in every mode (iptables chains and jump rules,
+    /// nftables tables), nothing else, then exit.
     #[arg(long)]
     pub cleanup: bool,
 
@@ -177,6 +211,52 @@ pub struct Settings {
     pub iptables_backend: BackendChoice,
     /// NodePort range for validation.
     pub node_port_range: RangeInclusive<u16>,
+    /// `--healthz-bind-address` (None: disabled).
+    pub healthz_bind_address: Option<SocketAddr>,
+    /// `--metrics-bind-address` (None: disabled).
+    pub metrics_bind_address: Option<SocketAddr>,
+}
+
+impl Settings {
+    /// The effective configuration as JSON, for `/configz`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let nodeport_addresses = match &self.nodeport_addresses {
+            NodePortAddressSpec::All => serde_json::json!([]),
+            NodePortAddressSpec::Primary => serde_json::json!(["primary"]),
+            NodePortAddressSpec::Cidrs(c) => {
+                serde_json::json!(c.iter().map(ToString::to_string).collect::<Vec<_>>())
+            }
+        };
+        serde_json::json!({
+            "mode": self.mode.name(),
+            "hostnameOverride": self.hostname_override,
+            "clusterCIDR": self.cluster_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            "nodePortAddresses": nodeport_addresses,
+            "masqueradeAll": self.masquerade_all,
+            "masqueradeMark": format!("{:#x}", self.masquerade_mark),
+            "localhostNodePorts": self.localhost_nodeports,
+            "syncPeriod": format!("{:?}", self.sync_period),
+            "minSyncPeriod": format!("{:?}", self.min_sync_period),
+            "healthzBindAddress": self.healthz_bind_address.map(|a| a.to_string()).unwrap_or_default(),
+            "metricsBindAddress": self.metrics_bind_address.map(|a| a.to_string()).unwrap_or_default(),
+            "manifests": self.manifests.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+}
+
+/// Parses a bind address flag: `IP:PORT`, empty for disabled.
+fn bind_address(
+    flag: &str,
+    value: Option<&str>,
+    default: &str,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let text = value.unwrap_or(default).trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not IP:PORT"))
 }
 
 impl ProxyArgs {
@@ -192,13 +272,18 @@ impl ProxyArgs {
             }
             None => KubeProxyConfiguration::default(),
         };
-        let ipt = &config.iptables;
         let mode = match (self.proxy_mode, config.mode.as_deref()) {
             (Some(mode), _) => mode,
             (None, None | Some("") | Some("iptables")) => ProxyMode::Iptables,
+            (None, Some("nftables")) => ProxyMode::Nftables,
             (None, Some(other)) => anyhow::bail!(
-                "config mode {other:?} is not supported by this kproxy (supported: iptables)"
+                "config mode {other:?} is not supported by this kproxy (supported: iptables, nftables)"
             ),
+        };
+        // The config section of the mode in use; the --iptables-* flags are iptables mode's.
+        let (section, mode_flags) = match mode {
+            ProxyMode::Iptables => (&config.iptables, true),
+            ProxyMode::Nftables => (&config.nftables, false),
         };
         let cidr_text = self.cluster_cidr.clone().or(config.cluster_cidr.clone());
         let nodeports: Option<Vec<String>> = self
@@ -206,19 +291,25 @@ impl ProxyArgs {
             .as_ref()
             .map(|s| s.split(',').map(str::to_owned).collect())
             .or(config.node_port_addresses.clone());
+        let nodeport_addresses = match (nodeports.as_deref(), mode) {
+            (None, ProxyMode::Nftables) => NodePortAddressSpec::Primary,
+            (list, _) => parse_nodeport_addresses(list.unwrap_or(&[]))?,
+        };
         let bit = self
             .iptables_masquerade_bit
-            .or(ipt.masquerade_bit)
+            .or(section.masquerade_bit)
             .unwrap_or(14);
         anyhow::ensure!(bit <= 31, "--iptables-masquerade-bit {bit} is not in 0-31");
-        let duration =
-            |flag: &Option<String>, conf: &Option<String>, default: Duration, name| match flag
-                .as_ref()
-                .or(conf.as_ref())
-            {
-                Some(text) => parse_duration(text).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+        let period = |generic: &Option<String>,
+                      flag: &Option<String>,
+                      conf: &Option<String>,
+                      default: Duration| {
+            let mode_flag = flag.as_ref().filter(|_| mode_flags);
+            match generic.as_ref().or(mode_flag).or(conf.as_ref()) {
+                Some(text) => parse_duration(text),
                 None => Ok(default),
-            };
+            }
+        };
         Ok(Settings {
             mode,
             manifests: self.manifests.clone(),
@@ -227,27 +318,48 @@ impl ProxyArgs {
                 .clone()
                 .or(config.hostname_override.clone()),
             cluster_cidrs: parse_cluster_cidrs(cidr_text.as_deref().unwrap_or(""))?,
-            masquerade_all: self.masquerade_all.or(ipt.masquerade_all).unwrap_or(false),
-            nodeport_addresses: parse_nodeport_addresses(nodeports.as_deref().unwrap_or(&[]))?,
-            localhost_nodeports: self
-                .iptables_localhost_nodeports
-                .or(ipt.localhost_node_ports)
-                .unwrap_or(true),
-            sync_period: duration(
+            masquerade_all: self
+                .masquerade_all
+                .or(section.masquerade_all)
+                .unwrap_or(false),
+            nodeport_addresses,
+            // nftables mode does not support NodePorts on 127.0.0.1 (as kube-proxy).
+            localhost_nodeports: mode == ProxyMode::Iptables
+                && self
+                    .iptables_localhost_nodeports
+                    .or(config.iptables.localhost_node_ports)
+                    .unwrap_or(true),
+            sync_period: period(
+                &self.sync_period,
                 &self.iptables_sync_period,
-                &ipt.sync_period,
+                &section.sync_period,
                 Duration::from_secs(30),
-                "--iptables-sync-period",
-            )?,
-            min_sync_period: duration(
+            )
+            .map_err(|e| anyhow::anyhow!("sync period: {e}"))?,
+            min_sync_period: period(
+                &self.min_sync_period,
                 &self.iptables_min_sync_period,
-                &ipt.min_sync_period,
+                &section.min_sync_period,
                 Duration::from_secs(1),
-                "--iptables-min-sync-period",
-            )?,
+            )
+            .map_err(|e| anyhow::anyhow!("min sync period: {e}"))?,
             masquerade_mark: 1 << bit,
             iptables_backend: self.iptables_backend,
             node_port_range: self.service_node_port_range.clone(),
+            healthz_bind_address: bind_address(
+                "--healthz-bind-address",
+                self.healthz_bind_address
+                    .as_deref()
+                    .or(config.healthz_bind_address.as_deref()),
+                crate::servers::DEFAULT_HEALTHZ_BIND_ADDRESS,
+            )?,
+            metrics_bind_address: bind_address(
+                "--metrics-bind-address",
+                self.metrics_bind_address
+                    .as_deref()
+                    .or(config.metrics_bind_address.as_deref()),
+                crate::servers::DEFAULT_METRICS_BIND_ADDRESS,
+            )?,
         })
     }
 }
@@ -364,7 +476,7 @@ mod tests {
         let err = args(&["--iptables-sync-period", "soon"])
             .settings()
             .expect_err("duration");
-        assert!(err.to_string().contains("--iptables-sync-period"), "{err}");
+        assert!(err.to_string().contains("sync period"), "{err}");
         assert!(Cli::try_parse_from(["kproxy", "--proxy-mode", "bogus"]).is_err());
         assert!(Cli::try_parse_from(["kproxy", "--service-node-port-range", "5-1"]).is_err());
     }

@@ -34,10 +34,11 @@ pub enum ConfigError {
     },
 }
 
-/// `iptables:` of KubeProxyConfiguration.
+/// `iptables:` and `nftables:` of KubeProxyConfiguration (nftables has no
+/// `localhostNodePorts`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct IptablesConfig {
+pub struct ModeConfig {
     /// `masqueradeAll`.
     pub masquerade_all: Option<bool>,
     /// `masqueradeBit`.
@@ -67,13 +68,20 @@ pub struct KubeProxyConfiguration {
     pub cluster_cidr: Option<String>,
     /// `nodePortAddresses`.
     pub node_port_addresses: Option<Vec<String>>,
+    /// `healthzBindAddress`.
+    pub healthz_bind_address: Option<String>,
+    /// `metricsBindAddress`.
+    pub metrics_bind_address: Option<String>,
     /// `iptables`.
     #[serde(default)]
-    pub iptables: IptablesConfig,
+    pub iptables: ModeConfig,
+    /// `nftables`.
+    #[serde(default)]
+    pub nftables: ModeConfig,
 }
 
 /// Top-level fields kproxy reads; others are reported as ignored.
-const KNOWN_FIELDS: [&str; 7] = [
+const KNOWN_FIELDS: [&str; 10] = [
     "apiVersion",
     "kind",
     "mode",
@@ -81,6 +89,9 @@ const KNOWN_FIELDS: [&str; 7] = [
     "clusterCIDR",
     "nodePortAddresses",
     "iptables",
+    "nftables",
+    "healthzBindAddress",
+    "metricsBindAddress",
 ];
 
 impl KubeProxyConfiguration {
@@ -197,6 +208,7 @@ clusterCIDR: 10.244.0.0/16
 hostnameOverride: node-a
 nodePortAddresses: ["primary"]
 metricsBindAddress: 0.0.0.0:10249
+oomScoreAdj: -999
 iptables:
   masqueradeAll: true
   masqueradeBit: 14
@@ -209,7 +221,11 @@ iptables:
         assert_eq!(config.iptables.masquerade_all, Some(true));
         assert_eq!(config.iptables.sync_period.as_deref(), Some("30s"));
         assert_eq!(config.node_port_addresses, Some(vec!["primary".to_owned()]));
-        assert_eq!(ignored, vec!["metricsBindAddress".to_owned()]);
+        assert_eq!(ignored, vec!["oomScoreAdj".to_owned()]);
+        assert_eq!(
+            config.metrics_bind_address.as_deref(),
+            Some("0.0.0.0:10249")
+        );
     }
 
     #[test]

@@ -7,9 +7,11 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dataplane;
 pub mod healthcheck;
 pub mod model;
 pub mod node;
 pub mod planner;
+pub mod servers;
 pub mod source;
 pub mod sync;

@@ -5,21 +5,27 @@
 //! - Every `--iptables-sync-period` the sync is a full one (rewrites every kproxy chain,
 //!   removes stale ones, repairs jump rules), and so is the first sync and any sync after a
 //!   failure; a failed sync is retried with a backoff capped at the sync period.
-//! - After every sync the health-check NodePorts are updated from the same plan.
+//! - After every sync the health-check NodePorts are updated from the same plan, and
+//!   kproxy's own health (`/healthz`) and metrics learn what was queued and applied.
 //! - A source that disappears (the manifest path is gone) keeps the last good snapshot
 //!   programmed instead of removing every service.
 
 use std::time::{Duration, Instant};
 
-use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::plan::ProxyPlan;
 use kproxy_dataplane::report::SyncReport;
 
+use std::collections::BTreeMap;
+
+use kproxy_dataplane::plan::IpFamily;
+
 use crate::cli::Settings;
+use crate::dataplane::Dataplane;
 use crate::healthcheck::ServiceHealthServer;
 use crate::model::Snapshot;
 use crate::node::{HostAddresses, node_context};
 use crate::planner;
+use crate::servers::{Metrics, ProxyHealth};
 use crate::source::{Loaded, ManifestWatcher};
 
 /// How often the manifest source is polled.
@@ -120,17 +126,42 @@ impl Schedule {
     }
 }
 
+/// Who watches the sync loop: kproxy's own health (`/healthz`) and its metrics.
+pub struct Observers {
+    /// Proxy health: updates queued and applied, per family.
+    pub health: ProxyHealth,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+/// How many Services and EndpointSlices differ between two snapshots (added, removed or
+/// changed).
+pub fn count_changes(old: &Snapshot, new: &Snapshot) -> (usize, usize) {
+    fn diff<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+        let changed_or_removed = a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).count();
+        let added = b.keys().filter(|k| !a.contains_key(*k)).count();
+        changed_or_removed + added
+    }
+    (
+        diff(&old.services, &new.services),
+        diff(&old.endpoint_slices, &new.endpoint_slices),
+    )
+}
+
 /// Runs until SIGINT or SIGTERM. The rules stay in place when kproxy exits, as with
 /// kube-proxy: a restart must not interrupt traffic.
 pub async fn run(
     settings: &Settings,
     node_name: &str,
     mut watcher: ManifestWatcher,
-    mut dataplane: IptablesProxier,
+    mut dataplane: Dataplane,
+    observers: Observers,
 ) -> anyhow::Result<()> {
+    let Observers { health, metrics } = observers;
     let mut schedule = Schedule::new(settings);
-    let mut health = ServiceHealthServer::new();
+    let mut service_health = ServiceHealthServer::new();
     let mut snapshot = Snapshot::default();
+    let mut families: Vec<IpFamily> = Vec::new();
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -143,6 +174,12 @@ pub async fn run(
         if let Some(loaded) = watcher.poll() {
             if watcher.path().exists() {
                 report_problems(&loaded);
+                let (services, slices) = count_changes(&snapshot, &loaded.snapshot);
+                metrics.record_changes(services as u64, slices as u64);
+                for f in &families {
+                    health.queued_update(*f);
+                    metrics.set_queued_now(*f);
+                }
                 snapshot = loaded.snapshot;
                 schedule.dirty = true;
             } else {
@@ -161,18 +198,35 @@ pub async fn run(
                 continue;
             }
         };
+        if families.is_empty() {
+            // As upstream's SyncLoop: stamp "updated" at start and queue the first sync, so
+            // that a first sync that never succeeds turns /healthz to 503.
+            families = plan.node.families().collect();
+            for f in &families {
+                health.updated(*f);
+                health.queued_update(*f);
+                metrics.set_queued_now(*f);
+            }
+        }
+        metrics.record_no_local_endpoints(&plan);
         match dataplane.sync(&plan, full).await {
             Ok(reports) => {
                 log_reports(&reports);
                 schedule.succeeded(now, full);
-                health.sync(&plan, true);
+                for r in &reports {
+                    health.updated(r.family);
+                }
+                metrics.record_syncs(&reports);
             }
             Err(err) => {
                 tracing::error!("sync failed, retrying with a full sync: {err:#}");
                 schedule.failed(now);
-                health.sync(&plan, false);
+                for f in &families {
+                    metrics.record_failure(*f, full);
+                }
             }
         }
+        service_health.sync(&plan, health.is_healthy());
     }
     tracing::info!("exiting; rules stay in place");
     Ok(())

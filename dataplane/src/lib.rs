@@ -6,6 +6,7 @@
 //! kernel or execs a tool).
 
 pub mod iptables;
+pub mod nftables;
 pub mod plan;
 pub mod report;
 #[cfg(test)]

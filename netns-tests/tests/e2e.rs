@@ -544,3 +544,4 @@ macro_rules! suite {
 }
 
 suite!(iptables);
+suite!(nftables);

@@ -69,7 +69,7 @@ impl Rig {
 
     /// Starts the real kproxy in every node namespace (stopping any earlier ones) with
     /// `--manifests <manifests_dir> --hostname-override node-<i> --cluster-cidr
-    /// 10.244.0.0/16 --iptables-min-sync-period 50ms` and `extra_args`, logging to
+    /// 10.244.0.0/16 --min-sync-period 50ms` and `extra_args`, logging to
     /// [`Rig::kproxy_log_path`].
     pub fn start_kproxy(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         self.stop_kproxy();
@@ -82,7 +82,7 @@ impl Rig {
                 &node.name,
                 "--cluster-cidr",
                 CLUSTER_CIDR,
-                "--iptables-min-sync-period",
+                "--min-sync-period",
                 "50ms",
             ];
             args.extend_from_slice(extra_args);

@@ -1,0 +1,163 @@
+//! The nftables-mode sync engine: per IP family, update the rendered table to the plan
+//! (re-rendering only the service ports that changed), and apply the difference to what the
+//! last sync wrote in one `nft -f -` transaction.
+//!
+//! A family's first sync, and any sync after a failure, recreates the table; a requested
+//! full sync over a trusted record rewrites it in place (keeping session-affinity sets);
+//! every other sync is partial. Nothing is listed from the kernel.
+
+use std::time::{Duration, Instant};
+
+use crate::iptables::apply::conntrack_tcp_be_liberal;
+use crate::plan::{IpFamily, ProxyPlan};
+use crate::report::SyncReport;
+
+use super::apply::{self, NftError};
+use super::render::{RenderOptions, RenderState};
+use super::table::NftTable;
+use super::transaction::{self, Transaction};
+
+struct FamilyState {
+    family: IpFamily,
+    options: RenderOptions,
+    /// What the last sync rendered. After a successful sync it is what the kernel has;
+    /// after a failure it only serves as the slot layout of the next full render.
+    rendered: Option<RenderState>,
+    /// `rendered` is what the kernel has.
+    trusted: bool,
+}
+
+/// Programs kproxy's nftables tables (`ip kproxy`, `ip6 kproxy`) from plans.
+pub struct NftablesProxier {
+    families: Vec<FamilyState>,
+}
+
+impl NftablesProxier {
+    /// A proxier for `families`; fails with a clear error when `nft` is missing or
+    /// nf_tables (with nat) cannot be programmed here.
+    pub async fn new(families: impl IntoIterator<Item = IpFamily>) -> Result<Self, NftError> {
+        let families: Vec<IpFamily> = families.into_iter().collect();
+        apply::check_available(&families).await?;
+        let options = RenderOptions {
+            conntrack_tcp_be_liberal: conntrack_tcp_be_liberal(),
+        };
+        Ok(NftablesProxier {
+            families: families
+                .into_iter()
+                .map(|family| FamilyState {
+                    family,
+                    options,
+                    rendered: None,
+                    trusted: false,
+                })
+                .collect(),
+        })
+    }
+
+    /// The families this proxier programs.
+    pub fn families(&self) -> impl Iterator<Item = IpFamily> + '_ {
+        self.families.iter().map(|f| f.family)
+    }
+
+    /// The full-sync transaction of `plan` per family (a family the plan does not serve
+    /// gets an empty table), touching nothing.
+    pub fn render(&self, plan: &ProxyPlan) -> Vec<(IpFamily, String)> {
+        self.families
+            .iter()
+            .map(|f| {
+                let layout = f.rendered.as_ref().map(RenderState::table);
+                let state = RenderState::new(plan, f.family, &f.options, layout);
+                (f.family, transaction::recreate(state.table()).text)
+            })
+            .collect()
+    }
+
+    /// Syncs every family. `full` forces a full sync; a family that has never synced, or
+    /// whose last sync failed, is always recreated.
+    pub async fn sync(
+        &mut self,
+        plan: &ProxyPlan,
+        full: bool,
+    ) -> Result<Vec<SyncReport>, NftError> {
+        let mut reports = Vec::new();
+        for state in &mut self.families {
+            let start = Instant::now();
+            let (tx, full) = state.prepare(plan, full);
+            state.trusted = false;
+            apply::apply(state.family, &tx.text).await?;
+            state.trusted = true;
+            let table = state.rendered.as_ref().map(RenderState::table);
+            reports.push(report(state.family, full, &tx, table, start.elapsed()));
+        }
+        Ok(reports)
+    }
+
+    /// Deletes kproxy's tables (`ip kproxy` and `ip6 kproxy`, whichever exist) and nothing
+    /// else; returns how many were deleted.
+    pub async fn cleanup(&mut self) -> Result<usize, NftError> {
+        for state in &mut self.families {
+            state.rendered = None;
+            state.trusted = false;
+        }
+        let mut deleted = 0;
+        for family in IpFamily::ALL {
+            if apply::delete_table(family).await? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+impl FamilyState {
+    /// Renders `plan` and builds the transaction from what the kernel has; returns it and
+    /// whether it is a full sync.
+    fn prepare(&mut self, plan: &ProxyPlan, full: bool) -> (Transaction, bool) {
+        if self.trusted
+            && !full
+            && let Some(rendered) = self.rendered.as_mut()
+            && let Some(changes) = rendered.update(plan, &self.options)
+        {
+            if let Some(tx) =
+                transaction::update_from(&changes.before, rendered.table(), &changes.elements)
+            {
+                return (tx, false);
+            }
+            return (transaction::recreate(rendered.table()), true);
+        }
+        let previous = self.rendered.take();
+        let layout = previous.as_ref().map(RenderState::table);
+        let next = RenderState::new(plan, self.family, &self.options, layout);
+        let tx = match previous.filter(|_| self.trusted) {
+            // A partial sync the incremental update could not do (node context changed).
+            Some(prev) if !full => transaction::update(prev.table(), next.table()),
+            Some(prev) => transaction::rewrite(&prev.table().shape(), next.table()),
+            None => None,
+        };
+        let (tx, full) = match tx {
+            Some(tx) => (tx, full),
+            None => (transaction::recreate(next.table()), true),
+        };
+        self.rendered = Some(next);
+        (tx, full)
+    }
+}
+
+fn report(
+    family: IpFamily,
+    full: bool,
+    tx: &Transaction,
+    table: Option<&NftTable>,
+    took: Duration,
+) -> SyncReport {
+    SyncReport {
+        mode: "nftables",
+        family,
+        full,
+        objects_written: tx.objects_written,
+        objects_deleted: tx.objects_deleted,
+        lines_written: tx.lines_written,
+        rules_total: table.map_or(0, |t| t.rule_count() + t.element_count()),
+        took,
+    }
+}
