@@ -5,7 +5,7 @@
 //! p-value, whether probes left the source node already DNATed, and kproxy's sync times;
 //! writes the same as an SVG bar chart. Exits non-zero if any Service misbehaves.
 //!
-//! Usage: `run-netns [--mode iptables] [--requests N] [--out DIR]`
+//! Usage: `run-netns [--mode iptables|nftables] [--requests N] [--out DIR]`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
