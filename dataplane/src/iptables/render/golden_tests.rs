@@ -184,3 +184,53 @@ fn probabilities_give_each_endpoint_one_nth() {
         remaining -= share;
     }
 }
+
+#[test]
+fn large_clusters_drop_per_endpoint_comments_only() {
+    let eps = |base: usize| -> Vec<Endpoint> {
+        (0..3)
+            .map(|i| endpoint(&format!("10.{}.{}.{i}:80", base / 250, base % 250), false))
+            .collect()
+    };
+    let services: Vec<ServicePortPlan> = (0..400)
+        .map(|n| {
+            with_endpoints(
+                service(
+                    "ns",
+                    &format!("svc{n}"),
+                    "p",
+                    &format!("172.30.{}.{}", n / 250, n % 250),
+                    80,
+                ),
+                eps(n),
+            )
+        })
+        .collect();
+    let rs = render(&plan(services), IpFamily::V4, &RenderOptions::default()).expect("v4");
+    let sep_rules: Vec<&String> = rs
+        .nat
+        .iter()
+        .filter(|(c, _)| c.starts_with("KUBE-SEP-"))
+        .flat_map(|(_, r)| r)
+        .collect();
+    assert_eq!(sep_rules.len(), 400 * 3 * 2);
+    assert!(
+        sep_rules.iter().all(|r| !r.contains("--comment")),
+        "1200 endpoints: no SEP comments"
+    );
+    assert!(
+        rs.nat["KUBE-SERVICES"]
+            .iter()
+            .all(|r| r.contains("--comment")),
+        "dispatch rules keep theirs"
+    );
+    let small = with_endpoints(service("ns", "small", "p", "172.30.9.9", 80), eps(999));
+    let rs = render(&plan(vec![small]), IpFamily::V4, &RenderOptions::default()).expect("v4");
+    assert!(
+        rs.nat
+            .iter()
+            .filter(|(c, _)| c.starts_with("KUBE-SEP-"))
+            .flat_map(|(_, r)| r)
+            .all(|r| r.contains("--comment"))
+    );
+}

@@ -12,6 +12,12 @@ use crate::plan::{IpFamily, NodePortAddresses, ProxyPlan};
 use super::names::*;
 use super::ruleset::{Rule, Ruleset, Table};
 
+/// Above this many endpoints (of one family), per-endpoint rules carry no comment, as in
+/// upstream's "large cluster mode": every `-m comment` adds a fixed 256-byte field to the
+/// rule, and iptables-legacy copies the whole table in and out of the kernel on every
+/// restore, so at tens of thousands of endpoints comments roughly double each sync's cost.
+pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
 /// What the installed iptables can do (probed by the apply layer, never by the renderer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RenderOptions {
@@ -30,9 +36,14 @@ pub fn render(plan: &ProxyPlan, family: IpFamily, opts: &RenderOptions) -> Optio
     if family == IpFamily::V4 && plan.node.localhost_nodeports {
         write_localnet_guard(&mut rs);
     }
+    let endpoints: usize = plan
+        .services_of(family)
+        .map(|s| s.reachable_endpoints().len())
+        .sum();
     let env = service::Env {
         node: &plan.node,
         family: ctx,
+        endpoint_comments: endpoints <= LARGE_CLUSTER_ENDPOINTS,
     };
     for svc in plan.services_of(family) {
         service::render_service_port(&mut rs, &env, svc);

@@ -14,6 +14,8 @@ use super::super::ruleset::{Rule, Ruleset, Table};
 pub(super) struct Env<'a> {
     pub node: &'a NodeContext,
     pub family: &'a FamilyContext,
+    /// Comment the per-endpoint rules (off in large clusters, see `render`).
+    pub endpoint_comments: bool,
 }
 
 /// What happens to traffic that has no endpoint to go to.
@@ -188,13 +190,13 @@ pub(super) fn render_service_port(rs: &mut Ruleset, env: &Env, svc: &ServicePort
         render_firewall_chain(rs, env, svc, &chains);
     }
     if uses_cluster_chain {
-        render_dispatch(rs, svc, &chains.cluster, &svc.cluster_endpoints);
+        render_dispatch(rs, env, svc, &chains.cluster, &svc.cluster_endpoints);
     }
     if uses_local_chain {
-        render_dispatch(rs, svc, &chains.local, &svc.local_endpoints);
+        render_dispatch(rs, env, svc, &chains.local, &svc.local_endpoints);
     }
     for ep in svc.reachable_endpoints() {
-        render_endpoint_chain(rs, svc, ep);
+        render_endpoint_chain(rs, env, svc, ep);
     }
 }
 
@@ -318,7 +320,13 @@ fn render_firewall_chain(
 }
 
 /// Session affinity first, then `1/(n-i)` random picks so each endpoint gets `1/n`.
-fn render_dispatch(rs: &mut Ruleset, svc: &ServicePortPlan, chain: &str, endpoints: &[Endpoint]) {
+fn render_dispatch(
+    rs: &mut Ruleset,
+    env: &Env,
+    svc: &ServicePortPlan,
+    chain: &str,
+    endpoints: &[Endpoint],
+) {
     rs.chain(Table::Nat, chain);
     if let Some(timeout) = svc.session_affinity_timeout {
         for ep in endpoints {
@@ -326,8 +334,7 @@ fn render_dispatch(rs: &mut Ruleset, svc: &ServicePortPlan, chain: &str, endpoin
             rs.append(
                 Table::Nat,
                 chain,
-                Rule::new()
-                    .comment(&format!("{} -> {ep}", svc.name))
+                endpoint_rule(env, &format!("{} -> {ep}", svc.name))
                     .args(&format!(
                         "-m recent --name {sep} --rcheck --seconds {timeout} --reap"
                     ))
@@ -337,7 +344,7 @@ fn render_dispatch(rs: &mut Ruleset, svc: &ServicePortPlan, chain: &str, endpoin
     }
     let n = endpoints.len();
     for (i, ep) in endpoints.iter().enumerate() {
-        let mut rule = Rule::new().comment(&format!("{} -> {ep}", svc.name));
+        let mut rule = endpoint_rule(env, &format!("{} -> {ep}", svc.name));
         if i + 1 < n {
             rule = rule.args(&format!(
                 "-m statistic --mode random --probability {}",
@@ -353,19 +360,25 @@ fn probability(n: usize) -> String {
     format!("{:.10}", 1.0 / n as f64)
 }
 
-fn render_endpoint_chain(rs: &mut Ruleset, svc: &ServicePortPlan, ep: &Endpoint) {
+/// A rule of the per-endpoint part, commented unless the cluster is large.
+fn endpoint_rule(env: &Env, comment: &str) -> Rule {
+    if env.endpoint_comments {
+        Rule::new().comment(comment)
+    } else {
+        Rule::new()
+    }
+}
+
+fn render_endpoint_chain(rs: &mut Ruleset, env: &Env, svc: &ServicePortPlan, ep: &Endpoint) {
     let sep = endpoint_chain(&svc.name, ep);
     let name = svc.name.to_string();
     // Hairpin: a pod reaching itself through the service must be masqueraded.
     rs.append(
         Table::Nat,
         &sep,
-        Rule::new()
-            .comment(&name)
-            .src(&ep.ip())
-            .jump(KUBE_MARK_MASQ),
+        endpoint_rule(env, &name).src(&ep.ip()).jump(KUBE_MARK_MASQ),
     );
-    let mut dnat = Rule::new().comment(&name);
+    let mut dnat = endpoint_rule(env, &name);
     if svc.session_affinity_timeout.is_some() {
         dnat = dnat.args(&format!("-m recent --name {sep} --set"));
     }
