@@ -52,6 +52,10 @@ fn load(settings: &Settings) -> anyhow::Result<Loaded> {
 }
 
 async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        settings.mode != crate::cli::ProxyMode::Userspace,
+        "--once does not apply to userspace mode: it forwards packets itself, so it must keep running"
+    );
     let name = node_name(settings.hostname_override.as_deref())?;
     let loaded = load(settings)?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
@@ -106,7 +110,7 @@ async fn render_command(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
     let name = node_name(settings.hostname_override.as_deref())?;
     let loaded = load(&settings)?;
     let plan = plan_for(&settings, &name, &loaded.snapshot)?;
-    for (title, text) in render(settings.mode, &plan).await? {
+    for (title, text) in render(&settings, &plan).await? {
         println!("# {title} of a full sync (node {name})");
         print!("{text}");
     }

@@ -46,6 +46,12 @@ pub enum ProxyMode {
     /// One nftables table per family (`ip kproxy`, `ip6 kproxy`) with verdict maps and
     /// shared chains, applied as one `nft -f` transaction per sync.
     Nftables,
+    /// IPVS virtual servers over generic netlink, service IPs on `kube-ipvs0`, ipsets and
+    /// a small iptables ruleset (needs a kernel with IP_VS).
+    Ipvs,
+    /// kproxy's own forwarder: service traffic is routed into a TUN device, balanced,
+    /// NATed and conntracked in userspace.
+    Userspace,
 }
 
 impl ProxyMode {
@@ -54,6 +60,8 @@ impl ProxyMode {
         match self {
             ProxyMode::Iptables => "iptables",
             ProxyMode::Nftables => "nftables",
+            ProxyMode::Ipvs => "ipvs",
+            ProxyMode::Userspace => "userspace",
         }
     }
 }
@@ -131,6 +139,24 @@ pub struct ProxyArgs {
     /// The NodePort range Services are validated against (as the API server's flag).
     #[arg(long, default_value = "30000-32767", value_name = "MIN-MAX", value_parser = parse_port_range)]
     pub service_node_port_range: RangeInclusive<u16>,
+
+    /// IPVS scheduler: rr, wrr, lc, wlc, sh, dh, sed, nq or mh. Default: rr.
+    #[arg(long, value_name = "NAME")]
+    pub ipvs_scheduler: Option<String>,
+
+    /// Set arp_ignore=1 and arp_announce=2 so service IPs on kube-ipvs0 are not announced.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ipvs_strict_arp: Option<bool>,
+
+    /// Userspace mode's load-balancing algorithm: random, rr, wrr, lc, sh or mh (Maglev).
+    /// Default: random.
+    #[arg(long, value_name = "NAME")]
+    pub userspace_scheduler: Option<String>,
+
+    /// Userspace mode's masquerade address (IPv4), unique per node and routed back to it.
+    /// Default: 169.254.42.1.
+    #[arg(long, value_name = "IPV4")]
+    pub userspace_masquerade_address: Option<std::net::Ipv4Addr>,
 
     /// Where to serve /healthz and /livez (IP:port); empty to disable.
     /// Default: 0.0.0.0:10256.
@@ -215,6 +241,14 @@ pub struct Settings {
     pub healthz_bind_address: Option<SocketAddr>,
     /// `--metrics-bind-address` (None: disabled).
     pub metrics_bind_address: Option<SocketAddr>,
+    /// `--ipvs-scheduler`.
+    pub ipvs_scheduler: String,
+    /// `--ipvs-strict-arp`.
+    pub ipvs_strict_arp: bool,
+    /// `--userspace-scheduler`.
+    pub userspace_scheduler: String,
+    /// `--userspace-masquerade-address`.
+    pub userspace_masquerade_address: Option<std::net::Ipv4Addr>,
 }
 
 impl Settings {
@@ -276,14 +310,19 @@ impl ProxyArgs {
             (Some(mode), _) => mode,
             (None, None | Some("") | Some("iptables")) => ProxyMode::Iptables,
             (None, Some("nftables")) => ProxyMode::Nftables,
+            (None, Some("ipvs")) => ProxyMode::Ipvs,
+            (None, Some("userspace")) => ProxyMode::Userspace,
             (None, Some(other)) => anyhow::bail!(
-                "config mode {other:?} is not supported by this kproxy (supported: iptables, nftables)"
+                "config mode {other:?} is not supported by this kproxy (supported: iptables, nftables, ipvs, userspace)"
             ),
         };
         // The config section of the mode in use; the --iptables-* flags are iptables mode's.
+        let no_section = crate::config::ModeConfig::default();
         let (section, mode_flags) = match mode {
             ProxyMode::Iptables => (&config.iptables, true),
             ProxyMode::Nftables => (&config.nftables, false),
+            ProxyMode::Ipvs => (&config.ipvs.sync, false),
+            ProxyMode::Userspace => (&no_section, false),
         };
         let cidr_text = self.cluster_cidr.clone().or(config.cluster_cidr.clone());
         let nodeports: Option<Vec<String>> = self
@@ -353,6 +392,21 @@ impl ProxyArgs {
                     .or(config.healthz_bind_address.as_deref()),
                 crate::servers::DEFAULT_HEALTHZ_BIND_ADDRESS,
             )?,
+            ipvs_scheduler: self
+                .ipvs_scheduler
+                .clone()
+                .or(config.ipvs.scheduler.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "rr".to_owned()),
+            ipvs_strict_arp: self
+                .ipvs_strict_arp
+                .or(config.ipvs.strict_arp)
+                .unwrap_or(false),
+            userspace_scheduler: self
+                .userspace_scheduler
+                .clone()
+                .unwrap_or_else(|| "random".to_owned()),
+            userspace_masquerade_address: self.userspace_masquerade_address,
             metrics_bind_address: bind_address(
                 "--metrics-bind-address",
                 self.metrics_bind_address

@@ -51,6 +51,20 @@ pub struct ModeConfig {
     pub min_sync_period: Option<String>,
 }
 
+/// `ipvs:` of KubeProxyConfiguration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IpvsConfig {
+    /// `scheduler`.
+    pub scheduler: Option<String>,
+    /// `strictARP`.
+    #[serde(rename = "strictARP")]
+    pub strict_arp: Option<bool>,
+    /// `syncPeriod` and `minSyncPeriod` (masquerade fields are not part of `ipvs:`).
+    #[serde(flatten)]
+    pub sync: ModeConfig,
+}
+
 /// The fields of KubeProxyConfiguration kproxy uses; every one optional (flags win).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -78,10 +92,13 @@ pub struct KubeProxyConfiguration {
     /// `nftables`.
     #[serde(default)]
     pub nftables: ModeConfig,
+    /// `ipvs`.
+    #[serde(default)]
+    pub ipvs: IpvsConfig,
 }
 
 /// Top-level fields kproxy reads; others are reported as ignored.
-const KNOWN_FIELDS: [&str; 10] = [
+const KNOWN_FIELDS: [&str; 11] = [
     "apiVersion",
     "kind",
     "mode",
@@ -92,6 +109,7 @@ const KNOWN_FIELDS: [&str; 10] = [
     "nftables",
     "healthzBindAddress",
     "metricsBindAddress",
+    "ipvs",
 ];
 
 impl KubeProxyConfiguration {

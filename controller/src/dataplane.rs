@@ -1,12 +1,21 @@
 //! The proxy mode's backend behind one type, so that the sync loop and the commands do not
 //! care which mode runs.
 
-use kproxy_dataplane::iptables::apply::{IptablesError, conntrack_tcp_be_liberal};
+use kproxy_dataplane::iptables::apply::{
+    IptablesError, IptablesTool, conntrack_tcp_be_liberal, resolve_backend,
+};
 use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::iptables::render::{RenderOptions, render as render_iptables};
+use kproxy_dataplane::ipvs::proxier::{IpvsOptions, IpvsProxier, kernel_has_ipvs};
+use kproxy_dataplane::ipvs::state::{
+    RenderOptions as IpvsRenderOptions, Scheduler, render as render_ipvs,
+};
+use kproxy_dataplane::lb::Algorithm;
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::{IpFamily, ProxyPlan};
 use kproxy_dataplane::report::SyncReport;
+use kproxy_dataplane::userspace::cleanup_leftovers as userspace_cleanup;
+use kproxy_dataplane::userspace::proxier::{UserspaceConfig, UserspaceProxier};
 
 use crate::cli::{ProxyMode, Settings};
 
@@ -16,6 +25,53 @@ pub enum Dataplane {
     Iptables(IptablesProxier),
     /// nftables mode.
     Nftables(NftablesProxier),
+    /// IPVS mode. Its netlink calls block, so its syncs run on tokio's blocking pool; the
+    /// proxier is moved there and back (`None` only while a sync runs or after one
+    /// panicked).
+    Ipvs(Option<IpvsProxier>),
+    /// Userspace mode (the forwarder runs on its own thread).
+    Userspace(Box<UserspaceProxier>),
+}
+
+/// The IPv4 iptables binary of the backend `settings` resolve to, and whether it supports
+/// `--random-fully` (IPVS mode's small iptables ruleset uses it).
+async fn iptables_binary(settings: &Settings) -> anyhow::Result<(String, bool)> {
+    let backend = resolve_backend(settings.iptables_backend, IpFamily::V4).await?;
+    let tool = IptablesTool {
+        family: IpFamily::V4,
+        backend,
+    };
+    Ok((tool.binary(""), tool.supports_random_fully().await))
+}
+
+async fn ipvs_proxier(settings: &Settings, families: Vec<IpFamily>) -> anyhow::Result<IpvsProxier> {
+    let scheduler: Scheduler = settings
+        .ipvs_scheduler
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--ipvs-scheduler: {e}"))?;
+    let (iptables, random_fully) = iptables_binary(settings).await?;
+    let opts = IpvsOptions {
+        scheduler,
+        strict_arp: settings.ipvs_strict_arp,
+        iptables: Some(iptables),
+        random_fully,
+    };
+    Ok(IpvsProxier::new(opts, families)?)
+}
+
+fn userspace_config(settings: &Settings) -> anyhow::Result<UserspaceConfig> {
+    let algorithm: Algorithm = settings
+        .userspace_scheduler
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--userspace-scheduler: {e}"))?;
+    let mut config = UserspaceConfig {
+        algorithm,
+        ..UserspaceConfig::default()
+    };
+    if let Some(addr) = settings.userspace_masquerade_address {
+        config.forwarder.masquerade_v4 = Some(addr);
+    }
+    Ok(config)
 }
 
 impl Dataplane {
@@ -26,6 +82,10 @@ impl Dataplane {
                 IptablesProxier::new(settings.iptables_backend, families).await?,
             ),
             ProxyMode::Nftables => Dataplane::Nftables(NftablesProxier::new(families).await?),
+            ProxyMode::Ipvs => Dataplane::Ipvs(Some(ipvs_proxier(settings, families).await?)),
+            ProxyMode::Userspace => Dataplane::Userspace(Box::new(
+                UserspaceProxier::new(userspace_config(settings)?, families).await?,
+            )),
         })
     }
 
@@ -34,13 +94,33 @@ impl Dataplane {
         Ok(match self {
             Dataplane::Iptables(p) => p.sync(plan, full).await?,
             Dataplane::Nftables(p) => p.sync(plan, full).await?,
+            Dataplane::Userspace(p) => p.sync(plan, full).await?,
+            Dataplane::Ipvs(slot) => {
+                let mut proxier = slot.take().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the IPVS proxier was lost when a sync panicked; restart kproxy"
+                    )
+                })?;
+                let plan = plan.clone();
+                let (proxier, result) = tokio::task::spawn_blocking(move || {
+                    let result = proxier.sync(&plan, full);
+                    (proxier, result)
+                })
+                .await?;
+                *slot = Some(proxier);
+                result?
+            }
         })
     }
 }
 
 /// What a full sync of `plan` would program in `mode`, per family, as the text handed to
 /// the kernel tool. Changes nothing (reads sysctls; nftables mode runs `nft --check`).
-pub async fn render(mode: ProxyMode, plan: &ProxyPlan) -> anyhow::Result<Vec<(String, String)>> {
+pub async fn render(
+    settings: &Settings,
+    plan: &ProxyPlan,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mode = settings.mode;
     let families: Vec<IpFamily> = plan.node.families().collect();
     Ok(match mode {
         ProxyMode::Iptables => {
@@ -70,6 +150,25 @@ pub async fn render(mode: ProxyMode, plan: &ProxyPlan) -> anyhow::Result<Vec<(St
             .into_iter()
             .map(|(family, text)| (format!("{family}: nft -f input"), text))
             .collect(),
+        ProxyMode::Ipvs => {
+            let scheduler: Scheduler = settings
+                .ipvs_scheduler
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--ipvs-scheduler: {e}"))?;
+            families
+                .into_iter()
+                .filter_map(|family| {
+                    let state = render_ipvs(plan, family, &IpvsRenderOptions { scheduler })?;
+                    Some((
+                        format!("{family}: IPVS virtual servers, ipsets and kube-ipvs0 addresses"),
+                        format!("{state:#?}\n"),
+                    ))
+                })
+                .collect()
+        }
+        ProxyMode::Userspace => anyhow::bail!(
+            "userspace mode programs no rules to print: it routes service addresses into its TUN device and balances in process"
+        ),
     })
 }
 
@@ -110,6 +209,27 @@ pub async fn cleanup_all(settings: &Settings) -> anyhow::Result<Vec<String>> {
         },
         // No nft on this node: kproxy cannot have written nftables rules here.
         Err(e) => done.push(format!("nftables: skipped ({e})")),
+    }
+    let v4_and_v6: Vec<IpFamily> = IpFamily::ALL
+        .into_iter()
+        .filter(|f| *f == IpFamily::V4 || ipv6)
+        .collect();
+    if kernel_has_ipvs() {
+        match ipvs_proxier(settings, v4_and_v6.clone())
+            .await
+            .and_then(|mut p| Ok(p.cleanup(None)?))
+        {
+            Ok(n) => done.push(format!(
+                "ipvs: removed {n} virtual servers, kube-ipvs0, ipsets and rules"
+            )),
+            Err(e) => failures.push(format!("ipvs: {e:#}")),
+        }
+    } else {
+        done.push("ipvs: skipped (no IP_VS in this kernel)".to_owned());
+    }
+    match userspace_cleanup(&v4_and_v6).await {
+        Ok(()) => done.push("userspace: removed its device, routes and NodePort chain".to_owned()),
+        Err(e) => failures.push(format!("userspace: {e}")),
     }
     anyhow::ensure!(
         failures.is_empty(),

@@ -6,8 +6,11 @@
 //! kernel or execs a tool).
 
 pub mod iptables;
+pub mod ipvs;
+pub mod lb;
 pub mod nftables;
 pub mod plan;
 pub mod report;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod userspace;

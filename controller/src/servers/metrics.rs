@@ -208,6 +208,9 @@ impl Metrics {
             ProxyMode::Nftables => {
                 i.nftables_sync_failures.get_or_create(&label).inc();
             }
+            // Upstream exports no failure counter for these modes; a failure shows in the
+            // log and, when it lasts, in /healthz.
+            ProxyMode::Ipvs | ProxyMode::Userspace => {}
         }
     }
 
@@ -454,6 +457,8 @@ fn register(i: &mut Inner) {
                 i.nftables_cleanup_failures.clone(),
             );
         }
+        // No mode-specific metrics upstream for these modes.
+        ProxyMode::Ipvs | ProxyMode::Userspace => {}
     }
 }
 

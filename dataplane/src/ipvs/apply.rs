@@ -1,0 +1,257 @@
+//! The only code of IPVS mode that changes the kernel: reads the virtual services kproxy
+//! owns over netlink, applies [`IpvsChanges`], and binds service addresses to the dummy
+//! interface `kube-ipvs0` with one `ip -batch` per sync.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use crate::plan::IpFamily;
+
+use super::diff::{IpvsChanges, IpvsOp, KernelService, KernelState};
+use super::netlink::repr::af_of;
+use super::netlink::{IpvsNetlinkError, IpvsSocket, ServiceKey};
+use super::state::DUMMY_INTERFACE;
+
+/// An IPVS-mode failure, naming the object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum IpvsError {
+    /// The kernel has no IPVS.
+    #[error(
+        "IPVS proxy mode needs a kernel with IP_VS ({0}); load the ip_vs modules or choose \
+         another --proxy-mode"
+    )]
+    Unsupported(String),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] IpvsNetlinkError),
+    /// Some operations of a sync failed (the others were applied).
+    #[error("{failed} of {total} IPVS operations failed, first: {first}")]
+    Partial {
+        /// Failed operations.
+        failed: usize,
+        /// All operations.
+        total: usize,
+        /// The first failure.
+        first: Box<IpvsNetlinkError>,
+    },
+    /// An iptables command failed.
+    #[error("{command} failed: {detail}")]
+    Iptables {
+        /// The command line.
+        command: String,
+        /// stderr or the spawn error.
+        detail: String,
+    },
+    /// `ipset restore` failed.
+    #[error("ipset restore of kproxy's IPVS sets failed: {detail}")]
+    Ipset {
+        /// stderr or the spawn error.
+        detail: String,
+    },
+    /// The `ip` tool failed on the dummy interface.
+    #[error("ip {what} on {DUMMY_INTERFACE} failed: {detail}")]
+    Link {
+        /// What was being done.
+        what: String,
+        /// stderr or the spawn error.
+        detail: String,
+    },
+}
+
+/// Reads the kernel's virtual services of `family` whose address is in `owned` (service
+/// addresses bound to `kube-ipvs0` and NodePort addresses), with their destinations.
+pub fn read_owned(
+    sock: &mut IpvsSocket,
+    family: IpFamily,
+    owned: &BTreeSet<IpAddr>,
+) -> Result<KernelState, IpvsNetlinkError> {
+    let mut state = KernelState::new();
+    for service in sock.services()? {
+        let ServiceKey::Addr { addr, .. } = service.key else {
+            continue;
+        };
+        if IpFamily::of(&addr) != family || !owned.contains(&addr) {
+            continue;
+        }
+        let destinations = sock.destinations(&service.key)?;
+        state.insert(
+            service.key,
+            KernelService {
+                service,
+                destinations,
+            },
+        );
+    }
+    Ok(state)
+}
+
+/// Applies every netlink operation; a failed one is logged and does not stop the others.
+pub fn apply_ops(sock: &mut IpvsSocket, changes: &IpvsChanges) -> Result<(), IpvsError> {
+    let mut first = None;
+    let mut failed = 0;
+    for op in &changes.ops {
+        let result = match op {
+            IpvsOp::AddService(s) => sock.new_service(s),
+            IpvsOp::UpdateService(s) => sock.set_service(s),
+            IpvsOp::DelService(k) => sock.del_service(k),
+            IpvsOp::AddDest(k, d) => sock.new_dest(k, d),
+            IpvsOp::UpdateDest(k, d) => sock.set_dest(k, d),
+            IpvsOp::DelDest(k, d) => sock.del_dest(k, d),
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, "IPVS operation failed");
+            failed += 1;
+            first.get_or_insert(err);
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(first) => Err(IpvsError::Partial {
+            failed,
+            total: changes.ops.len(),
+            first: Box::new(first),
+        }),
+    }
+}
+
+fn run_ip(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, IpvsError> {
+    let err = |detail: String| IpvsError::Link {
+        what: what.to_string(),
+        detail,
+    };
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("cannot run ip: {e}")))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| err(format!("writing to ip: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(format!("waiting for ip: {e}")))?;
+    if !out.status.success() {
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates `kube-ipvs0` (a dummy interface, down, as upstream) if it does not exist.
+pub fn ensure_dummy_interface() -> Result<(), IpvsError> {
+    if run_ip(&["link", "show", "dev", DUMMY_INTERFACE], None, "link show").is_ok() {
+        return Ok(());
+    }
+    run_ip(
+        &["link", "add", DUMMY_INTERFACE, "type", "dummy"],
+        None,
+        "link add (needs the dummy module)",
+    )
+    .map(drop)
+}
+
+/// Deletes `kube-ipvs0` and every address on it.
+pub fn delete_dummy_interface() -> Result<(), IpvsError> {
+    if run_ip(&["link", "show", "dev", DUMMY_INTERFACE], None, "link show").is_err() {
+        return Ok(());
+    }
+    run_ip(&["link", "del", DUMMY_INTERFACE], None, "link del").map(drop)
+}
+
+/// The addresses of `family` bound to `kube-ipvs0`.
+pub fn bound_addresses(family: IpFamily) -> Result<BTreeSet<IpAddr>, IpvsError> {
+    let flag = match family {
+        IpFamily::V4 => "-4",
+        IpFamily::V6 => "-6",
+    };
+    let out = run_ip(
+        &[flag, "-o", "addr", "show", "dev", DUMMY_INTERFACE],
+        None,
+        "addr show",
+    )?;
+    Ok(parse_addr_show(&out))
+}
+
+/// Parses `ip -o addr show` output into addresses.
+pub fn parse_addr_show(out: &str) -> BTreeSet<IpAddr> {
+    out.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The `ip -batch` input that binds and unbinds addresses.
+pub fn address_batch(changes: &IpvsChanges) -> String {
+    let mut batch = String::new();
+    let line = |verb: &str, ip: &IpAddr| {
+        let plen = if af_of(ip) == super::netlink::consts::AF_INET6 {
+            128
+        } else {
+            32
+        };
+        format!("address {verb} {ip}/{plen} dev {DUMMY_INTERFACE}\n")
+    };
+    for ip in &changes.add_addresses {
+        batch.push_str(&line("add", ip));
+    }
+    for ip in &changes.del_addresses {
+        batch.push_str(&line("del", ip));
+    }
+    batch
+}
+
+/// Binds and unbinds the addresses of `changes`, in one `ip -force -batch -`.
+pub fn apply_addresses(changes: &IpvsChanges) -> Result<(), IpvsError> {
+    let batch = address_batch(changes);
+    if batch.is_empty() {
+        return Ok(());
+    }
+    run_ip(&["-force", "-batch", "-"], Some(&batch), "address batch").map(drop)
+}
+
+/// Runs `ipset restore` with `input` (the sets and entries of one sync).
+pub fn apply_ipsets(input: &str) -> Result<(), IpvsError> {
+    if input.is_empty() {
+        return Ok(());
+    }
+    let err = |detail: String| IpvsError::Ipset { detail };
+    let mut child = Command::new("ipset")
+        .arg("restore")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("cannot run ipset: {e}")))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| err(format!("writing to ipset: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(format!("waiting for ipset: {e}")))?;
+    if !out.status.success() {
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(())
+}
+
+/// Destroys kproxy's sets of `family` (those not referenced by a rule any more).
+pub fn destroy_ipsets(names: &[String]) {
+    for name in names {
+        let _ = Command::new("ipset")
+            .args(["destroy", name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}

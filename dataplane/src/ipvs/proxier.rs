@@ -1,0 +1,278 @@
+//! The IPVS-mode sync engine: per IP family, render the plan, diff it against the
+//! kernel's virtual services (read over netlink on a full sync, the last sync's result
+//! otherwise, refreshed for draining real servers), and apply the difference.
+//!
+//! After any failure the cached state is dropped, so the next sync re-reads the kernel.
+//! Calls block briefly on netlink and `ip`; run them off an async executor's hot path.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::plan::{IpFamily, ProxyPlan};
+use crate::report::SyncReport;
+
+use super::apply::{
+    IpvsError, apply_addresses, apply_ipsets, apply_ops, bound_addresses, delete_dummy_interface,
+    destroy_ipsets, ensure_dummy_interface, read_owned,
+};
+use super::diff::{IpvsOp, KernelState, advance, diff};
+use super::ipset::{self, IpsetEntries};
+use super::netlink::{IpvsNetlinkError, IpvsSocket};
+use super::rules::{RuleOptions, apply_rules, cleanup_rules, render_rules};
+use super::state::{IpvsState, RenderOptions, Scheduler, nodeport_ips, render};
+
+/// IPVS-mode settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpvsOptions {
+    /// `--ipvs-scheduler`.
+    pub scheduler: Scheduler,
+    /// `--ipvs-strict-arp`: `arp_ignore=1`, `arp_announce=2` so service IPs on the dummy
+    /// interface are not announced.
+    pub strict_arp: bool,
+    /// The IPv4 iptables binary of the resolved backend (`iptables-nft`,
+    /// `iptables-legacy`; IPv6 uses the matching `ip6tables-*`). `None` leaves the fixed
+    /// masquerade/forward ruleset out (tests of the netlink side only).
+    pub iptables: Option<String>,
+    /// `MASQUERADE --random-fully` is supported.
+    pub random_fully: bool,
+}
+
+/// The iptables binary of `family` given the IPv4 one.
+pub fn iptables_for(v4: &str, family: IpFamily) -> String {
+    match family {
+        IpFamily::V4 => v4.to_string(),
+        IpFamily::V6 => v4.replacen("iptables", "ip6tables", 1),
+    }
+}
+
+/// The sysctls upstream's IPVS proxier sets, as `(path under /proc/sys, value)`.
+pub fn required_sysctls(opts: &IpvsOptions) -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![
+        ("net/ipv4/vs/conntrack", "1"),
+        ("net/ipv4/vs/expire_nodest_conn", "1"),
+        ("net/ipv4/vs/expire_quiescent_template", "1"),
+        ("net/ipv4/ip_forward", "1"),
+    ];
+    if opts.strict_arp {
+        v.push(("net/ipv4/conf/all/arp_ignore", "1"));
+        v.push(("net/ipv4/conf/all/arp_announce", "2"));
+    }
+    v
+}
+
+/// Whether this thread's network namespace has IPVS (`/proc/net/ip_vs`).
+pub fn kernel_has_ipvs() -> bool {
+    Path::new("/proc/thread-self/net/ip_vs").exists() || Path::new("/proc/net/ip_vs").exists()
+}
+
+/// Programs IPVS from plans.
+pub struct IpvsProxier {
+    sock: IpvsSocket,
+    families: Vec<IpFamily>,
+    render: RenderOptions,
+    iptables: Option<String>,
+    rule_options: RuleOptions,
+    /// Per family: what the last successful sync left in the kernel.
+    written: Vec<FamilyState>,
+}
+
+struct FamilyState {
+    family: IpFamily,
+    kernel: Option<KernelState>,
+    ipsets: Option<IpsetEntries>,
+    rules: Option<String>,
+    /// Addresses on `kube-ipvs0` after the last sync.
+    addresses: Option<BTreeSet<IpAddr>>,
+}
+
+impl IpvsProxier {
+    /// A proxier for `families`. Fails with [`IpvsError::Unsupported`] when the kernel has
+    /// no IPVS (never falls back to another mode). Creates `kube-ipvs0` and sets the
+    /// sysctls upstream sets.
+    pub fn new(
+        opts: IpvsOptions,
+        families: impl IntoIterator<Item = IpFamily>,
+    ) -> Result<IpvsProxier, IpvsError> {
+        if !kernel_has_ipvs() {
+            return Err(IpvsError::Unsupported("/proc/net/ip_vs is missing".into()));
+        }
+        let mut sock = IpvsSocket::open().map_err(|e| match e {
+            IpvsNetlinkError::FamilyNotFound => IpvsError::Unsupported(e.to_string()),
+            other => IpvsError::Netlink(other),
+        })?;
+        let (version, _) = sock.info()?;
+        for (path, value) in required_sysctls(&opts) {
+            if let Err(err) = std::fs::write(Path::new("/proc/sys").join(path), value) {
+                tracing::warn!(sysctl = path, value, %err, "cannot set sysctl");
+            }
+        }
+        ensure_dummy_interface()?;
+        let families: Vec<IpFamily> = families.into_iter().collect();
+        tracing::info!(
+            version = format!("{}.{}.{}", version >> 16, (version >> 8) & 0xff, version & 0xff),
+            scheduler = %opts.scheduler,
+            strict_arp = opts.strict_arp,
+            "IPVS proxier"
+        );
+        Ok(IpvsProxier {
+            sock,
+            written: families
+                .iter()
+                .map(|f| FamilyState {
+                    family: *f,
+                    kernel: None,
+                    ipsets: None,
+                    rules: None,
+                    addresses: None,
+                })
+                .collect(),
+            families,
+            render: RenderOptions {
+                scheduler: opts.scheduler,
+            },
+            rule_options: RuleOptions {
+                random_fully: opts.random_fully,
+            },
+            iptables: opts.iptables,
+        })
+    }
+
+    /// Renders what a sync of `plan` would program, per family, touching nothing.
+    pub fn render(&self, plan: &ProxyPlan) -> Vec<(IpFamily, IpvsState)> {
+        self.families
+            .iter()
+            .filter_map(|f| render(plan, *f, &self.render).map(|s| (*f, s)))
+            .collect()
+    }
+
+    /// Syncs every family. `full` re-reads the kernel; a family that never synced, or
+    /// whose last sync failed, is always synced fully. A sync that leaves real servers
+    /// draining should be followed by another one (upstream checks every minute).
+    pub fn sync(&mut self, plan: &ProxyPlan, full: bool) -> Result<Vec<SyncReport>, IpvsError> {
+        let mut reports = Vec::new();
+        for i in 0..self.written.len() {
+            let start = Instant::now();
+            let family = self.written[i].family;
+            let wanted = render(plan, family, &self.render).unwrap_or_default();
+            let cached = self.written[i].kernel.take().filter(|_| !full);
+            let cached_sets = self.written[i].ipsets.take().filter(|_| cached.is_some());
+            let full = cached.is_none();
+            let (ipset_input, ipset_lines) =
+                ipset::restore_input(&wanted.ipsets, cached_sets.as_ref(), family);
+            apply_ipsets(&ipset_input)?;
+            self.written[i].ipsets = Some(wanted.ipsets.clone());
+            let cached_rules = self.written[i].rules.take().filter(|_| !full);
+            let mut rules_written = 0;
+            if let (Some(v4), Some(text)) = (
+                &self.iptables,
+                render_rules(plan, family, self.rule_options),
+            ) {
+                if cached_rules.as_deref() != Some(text.as_str()) {
+                    apply_rules(&iptables_for(v4, family), &text)?;
+                    rules_written = text.lines().filter(|l| l.starts_with("-A")).count();
+                }
+                self.written[i].rules = Some(text);
+            }
+            let cached_addresses = self.written[i].addresses.take().filter(|_| !full);
+            let addresses = match cached_addresses {
+                Some(a) => a,
+                None => bound_addresses(family)?,
+            };
+            let mut current = match cached {
+                Some(mut state) => {
+                    self.refresh_draining(&mut state)?;
+                    state
+                }
+                None => {
+                    let mut owned: BTreeSet<IpAddr> = addresses.clone();
+                    owned.extend(wanted.bound_addresses.iter().copied());
+                    owned.extend(nodeport_ips(plan, family));
+                    read_owned(&mut self.sock, family, &owned)?
+                }
+            };
+            let changes = diff(&wanted, &current, &addresses);
+            apply_addresses(&changes)?;
+            apply_ops(&mut self.sock, &changes)?;
+            advance(&mut current, &changes.ops);
+            let deleted = changes
+                .ops
+                .iter()
+                .filter(|op| matches!(op, IpvsOp::DelService(_) | IpvsOp::DelDest(..)))
+                .count();
+            reports.push(SyncReport {
+                mode: "ipvs",
+                family,
+                full,
+                objects_written: changes.ops.len() - deleted + changes.add_addresses.len(),
+                objects_deleted: deleted + changes.del_addresses.len(),
+                lines_written: changes.ops.len() + ipset_lines + rules_written,
+                rules_total: wanted.virtual_servers.len() + wanted.real_server_count(),
+                took: start.elapsed(),
+            });
+            if changes.draining > 0 {
+                tracing::debug!(%family, draining = changes.draining, "real servers draining");
+            }
+            self.written[i].kernel = Some(current);
+            let mut now_bound = addresses;
+            now_bound.extend(changes.add_addresses.iter().copied());
+            for ip in &changes.del_addresses {
+                now_bound.remove(ip);
+            }
+            self.written[i].addresses = Some(now_bound);
+        }
+        Ok(reports)
+    }
+
+    /// Re-reads the destinations of services with a draining (weight 0) real server, so
+    /// their connection counters are current.
+    fn refresh_draining(&mut self, state: &mut KernelState) -> Result<(), IpvsError> {
+        for (key, svc) in state.iter_mut() {
+            if svc.destinations.iter().any(|d| d.weight == 0) {
+                svc.destinations = self.sock.destinations(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every virtual service on an address of `kube-ipvs0` or a NodePort address
+    /// of `plan` (when given), then `kube-ipvs0` itself. Returns the services deleted.
+    pub fn cleanup(&mut self, plan: Option<&ProxyPlan>) -> Result<usize, IpvsError> {
+        let mut deleted = 0;
+        for i in 0..self.written.len() {
+            let family = self.written[i].family;
+            self.written[i].kernel = None;
+            self.written[i].ipsets = None;
+            self.written[i].addresses = None;
+            let mut owned = bound_addresses(family).unwrap_or_default();
+            if let Some(plan) = plan {
+                owned.extend(nodeport_ips(plan, family));
+            }
+            for key in read_owned(&mut self.sock, family, &owned)?.keys() {
+                self.sock.del_service(key)?;
+                deleted += 1;
+            }
+        }
+        delete_dummy_interface()?;
+        if let Some(v4) = &self.iptables {
+            for f in &self.written {
+                cleanup_rules(&iptables_for(v4, f.family))?;
+            }
+        }
+        for f in &mut self.written {
+            f.rules = None;
+        }
+        let sets: Vec<String> = self
+            .written
+            .iter()
+            .flat_map(|f| {
+                ipset::ALL_SETS
+                    .into_iter()
+                    .map(move |s| ipset::set_name(s, f.family))
+            })
+            .collect();
+        destroy_ipsets(&sets);
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,313 @@
+//! The small fixed iptables ruleset of IPVS mode (upstream's `writeIptablesRules`, nat and
+//! filter): per-service data lives in the ipsets, so the rules do not grow with services.
+//! [`render_rules`] is pure and returns `iptables-restore --noflush` input that rewrites
+//! kproxy's IPVS chains; [`JUMPS`] are the rules in built-in chains that lead into them.
+//! [`apply_rules`] runs the tools.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::plan::{IpFamily, LocalTrafficDetector, ProxyPlan};
+
+use super::apply::IpvsError;
+use super::ipset::{self, set_name};
+
+/// nat: service traffic classification (marks for masquerade).
+pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
+/// nat: NodePort traffic.
+pub const KUBE_NODE_PORT: &str = "KUBE-NODE-PORT";
+/// nat: load-balancer traffic.
+pub const KUBE_LOAD_BALANCER: &str = "KUBE-LOAD-BALANCER";
+/// nat: masquerades marked traffic and hairpin traffic.
+pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
+/// nat: marks a packet for masquerade.
+pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
+/// filter: accepts forwarded service traffic.
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+
+/// A rule in a built-in chain jumping into one of kproxy's IPVS chains:
+/// `(table, built-in chain, comment, target)`.
+pub type Jump = (&'static str, &'static str, &'static str, &'static str);
+
+/// Upstream's IPVS-mode jump rules.
+pub const JUMPS: [Jump; 4] = [
+    (
+        "nat",
+        "PREROUTING",
+        "kubernetes service portals",
+        KUBE_SERVICES,
+    ),
+    ("nat", "OUTPUT", "kubernetes service portals", KUBE_SERVICES),
+    (
+        "nat",
+        "POSTROUTING",
+        "kubernetes postrouting rules",
+        KUBE_POSTROUTING,
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "kubernetes forwarding rules",
+        KUBE_FORWARD,
+    ),
+];
+
+/// Options of the ruleset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuleOptions {
+    /// `MASQUERADE --random-fully` is supported.
+    pub random_fully: bool,
+}
+
+/// The `iptables-restore --noflush` input for `family`: declares (and so flushes) every
+/// IPVS chain kproxy owns and writes its rules. `None` when the node does not serve the
+/// family.
+pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Option<String> {
+    let ctx = plan.node.family(family)?;
+    let mark = plan.node.masquerade_mark;
+    let set = |s: &str| set_name(s, family);
+    let mut nat = vec![
+        format!(":{KUBE_SERVICES} - [0:0]"),
+        format!(":{KUBE_NODE_PORT} - [0:0]"),
+        format!(":{KUBE_LOAD_BALANCER} - [0:0]"),
+        format!(":{KUBE_POSTROUTING} - [0:0]"),
+        format!(":{KUBE_MARK_MASQ} - [0:0]"),
+    ];
+    let mut add = |chain: &str, rule: String| nat.push(format!("-A {chain} {rule}"));
+    let cluster = set(ipset::KUBE_CLUSTER_IP);
+    if plan.node.masquerade_all {
+        add(
+            KUBE_SERVICES,
+            format!(
+                "-m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set {cluster} dst,dst -j {KUBE_MARK_MASQ}"
+            ),
+        );
+    } else if let LocalTrafficDetector::ClusterCidr(cidr) = &ctx.local_detector {
+        add(
+            KUBE_SERVICES,
+            format!(
+                "-m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set {cluster} dst,dst ! -s {cidr} -j {KUBE_MARK_MASQ}"
+            ),
+        );
+    }
+    let ext = set(ipset::KUBE_EXTERNAL_IP);
+    let ext_local = set(ipset::KUBE_EXTERNAL_IP_LOCAL);
+    add(
+        KUBE_SERVICES,
+        format!(
+            "-m comment --comment \"Kubernetes service external ip + port with externalTrafficPolicy=local\" -m set --match-set {ext_local} dst,dst -j ACCEPT"
+        ),
+    );
+    add(
+        KUBE_SERVICES,
+        format!(
+            "-m comment --comment \"Kubernetes service external ip + port for masquerade and filter purpose\" -m set --match-set {ext} dst,dst -j {KUBE_MARK_MASQ}"
+        ),
+    );
+    add(
+        KUBE_SERVICES,
+        format!(
+            "-m comment --comment \"Kubernetes service lb portal\" -m set --match-set {} dst,dst -j {KUBE_LOAD_BALANCER}",
+            set(ipset::KUBE_LOAD_BALANCER)
+        ),
+    );
+    add(
+        KUBE_LOAD_BALANCER,
+        format!(
+            "-m set --match-set {} dst,dst -j RETURN",
+            set(ipset::KUBE_LOAD_BALANCER_LOCAL)
+        ),
+    );
+    add(KUBE_LOAD_BALANCER, format!("-j {KUBE_MARK_MASQ}"));
+    for (proto, all, local) in [
+        (
+            "tcp",
+            ipset::KUBE_NODE_PORT_TCP,
+            ipset::KUBE_NODE_PORT_LOCAL_TCP,
+        ),
+        (
+            "udp",
+            ipset::KUBE_NODE_PORT_UDP,
+            ipset::KUBE_NODE_PORT_LOCAL_UDP,
+        ),
+    ] {
+        add(
+            KUBE_NODE_PORT,
+            format!("-p {proto} -m set --match-set {} dst -j RETURN", set(local)),
+        );
+        add(
+            KUBE_NODE_PORT,
+            format!(
+                "-p {proto} -m set --match-set {} dst -j {KUBE_MARK_MASQ}",
+                set(all)
+            ),
+        );
+    }
+    add(
+        KUBE_NODE_PORT,
+        format!(
+            "-p sctp -m set --match-set {} dst,dst -j {KUBE_MARK_MASQ}",
+            set(ipset::KUBE_NODE_PORT_SCTP)
+        ),
+    );
+    add(
+        KUBE_SERVICES,
+        format!("-m set --match-set {cluster} dst,dst -j ACCEPT"),
+    );
+    add(
+        KUBE_SERVICES,
+        format!("-m addrtype --dst-type LOCAL -j {KUBE_NODE_PORT}"),
+    );
+    add(
+        KUBE_POSTROUTING,
+        format!(
+            "-m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set {} dst,dst,src -j MASQUERADE",
+            set(ipset::KUBE_LOOP_BACK)
+        ),
+    );
+    add(
+        KUBE_POSTROUTING,
+        format!("-m mark ! --mark {mark:#x}/{mark:#x} -j RETURN"),
+    );
+    add(KUBE_POSTROUTING, format!("-j MARK --xor-mark {mark:#x}"));
+    let fully = if opts.random_fully {
+        " --random-fully"
+    } else {
+        ""
+    };
+    add(
+        KUBE_POSTROUTING,
+        format!(
+            "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE{fully}"
+        ),
+    );
+    add(KUBE_MARK_MASQ, format!("-j MARK --or-mark {mark:#x}"));
+
+    let filter = [
+        format!(":{KUBE_FORWARD} - [0:0]"),
+        format!("-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP"),
+        format!(
+            "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
+        ),
+        format!(
+            "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ),
+    ];
+    let mut out = String::from("*nat\n");
+    for line in nat.iter() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n*filter\n");
+    for line in filter.iter() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    Some(out)
+}
+
+/// The `iptables-restore --noflush` input that deletes kproxy's IPVS chains (after their
+/// jump rules are gone).
+pub fn cleanup_input() -> String {
+    let mut out = String::from("*nat\n");
+    for c in [
+        KUBE_SERVICES,
+        KUBE_NODE_PORT,
+        KUBE_LOAD_BALANCER,
+        KUBE_POSTROUTING,
+        KUBE_MARK_MASQ,
+    ] {
+        out.push_str(&format!(":{c} - [0:0]\n-X {c}\n"));
+    }
+    out.push_str(&format!(
+        "COMMIT\n*filter\n:{KUBE_FORWARD} - [0:0]\n-X {KUBE_FORWARD}\nCOMMIT\n"
+    ));
+    out
+}
+
+fn jump_args(verb: &str, j: &Jump) -> Vec<String> {
+    let (table, chain, comment, target) = *j;
+    [
+        "-w",
+        "-t",
+        table,
+        verb,
+        chain,
+        "-m",
+        "comment",
+        "--comment",
+        comment,
+        "-j",
+        target,
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect()
+}
+
+fn run(bin: &str, args: &[String], stdin: Option<&str>) -> Result<bool, IpvsError> {
+    let err = |detail: String| IpvsError::Iptables {
+        command: format!("{bin} {}", args.join(" ")),
+        detail,
+    };
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(e.to_string()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if stdin.is_some() && !out.status.success() {
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(out.status.success())
+}
+
+/// Writes the ruleset with `<iptables>-restore --noflush` and inserts missing jump rules.
+/// `iptables` is the family's binary (`iptables-nft`, `ip6tables-legacy`, ...).
+pub fn apply_rules(iptables: &str, rules: &str) -> Result<(), IpvsError> {
+    run(
+        &format!("{iptables}-restore"),
+        &["-w".into(), "--noflush".into()],
+        Some(rules),
+    )?;
+    for j in &JUMPS {
+        if !run(iptables, &jump_args("-C", j), None)? {
+            let args = jump_args("-I", j);
+            if !run(iptables, &args, None)? {
+                return Err(IpvsError::Iptables {
+                    command: format!("{iptables} {}", args.join(" ")),
+                    detail: "failed".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the jump rules and kproxy's IPVS chains.
+pub fn cleanup_rules(iptables: &str) -> Result<(), IpvsError> {
+    for j in &JUMPS {
+        for _ in 0..8 {
+            if !run(iptables, &jump_args("-D", j), None)? {
+                break;
+            }
+        }
+    }
+    let _ = run(
+        &format!("{iptables}-restore"),
+        &["-w".into(), "--noflush".into()],
+        Some(&cleanup_input()),
+    );
+    Ok(())
+}

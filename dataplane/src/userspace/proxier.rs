@@ -1,0 +1,495 @@
+//! The userspace-mode sync engine, shaped like `IptablesProxier`: `new(families)`,
+//! `sync(&plan, full)`, `cleanup()`.
+//!
+//! `new` starts the forwarder thread (see [`super::device`]) in the calling thread's network
+//! namespace, which creates the TUN device; it then brings the device up and sets the
+//! sysctls forwarding through it needs (`ip_forward`/IPv6 `forwarding`, and on the device
+//! `rp_filter=0` and `accept_local=1`, since translated packets re-enter with the client's
+//! or the node's own source). `sync` builds the new [`ServiceTable`] on the caller's thread,
+//! posts it to the forwarder (an atomic swap between packet batches) and applies the
+//! routes and rules that changed with one `ip -force -batch -`. After a failure the next
+//! sync is full. NodePorts additionally get a small iptables nat chain
+//! ([`super::nodeports`]). `cleanup` stops the thread (the TUN, and with it its routes,
+//! disappears) and deletes the policy rules, the steering table and the NodePort chain.
+
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+use super::device::{Mailbox, run};
+use super::forwarder::ForwarderConfig;
+use super::routes::{ROUTE_TABLE, RULE_PRIORITY, Steering};
+use super::services::ServiceTable;
+use crate::lb::Algorithm;
+use crate::plan::{IpFamily, ProxyPlan};
+use crate::report::SyncReport;
+
+/// What can go wrong in userspace mode.
+#[derive(Debug, Error)]
+pub enum UserspaceError {
+    /// The TUN device could not be created.
+    #[error("cannot create TUN device {device}: {source}")]
+    Device {
+        /// The device name.
+        device: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The forwarder thread could not be started or died.
+    #[error("userspace forwarder thread for {device}: {reason}")]
+    Thread {
+        /// The device name.
+        device: String,
+        /// What happened.
+        reason: String,
+    },
+    /// `ip` could not be run or failed.
+    #[error("ip {args} failed: {detail}")]
+    Ip {
+        /// The arguments.
+        args: String,
+        /// Exit status and stderr, or the exec error.
+        detail: String,
+    },
+    /// `iptables`/`iptables-restore` (NodePort chain) could not be run or failed.
+    #[error("{command} failed: {detail}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// Exit status and stderr, or the exec error.
+        detail: String,
+    },
+    /// A sysctl could not be written.
+    #[error("cannot set {path}: {source}")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Userspace-mode settings.
+#[derive(Debug, Clone)]
+pub struct UserspaceConfig {
+    /// The TUN device name.
+    pub device: String,
+    /// The device MTU.
+    pub mtu: u16,
+    /// The load-balancing algorithm for every service.
+    pub algorithm: Algorithm,
+    /// Packet-path settings (masquerade addresses, conntrack size, timeouts).
+    pub forwarder: ForwarderConfig,
+    /// The TUN-routed IPv4 address NodePort traffic is DNATed to (`None`: no NodePorts).
+    pub nodeport_v4: Option<std::net::Ipv4Addr>,
+    /// The TUN-routed IPv6 address NodePort traffic is DNATed to (`None`: no NodePorts).
+    pub nodeport_v6: Option<std::net::Ipv6Addr>,
+}
+
+impl Default for UserspaceConfig {
+    fn default() -> Self {
+        UserspaceConfig {
+            device: "kproxy0".into(),
+            mtu: 1500,
+            algorithm: Algorithm::Random,
+            forwarder: ForwarderConfig {
+                masquerade_v4: Some(std::net::Ipv4Addr::new(169, 254, 42, 1)),
+                masquerade_v6: Some(std::net::Ipv6Addr::new(0xfd00, 0x6b70, 0, 0, 0, 0, 0, 1)),
+                ..ForwarderConfig::default()
+            },
+            nodeport_v4: Some(std::net::Ipv4Addr::new(169, 254, 42, 2)),
+            nodeport_v6: Some(std::net::Ipv6Addr::new(0xfd00, 0x6b70, 0, 0, 0, 0, 0, 2)),
+        }
+    }
+}
+
+/// Forwards service traffic through a TUN device.
+pub struct UserspaceProxier {
+    config: UserspaceConfig,
+    families: Vec<IpFamily>,
+    mailbox: Arc<Mailbox>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    steering: Option<Steering>,
+    /// The NodePort chain last written, per family (`None`: unknown, rewrite).
+    nodeport_chains: Vec<(IpFamily, Option<String>)>,
+    syncs: u64,
+}
+
+impl UserspaceProxier {
+    /// Creates the device and starts the forwarder for `families`.
+    pub async fn new(
+        config: UserspaceConfig,
+        families: impl IntoIterator<Item = IpFamily>,
+    ) -> Result<Self, UserspaceError> {
+        let families: Vec<IpFamily> = families.into_iter().collect();
+        let mailbox = Arc::new(Mailbox::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (name, mtu, fc, mb) = (
+                config.device.clone(),
+                config.mtu,
+                config.forwarder.clone(),
+                mailbox.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("kproxy-{name}"))
+                .spawn(move || run(&name, mtu, fc, mb, tx))
+                .map_err(|e| UserspaceError::Thread {
+                    device: config.device.clone(),
+                    reason: e.to_string(),
+                })?
+        };
+        let started = tokio::task::spawn_blocking(move || rx.recv())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                return Err(UserspaceError::Device {
+                    device: config.device.clone(),
+                    source,
+                });
+            }
+            Err(reason) => {
+                return Err(UserspaceError::Thread {
+                    device: config.device.clone(),
+                    reason,
+                });
+            }
+        }
+        let dev = config.device.clone();
+        ip(&["link", "set", &dev, "up"]).await?;
+        let mut sysctls = vec![
+            format!("net/ipv4/conf/{dev}/rp_filter"),
+            format!("net/ipv4/conf/{dev}/accept_local"),
+        ];
+        if families.contains(&IpFamily::V4) {
+            sysctls.push("net/ipv4/ip_forward".into());
+        }
+        if families.contains(&IpFamily::V6) {
+            sysctls.push("net/ipv6/conf/all/forwarding".into());
+        }
+        for (i, s) in sysctls.iter().enumerate() {
+            let path = format!("/proc/sys/{s}");
+            let value = if i == 0 { "0" } else { "1" };
+            std::fs::write(&path, value)
+                .map_err(|source| UserspaceError::Sysctl { path, source })?;
+        }
+        tracing::info!(device = %dev, algorithm = %config.algorithm, "userspace forwarder started");
+        Ok(UserspaceProxier {
+            config,
+            mailbox,
+            thread: Some(thread),
+            steering: None,
+            nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
+            families,
+            syncs: 0,
+        })
+    }
+
+    fn nodeport_ips(&self) -> Vec<IpAddr> {
+        let c = &self.config;
+        let mut ips = Vec::new();
+        if self.families.contains(&IpFamily::V4)
+            && let Some(ip) = c.nodeport_v4
+        {
+            ips.push(IpAddr::V4(ip));
+        }
+        if self.families.contains(&IpFamily::V6)
+            && let Some(ip) = c.nodeport_v6
+        {
+            ips.push(IpAddr::V6(ip));
+        }
+        ips
+    }
+
+    fn masquerade_ips(&self) -> Vec<IpAddr> {
+        let f = &self.config.forwarder;
+        let mut ips = self.nodeport_ips();
+        if self.families.contains(&IpFamily::V4)
+            && let Some(ip) = f.masquerade_v4
+        {
+            ips.push(IpAddr::V4(ip));
+        }
+        if self.families.contains(&IpFamily::V6)
+            && let Some(ip) = f.masquerade_v6
+        {
+            ips.push(IpAddr::V6(ip));
+        }
+        ips
+    }
+
+    /// Swaps the forwarder to `plan` and updates the steering routes and rules. `full`
+    /// rewrites every route and rule.
+    pub async fn sync(
+        &mut self,
+        plan: &ProxyPlan,
+        full: bool,
+    ) -> Result<Vec<SyncReport>, UserspaceError> {
+        let start = Instant::now();
+        if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return Err(UserspaceError::Thread {
+                device: self.config.device.clone(),
+                reason: "not running".into(),
+            });
+        }
+        let mut ours = plan.clone();
+        ours.services.retain(|s| self.families.contains(&s.family));
+        self.syncs += 1;
+        let nodeport_ips = self.nodeport_ips();
+        let table = ServiceTable::build_with_nodeports(
+            &ours,
+            self.config.algorithm,
+            self.syncs,
+            &nodeport_ips,
+        );
+        let wanted = Steering::of(&table, &self.masquerade_ips());
+        let rules_total = wanted.routes.len() + wanted.rules.len();
+        self.mailbox.post(table);
+        let prev = self.steering.take().filter(|_| !full);
+        let full = prev.is_none();
+        let stale = if full { count_our_rules().await } else { 0 };
+        let (batch, written, deleted) =
+            wanted.batch(prev.as_ref(), &self.config.device, stale, &self.families);
+        for family in &self.families {
+            let text = match family {
+                IpFamily::V4 => &batch.v4,
+                IpFamily::V6 => &batch.v6,
+            };
+            if !text.is_empty() {
+                ip_batch(*family, text).await?;
+            }
+        }
+        self.steering = Some(wanted);
+        for ip in nodeport_ips {
+            let family = IpFamily::of(&ip);
+            let text = super::nodeports::render(&ours, family, ip);
+            let Some(slot) = self.nodeport_chains.iter_mut().find(|(f, _)| *f == family) else {
+                continue;
+            };
+            if full || slot.1.as_deref() != Some(text.as_str()) {
+                slot.1 = None;
+                apply_nodeports(family, &text).await?;
+                slot.1 = Some(text);
+            }
+        }
+        let took = start.elapsed();
+        Ok(self
+            .families
+            .iter()
+            .map(|family| SyncReport {
+                mode: "userspace",
+                family: *family,
+                full,
+                objects_written: written,
+                objects_deleted: deleted,
+                lines_written: batch.lines(),
+                rules_total,
+                took,
+            })
+            .collect())
+    }
+
+    /// Stops the forwarder (removing the device and its routes) and deletes the policy
+    /// rules, the steering table and the NodePort chain.
+    pub async fn cleanup(&mut self) -> Result<(), UserspaceError> {
+        self.mailbox.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.steering = None;
+        for (_, written) in &mut self.nodeport_chains {
+            *written = None;
+        }
+        cleanup_leftovers(&self.families).await
+    }
+}
+
+/// Deletes what a userspace-mode kproxy leaves in the kernel besides its TUN device (which
+/// disappears with the process): the reply-steering rules, the steering table and the
+/// NodePort chain, for `families`. For `kproxy --cleanup`; needs no running proxier.
+pub async fn cleanup_leftovers(families: &[IpFamily]) -> Result<(), UserspaceError> {
+    for family in families {
+        remove_nodeports(*family).await;
+    }
+    let stale = count_our_rules().await;
+    for family in families {
+        let mut batch = String::new();
+        for _ in 0..stale {
+            batch.push_str(&format!("rule del priority {RULE_PRIORITY}\n"));
+        }
+        batch.push_str(&format!("rule del priority {}\n", RULE_PRIORITY - 1));
+        batch.push_str(&format!("route flush table {ROUTE_TABLE}\n"));
+        ip_batch(*family, &batch).await?;
+    }
+    Ok(())
+}
+
+impl Drop for UserspaceProxier {
+    fn drop(&mut self) {
+        self.mailbox.stop();
+    }
+}
+
+/// How many rules sit at our priority (in the larger family).
+async fn count_our_rules() -> usize {
+    let mut most = 0;
+    for fam in ["-4", "-6"] {
+        let out = tokio::process::Command::new("ip")
+            .args([fam, "rule", "show", "priority", &RULE_PRIORITY.to_string()])
+            .output()
+            .await;
+        if let Ok(o) = out {
+            most = most.max(
+                o.stdout
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count(),
+            );
+        }
+    }
+    most
+}
+
+async fn ip(args: &[&str]) -> Result<(), UserspaceError> {
+    let err = |detail: String| UserspaceError::Ip {
+        args: args.join(" "),
+        detail,
+    };
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Runs `ip -force -batch -` with `input`; deletions of absent objects are expected and only
+/// `add`/`replace` failures are errors.
+async fn ip_batch(family: IpFamily, input: &str) -> Result<(), UserspaceError> {
+    let fam = match family {
+        IpFamily::V4 => "-4",
+        IpFamily::V6 => "-6",
+    };
+    let err = |detail: String| UserspaceError::Ip {
+        args: format!("{fam} -force -batch -"),
+        detail,
+    };
+    let mut child = tokio::process::Command::new("ip")
+        .args([fam, "-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `ip -batch` reports "Command failed -:N" per failing line; keep failures of lines
+    // that add or replace.
+    let lines: Vec<&str> = input.lines().collect();
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("-:")
+                .and_then(|(_, n)| n.trim().parse::<usize>().ok())
+        })
+        .filter_map(|n| lines.get(n.checked_sub(1)?).copied())
+        .filter(|l| {
+            !l.starts_with("route del")
+                && !l.starts_with("rule del")
+                && !l.starts_with("route flush")
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(err(format!("{}: {}", failed.join("; "), stderr.trim())))
+    }
+}
+
+/// Replaces the NodePort chain of `family` and makes sure `PREROUTING` and `OUTPUT` jump to
+/// it.
+async fn apply_nodeports(family: IpFamily, text: &str) -> Result<(), UserspaceError> {
+    let (restore, plain) = super::nodeports::binaries(family);
+    run_with_input(restore, &["--noflush"], text).await?;
+    for hook in ["PREROUTING", "OUTPUT"] {
+        let jump = ["-t", "nat", "-C", hook, "-j", super::nodeports::CHAIN];
+        if run_with_input(plain, &jump, "").await.is_err() {
+            let insert = ["-t", "nat", "-I", hook, "-j", super::nodeports::CHAIN];
+            run_with_input(plain, &insert, "").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the jumps to and the NodePort chain of `family`, ignoring what is not there.
+async fn remove_nodeports(family: IpFamily) {
+    let (_, plain) = super::nodeports::binaries(family);
+    let chain = super::nodeports::CHAIN;
+    for hook in ["PREROUTING", "OUTPUT"] {
+        for _ in 0..8 {
+            let del = ["-t", "nat", "-D", hook, "-j", chain];
+            if run_with_input(plain, &del, "").await.is_err() {
+                break;
+            }
+        }
+    }
+    let _ = run_with_input(plain, &["-t", "nat", "-F", chain], "").await;
+    let _ = run_with_input(plain, &["-t", "nat", "-X", chain], "").await;
+}
+
+/// Runs `binary args` with `input` on stdin; an error names the command and its stderr.
+async fn run_with_input(binary: &str, args: &[&str], input: &str) -> Result<(), UserspaceError> {
+    let err = |detail: String| UserspaceError::Tool {
+        command: format!("{binary} {}", args.join(" ")),
+        detail,
+    };
+    let mut child = tokio::process::Command::new(binary)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}

@@ -1,0 +1,191 @@
+//! Steering traffic into the TUN device: the routes and policy rules the userspace mode
+//! owns, computed purely from a [`ServiceTable`] and applied with one `ip -batch -` per sync.
+//!
+//! What is steered, and why this way:
+//!
+//! * **Service addresses** (cluster IPs, external IPs, load-balancer IPs): one host route
+//!   each, `ip route replace <ip>/32 dev <tun>` in the main table. Both forwarded traffic
+//!   (from pods) and locally generated traffic follow it, with nothing in iptables.
+//! * **Masquerade addresses**: a host route to the TUN, so replies to masqueraded flows come
+//!   back to the forwarder.
+//! * **Replies of unmasqueraded flows**: the backend answers the client directly, so the
+//!   reply must be pulled into the TUN for un-DNAT. Policy rules at priority
+//!   [`RULE_PRIORITY`] send `from <backend> ipproto <p> sport <target port>` to table
+//!   [`ROUTE_TABLE`] (whose default route is the TUN); a rule one priority earlier sends
+//!   everything arriving *from* the TUN to the main table, so translated packets are never
+//!   pulled back in. Packets the forwarder has no flow for pass through unchanged (the flow
+//!   may belong to another node's forwarder).
+//! * **NodePorts**: DNATed by the kernel to a TUN-routed NodePort address (see
+//!   [`super::nodeports`] for why policy routing cannot do it); that address gets a host
+//!   route like a service address.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::plan::IpFamily;
+
+use super::services::ServiceTable;
+
+/// The routing table holding the TUN default route for steered replies.
+pub const ROUTE_TABLE: u32 = 4242;
+/// The priority of the reply-steering rules (the `iif <tun>` escape rule is one less).
+pub const RULE_PRIORITY: u32 = 4242;
+
+/// A policy rule steering one backend's replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReplyRule {
+    /// The backend address.
+    pub from: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// The backend's (target) port.
+    pub sport: u16,
+}
+
+/// The routes and rules one plan needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steering {
+    /// Host routes into the TUN.
+    pub routes: BTreeSet<IpNet>,
+    /// Reply-steering rules.
+    pub rules: BTreeSet<ReplyRule>,
+}
+
+impl Steering {
+    /// What `table` needs, plus host routes for the `masquerade` addresses.
+    pub fn of(table: &ServiceTable, masquerade: &[IpAddr]) -> Self {
+        let routes = table
+            .frontend_ips()
+            .into_iter()
+            .chain(masquerade.iter().copied())
+            .map(IpNet::from)
+            .collect();
+        let mut rules = BTreeSet::new();
+        for svc in table.services() {
+            let Some(proto) = super::services::proto_number(svc.plan.name.protocol) else {
+                continue;
+            };
+            for b in svc.cluster.addrs.iter().chain(&svc.local.addrs) {
+                rules.insert(ReplyRule {
+                    from: b.ip(),
+                    proto,
+                    sport: b.port(),
+                });
+            }
+        }
+        Steering { routes, rules }
+    }
+
+    /// The `ip -4 -batch` and `ip -6 -batch` inputs that turn `prev` (or, when `None`, an
+    /// unknown state: everything is replaced, and rules at our priority are first deleted
+    /// `stale_rules` times) into `self`, for the families in `families`. Returns the inputs
+    /// and the number of objects written and deleted.
+    pub fn batch(
+        &self,
+        prev: Option<&Steering>,
+        dev: &str,
+        stale_rules: usize,
+        families: &[IpFamily],
+    ) -> (FamilyBatches, usize, usize) {
+        let mut out = FamilyBatches::default();
+        let (mut written, mut deleted) = (0, 0);
+        let empty = Steering::default();
+        let old = match prev {
+            Some(p) => p,
+            None => {
+                for fam in families {
+                    let text = out.of(*fam);
+                    for _ in 0..stale_rules {
+                        let _ = writeln!(text, "rule del priority {RULE_PRIORITY}");
+                    }
+                    let esc = RULE_PRIORITY - 1;
+                    let _ = writeln!(text, "rule del priority {esc}");
+                    let _ = writeln!(text, "rule add priority {esc} iif {dev} lookup main");
+                    let _ = writeln!(text, "route replace default dev {dev} table {ROUTE_TABLE}");
+                }
+                &empty
+            }
+        };
+        let fam_ok = |ip: &IpAddr| families.contains(&IpFamily::of(ip));
+        for net in old.routes.difference(&self.routes) {
+            let _ = writeln!(out.of(IpFamily::of_net(net)), "route del {net} dev {dev}");
+            deleted += 1;
+        }
+        for rule in old.rules.difference(&self.rules) {
+            let _ = writeln!(
+                out.of(IpFamily::of(&rule.from)),
+                "rule del {}",
+                rule_spec(rule)
+            );
+            deleted += 1;
+        }
+        let fresh = prev.is_none();
+        for net in self
+            .routes
+            .iter()
+            .filter(|n| fresh || !old.routes.contains(n))
+        {
+            if fam_ok(&net.addr()) {
+                let _ = writeln!(
+                    out.of(IpFamily::of_net(net)),
+                    "route replace {net} dev {dev}"
+                );
+                written += 1;
+            }
+        }
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| fresh || !old.rules.contains(r))
+        {
+            if fam_ok(&rule.from) {
+                let _ = writeln!(
+                    out.of(IpFamily::of(&rule.from)),
+                    "rule add {}",
+                    rule_spec(rule)
+                );
+                written += 1;
+            }
+        }
+        (out, written, deleted)
+    }
+}
+
+/// `ip -batch` input per family.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FamilyBatches {
+    /// Lines for `ip -4 -force -batch -`.
+    pub v4: String,
+    /// Lines for `ip -6 -force -batch -`.
+    pub v6: String,
+}
+
+impl FamilyBatches {
+    /// The input of one family.
+    pub fn of(&mut self, family: IpFamily) -> &mut String {
+        match family {
+            IpFamily::V4 => &mut self.v4,
+            IpFamily::V6 => &mut self.v6,
+        }
+    }
+
+    /// Total lines.
+    pub fn lines(&self) -> usize {
+        self.v4.lines().count() + self.v6.lines().count()
+    }
+}
+
+fn rule_spec(r: &ReplyRule) -> String {
+    let proto = match r.proto {
+        super::packet::PROTO_TCP => "tcp".to_owned(),
+        super::packet::PROTO_UDP => "udp".to_owned(),
+        p => p.to_string(),
+    };
+    format!(
+        "priority {RULE_PRIORITY} from {} ipproto {proto} sport {} lookup {ROUTE_TABLE}",
+        r.from, r.sport
+    )
+}

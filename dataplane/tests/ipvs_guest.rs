@@ -1,0 +1,169 @@
+//! Live test of the IPVS netlink layer against a real IPVS kernel.
+//!
+//! Runs inside the qemu guest of `scripts/run-ipvs-vm.sh` (needs root and ip_vs). Outside
+//! the guest, where `/proc/net/ip_vs` is absent, every test skips with a message; inside
+//! the guest (`KPROXY_IPVS_VM` set) a missing IPVS is a failure.
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use kproxy_dataplane::ipvs::netlink::consts::{IPPROTO_TCP, IPPROTO_UDP, SVC_F_PERSISTENT};
+use kproxy_dataplane::ipvs::netlink::{
+    Destination, IpvsNetlinkError, IpvsSocket, Service, ServiceKey,
+};
+
+fn ipvs_available(test: &str) -> bool {
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        return true;
+    }
+    if std::env::var_os("KPROXY_IPVS_VM").is_some() {
+        panic!("{test}: /proc/net/ip_vs missing inside the IPVS guest");
+    }
+    eprintln!(
+        "{test}: SKIPPED: no /proc/net/ip_vs (this kernel has no IPVS; run scripts/run-ipvs-vm.sh)"
+    );
+    false
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address literal")
+}
+
+fn ipvsadm_list() -> String {
+    let out = Command::new("ipvsadm")
+        .args(["-Ln"])
+        .output()
+        .expect("run ipvsadm -Ln");
+    assert!(out.status.success(), "ipvsadm -Ln failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn rr_service_with_two_real_servers() {
+    if !ipvs_available("rr_service_with_two_real_servers") {
+        return;
+    }
+    let mut sock = IpvsSocket::open().expect("open IPVS netlink socket");
+    let (version, tab) = sock.info().expect("GET_INFO");
+    eprintln!("IPVS version {:#x}, connection table size {tab}", version);
+    assert!(version >= 0x010200, "IPVS version {version:#x}");
+
+    let key = ServiceKey::Addr {
+        protocol: IPPROTO_TCP,
+        addr: ip("10.96.0.10"),
+        port: 80,
+    };
+    let svc = Service::new(key, "rr");
+    let d1 = Destination::masq(ip("10.244.0.11"), 8080);
+    let d2 = Destination::masq(ip("10.244.0.12"), 8080);
+    sock.new_service(&svc).expect("NEW_SERVICE");
+    sock.new_dest(&key, &d1).expect("NEW_DEST 1");
+    sock.new_dest(&key, &d2).expect("NEW_DEST 2");
+
+    let services = sock.services().expect("GET_SERVICE dump");
+    let got = services
+        .iter()
+        .find(|s| s.key == key)
+        .expect("service read back");
+    assert_eq!(got, &svc);
+    let mut dests = sock.destinations(&key).expect("GET_DEST dump");
+    dests.sort_by_key(|d| d.addr);
+    assert_eq!(dests, vec![d1.clone(), d2.clone()]);
+
+    let listing = ipvsadm_list();
+    eprintln!("{listing}");
+    assert!(listing.contains("TCP  10.96.0.10:80 rr"), "{listing}");
+    assert!(listing.contains("-> 10.244.0.11:8080"), "{listing}");
+    assert!(listing.contains("-> 10.244.0.12:8080"), "{listing}");
+
+    // A duplicate is refused with EEXIST, named.
+    let err = sock.new_service(&svc).expect_err("duplicate NEW_SERVICE");
+    assert!(matches!(err, IpvsNetlinkError::Kernel { .. }), "{err}");
+    assert!(err.to_string().contains("TCP 10.96.0.10:80"), "{err}");
+
+    // Graceful termination step: weight 0, then delete.
+    let drained = Destination {
+        weight: 0,
+        ..d1.clone()
+    };
+    sock.set_dest(&key, &drained).expect("SET_DEST weight 0");
+    let dests = sock.destinations(&key).expect("GET_DEST dump");
+    assert_eq!(
+        dests.iter().find(|d| d.addr == d1.addr).map(|d| d.weight),
+        Some(0)
+    );
+    sock.del_dest(&key, &d1).expect("DEL_DEST");
+    assert_eq!(sock.destinations(&key).expect("GET_DEST dump"), vec![d2]);
+
+    // Scheduler change and persistence (ClientIP affinity).
+    let sticky = Service::new(key, "sh").with_persistence(10800);
+    sock.set_service(&sticky).expect("SET_SERVICE");
+    let got = sock.services().expect("dump");
+    let got = got
+        .iter()
+        .find(|s| s.key == key)
+        .expect("service after SET");
+    assert_eq!(got.scheduler, "sh");
+    assert_eq!(got.flags & SVC_F_PERSISTENT, SVC_F_PERSISTENT);
+    assert_eq!(got.timeout, 10800);
+    assert!(ipvsadm_list().contains("persistent 10800"));
+
+    sock.del_service(&key).expect("DEL_SERVICE");
+    assert!(!sock.services().expect("dump").iter().any(|s| s.key == key));
+}
+
+#[test]
+fn ipv6_udp_service_and_flush() {
+    if !ipvs_available("ipv6_udp_service_and_flush") {
+        return;
+    }
+    let mut sock = IpvsSocket::open().expect("open IPVS netlink socket");
+    let key = ServiceKey::Addr {
+        protocol: IPPROTO_UDP,
+        addr: ip("fd00:96::53"),
+        port: 53,
+    };
+    sock.new_service(&Service::new(key, "mh"))
+        .expect("NEW_SERVICE v6");
+    let dest = Destination::masq(ip("fd00:244::11"), 5353);
+    sock.new_dest(&key, &dest).expect("NEW_DEST v6");
+    assert_eq!(sock.destinations(&key).expect("dump"), vec![dest]);
+    let listing = ipvsadm_list();
+    assert!(listing.contains("UDP  [fd00:96::53]:53 mh"), "{listing}");
+    sock.flush().expect("FLUSH");
+    assert!(sock.services().expect("dump").is_empty());
+}
+
+#[test]
+fn many_services_dump() {
+    if !ipvs_available("many_services_dump") {
+        return;
+    }
+    let mut sock = IpvsSocket::open().expect("open IPVS netlink socket");
+    let start = std::time::Instant::now();
+    let n = 1000u16;
+    for i in 0..n {
+        let key = ServiceKey::Addr {
+            protocol: IPPROTO_TCP,
+            addr: IpAddr::from([10, 97, (i >> 8) as u8, i as u8]),
+            port: 80,
+        };
+        sock.new_service(&Service::new(key, "rr"))
+            .expect("NEW_SERVICE");
+        sock.new_dest(&key, &Destination::masq(ip("10.244.1.1"), 80))
+            .expect("NEW_DEST");
+    }
+    let created = start.elapsed();
+    let dumped = sock.services().expect("dump");
+    eprintln!(
+        "{n} services + 1 real server each: created in {created:?}, dumped in {:?}",
+        start.elapsed() - created
+    );
+    assert!(dumped.len() >= usize::from(n));
+    for s in dumped
+        .iter()
+        .filter(|s| matches!(s.key, ServiceKey::Addr { port: 80, .. }))
+    {
+        sock.del_service(&s.key).expect("DEL_SERVICE");
+    }
+}

@@ -1,0 +1,383 @@
+//! `IpvsProxier` against a real IPVS kernel: a ClusterIP connection through IPVS to echo
+//! servers in network namespaces, graceful termination, sync times, cleanup.
+//!
+//! The live tests run inside the qemu guest of `scripts/run-ipvs-vm.sh`; on a kernel
+//! without IPVS they skip, and `new_fails_clearly_without_ipvs` checks the start-up error.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kproxy_dataplane::ipvs::netlink::consts::IPPROTO_TCP;
+use kproxy_dataplane::ipvs::netlink::{IpvsSocket, ServiceKey};
+use kproxy_dataplane::ipvs::proxier::kernel_has_ipvs;
+use kproxy_dataplane::ipvs::{IpvsError, IpvsOptions, IpvsProxier, Scheduler};
+use kproxy_dataplane::plan::*;
+
+fn in_guest(test: &str) -> bool {
+    if kernel_has_ipvs() {
+        return true;
+    }
+    if std::env::var_os("KPROXY_IPVS_VM").is_some() {
+        panic!("{test}: no IPVS inside the IPVS guest");
+    }
+    eprintln!("{test}: SKIPPED: this kernel has no IPVS (run scripts/run-ipvs-vm.sh)");
+    false
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address literal")
+}
+
+fn sh(script: &str) {
+    let out = Command::new("bash")
+        .args(["-ec", script])
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn node() -> NodeContext {
+    NodeContext {
+        node_name: "guest".into(),
+        ipv4: Some(FamilyContext {
+            node_ips: vec![ip("10.0.0.1")],
+            nodeport_addresses: NodePortAddresses::Only(vec![ip("10.0.0.1")]),
+            local_detector: LocalTrafficDetector::ClusterCidr(
+                "10.244.0.0/16".parse().expect("cidr"),
+            ),
+        }),
+        ipv6: None,
+        masquerade_all: false,
+        masquerade_mark: 0x4000,
+        localhost_nodeports: false,
+    }
+}
+
+fn service(name: &str, cluster_ip: IpAddr, port: u16, endpoints: &[&str]) -> ServicePortPlan {
+    let eps: Vec<Endpoint> = endpoints
+        .iter()
+        .map(|e| Endpoint {
+            addr: e.parse().expect("endpoint literal"),
+            is_local: true,
+            ready: true,
+            serving: true,
+            terminating: false,
+        })
+        .collect();
+    ServicePortPlan {
+        name: ServicePortName {
+            namespace: "default".into(),
+            name: name.into(),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        },
+        family: IpFamily::V4,
+        cluster_ip,
+        port,
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        session_affinity_timeout: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        has_any_endpoints: !eps.is_empty(),
+        cluster_endpoints: eps,
+        local_endpoints: vec![],
+    }
+}
+
+/// HTTP GET through `addr`, returning the body's last line (the pod name).
+fn get(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().last().unwrap_or("").trim().to_string()
+}
+
+#[test]
+fn new_fails_clearly_without_ipvs() {
+    if kernel_has_ipvs() {
+        eprintln!("new_fails_clearly_without_ipvs: SKIPPED: this kernel has IPVS");
+        return;
+    }
+    let err = IpvsProxier::new(IpvsOptions::default(), [IpFamily::V4])
+        .err()
+        .expect("IPVS proxier without IPVS");
+    assert!(matches!(err, IpvsError::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("IP_VS"), "{err}");
+}
+
+#[test]
+fn cluster_ip_through_ipvs_with_graceful_termination() {
+    if !in_guest("cluster_ip_through_ipvs_with_graceful_termination") {
+        return;
+    }
+    sh(r#"
+        sysctl -qw net.ipv4.ip_forward=1
+        sysctl -qw net.bridge.bridge-nf-call-iptables=1
+        ip link add cbr0 type bridge && ip addr add 10.244.0.1/24 dev cbr0 && ip link set cbr0 up
+        for i in 1 2; do
+          ip netns add pod$i
+          ip link add veth-pod$i type veth peer name eth0 netns pod$i
+          ip link set veth-pod$i master cbr0 up
+          ip link set veth-pod$i type bridge_slave hairpin on
+          ip -n pod$i link set lo up
+          ip -n pod$i addr add 10.244.0.1$i/24 dev eth0
+          ip -n pod$i link set eth0 up
+          ip -n pod$i route add default via 10.244.0.1
+          mkdir -p /tmp/www/pod$i && echo pod$i > /tmp/www/pod$i/index.html
+          ip netns exec pod$i busybox httpd -p 80 -h /tmp/www/pod$i
+        done
+    "#);
+    let vip = ip("10.96.0.10");
+    let mut plan = ProxyPlan {
+        node: node(),
+        services: vec![service(
+            "web",
+            vip,
+            80,
+            &["10.244.0.11:80", "10.244.0.12:80"],
+        )],
+    };
+    let mut proxier = IpvsProxier::new(
+        IpvsOptions {
+            scheduler: Scheduler::Rr,
+            strict_arp: true,
+            iptables: Some("iptables-nft".into()),
+            random_fully: true,
+        },
+        [IpFamily::V4],
+    )
+    .expect("IPVS proxier");
+    let reports = proxier.sync(&plan, true).expect("first sync");
+    eprintln!("first sync: {reports:?}");
+    let sets = Command::new("ipset")
+        .args(["list", "KUBE-CLUSTER-IP"])
+        .output()
+        .expect("ipset");
+    let sets = String::from_utf8_lossy(&sets.stdout);
+    assert!(sets.contains("10.96.0.10,tcp:80"), "{sets}");
+    let vip_port = SocketAddr::new(vip, 80);
+    let seq: Vec<String> = (0..4).map(|_| get(vip_port)).collect();
+    eprintln!("rr through {vip_port}: {seq:?}");
+    assert!(
+        seq == ["pod1", "pod2", "pod1", "pod2"] || seq == ["pod2", "pod1", "pod2", "pod1"],
+        "{seq:?}"
+    );
+
+    // Hairpin: a pod reaching itself through the VIP needs the KUBE-LOOP-BACK masquerade.
+    let mut hairpin = Vec::new();
+    for _ in 0..4 {
+        let out = Command::new("bash")
+            .args([
+                "-c",
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | ip netns exec pod1 busybox nc -w 5 10.96.0.10 80 | tail -n1",
+            ])
+            .output()
+            .expect("nc");
+        hairpin.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    eprintln!("pod1 -> VIP: {hairpin:?}");
+    assert!(
+        hairpin.iter().any(|p| p == "pod1"),
+        "hairpin to itself: {hairpin:?}"
+    );
+    assert!(hairpin.iter().any(|p| p == "pod2"), "{hairpin:?}");
+
+    // Second sync of the same plan changes nothing.
+    let again = proxier.sync(&plan, false).expect("idle sync");
+    assert_eq!(
+        (again[0].objects_written, again[0].objects_deleted),
+        (0, 0),
+        "{again:?}"
+    );
+
+    // pod2 leaves while a connection to it is open: weight 0, the connection survives,
+    // new connections go to pod1.
+    let mut held = None;
+    for _ in 0..4 {
+        let s = TcpStream::connect_timeout(&vip_port, Duration::from_secs(3)).expect("connect");
+        let key = ServiceKey::Addr {
+            protocol: IPPROTO_TCP,
+            addr: vip,
+            port: 80,
+        };
+        let mut sock = IpvsSocket::open().expect("socket");
+        let on_pod2 = sock
+            .destinations(&key)
+            .expect("dests")
+            .iter()
+            .any(|d| d.addr == ip("10.244.0.12") && d.conns.active > 0);
+        if on_pod2 {
+            held = Some(s);
+            break;
+        }
+    }
+    let mut held = held.expect("a connection to pod2");
+    plan.services[0]
+        .cluster_endpoints
+        .retain(|e| e.addr.port() == 80 && e.addr.ip() == ip("10.244.0.11"));
+    proxier.sync(&plan, false).expect("sync without pod2");
+    let listing = String::from_utf8_lossy(
+        &Command::new("ipvsadm")
+            .arg("-Ln")
+            .output()
+            .expect("ipvsadm")
+            .stdout,
+    )
+    .into_owned();
+    eprintln!("{listing}");
+    assert!(
+        listing.contains("10.244.0.12:80"),
+        "pod2 kept while draining: {listing}"
+    );
+    let seq: Vec<String> = (0..3).map(|_| get(vip_port)).collect();
+    assert_eq!(seq, ["pod1", "pod1", "pod1"]);
+    held.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .expect("held connection still writable");
+    let mut body = String::new();
+    held.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let _ = held.read_to_string(&mut body);
+    assert!(
+        body.contains("pod2"),
+        "established connection to pod2 kept: {body:?}"
+    );
+    drop(held);
+
+    // 1k services: full and idle sync times.
+    // KPROXY_IPVS_SCALE=1000,10000 measures more sizes (10k takes minutes under TCG).
+    let sizes: Vec<usize> = std::env::var("KPROXY_IPVS_SCALE")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000]);
+    for n in sizes.into_iter().filter(|n| *n <= 60_000) {
+        let services: Vec<ServicePortPlan> = (0..n)
+            .map(|i| {
+                let addr = IpAddr::from([10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                service(
+                    &format!("s{i}"),
+                    addr,
+                    80,
+                    &["10.244.0.11:80", "10.244.0.12:80"],
+                )
+            })
+            .collect();
+        let big = ProxyPlan {
+            node: node(),
+            services,
+        };
+        let t = Instant::now();
+        let r = proxier.sync(&big, true).expect("big sync");
+        let full = t.elapsed();
+        let t = Instant::now();
+        proxier.sync(&big, false).expect("idle big sync");
+        let idle = t.elapsed();
+        let t = Instant::now();
+        proxier.sync(&big, true).expect("full resync");
+        eprintln!(
+            "IPVS-SYNC-TIME: {n} services x 2 real servers: first sync {full:?} ({} objects), \
+             incremental no-op {idle:?}, full re-read no-op {:?}",
+            r[0].objects_written,
+            t.elapsed()
+        );
+    }
+
+    let deleted = proxier.cleanup(Some(&plan)).expect("cleanup");
+    assert!(deleted >= 1);
+    let sets = Command::new("ipset")
+        .args(["list", "-n"])
+        .output()
+        .expect("ipset");
+    assert!(
+        !String::from_utf8_lossy(&sets.stdout).contains("KUBE-"),
+        "sets destroyed"
+    );
+    assert!(
+        IpvsSocket::open()
+            .expect("socket")
+            .services()
+            .expect("dump")
+            .is_empty()
+    );
+    assert!(
+        !Command::new("ip")
+            .args(["link", "show", "kube-ipvs0"])
+            .output()
+            .expect("ip")
+            .status
+            .success()
+    );
+}
+
+/// Pods `{prefix}1`, `{prefix}2` (10.{net}.0.11, .12) serving their name over HTTP on a
+/// bridge `br-{prefix}` (10.{net}.0.1/24).
+fn setup_pods(prefix: &str, net: u8) {
+    sh(&format!(
+        r#"
+        sysctl -qw net.ipv4.ip_forward=1
+        ip link add br-{prefix} type bridge && ip addr add 10.{net}.0.1/24 dev br-{prefix}
+        ip link set br-{prefix} up
+        for i in 1 2; do
+          ip netns add {prefix}$i
+          ip link add v-{prefix}$i type veth peer name eth0 netns {prefix}$i
+          ip link set v-{prefix}$i master br-{prefix} up
+          ip -n {prefix}$i link set lo up
+          ip -n {prefix}$i addr add 10.{net}.0.1$i/24 dev eth0
+          ip -n {prefix}$i link set eth0 up
+          ip -n {prefix}$i route add default via 10.{net}.0.1
+          mkdir -p /tmp/www/{prefix}$i && echo {prefix}$i > /tmp/www/{prefix}$i/index.html
+          ip netns exec {prefix}$i busybox httpd -p 80 -h /tmp/www/{prefix}$i
+        done
+    "#
+    ));
+}
+
+#[test]
+fn schedulers_sh_and_mh_stick_to_one_backend() {
+    if !in_guest("schedulers_sh_and_mh_stick_to_one_backend") {
+        return;
+    }
+    setup_pods("q", 245);
+    let vip = ip("10.96.1.10");
+    let plan = ProxyPlan {
+        node: node(),
+        services: vec![service(
+            "sticky",
+            vip,
+            80,
+            &["10.245.0.11:80", "10.245.0.12:80"],
+        )],
+    };
+    for scheduler in [Scheduler::Sh, Scheduler::Mh, Scheduler::Rr] {
+        let mut proxier = IpvsProxier::new(
+            IpvsOptions {
+                scheduler,
+                ..IpvsOptions::default()
+            },
+            [IpFamily::V4],
+        )
+        .expect("IPVS proxier");
+        proxier.sync(&plan, true).expect("sync");
+        let seq: Vec<String> = (0..6).map(|_| get(SocketAddr::new(vip, 80))).collect();
+        eprintln!("{scheduler} through {vip}: {seq:?}");
+        assert!(seq.iter().all(|p| p == "q1" || p == "q2"), "{seq:?}");
+        let distinct: std::collections::BTreeSet<&String> = seq.iter().collect();
+        match scheduler {
+            Scheduler::Rr => assert_eq!(distinct.len(), 2, "rr alternates: {seq:?}"),
+            _ => assert_eq!(distinct.len(), 1, "{scheduler} sticks: {seq:?}"),
+        }
+        proxier.cleanup(Some(&plan)).expect("cleanup");
+    }
+}

@@ -1,0 +1,319 @@
+//! Real packets through the userspace forwarder (root only): a client namespace reaches a
+//! backend namespace's echo servers through a ClusterIP served by `UserspaceProxier` running
+//! in a node namespace, over TCP and UDP, and through a NodePort (masqueraded).
+//!
+//! ```text
+//! client (10.244.1.2) ── veth ── node (10.244.1.1 | 10.244.2.1, kproxy TUN) ── veth ── backend (10.244.2.2)
+//! ```
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use kproxy_dataplane::plan::{
+    Endpoint, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
+    Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
+};
+use kproxy_dataplane::userspace::{UserspaceConfig, UserspaceProxier};
+use nix::sched::{CloneFlags, setns};
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Namespaces torn down on drop.
+struct Topology {
+    names: Vec<String>,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn enter(ns: &str) {
+    let f = File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+    setns(f, CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+fn build(tag: &str) -> (Topology, String, String, String) {
+    let (c, n, b) = (
+        format!("kpu-c-{tag}"),
+        format!("kpu-n-{tag}"),
+        format!("kpu-b-{tag}"),
+    );
+    let topo = Topology {
+        names: vec![c.clone(), n.clone(), b.clone()],
+    };
+    for ns in &topo.names {
+        sh(&["ip", "netns", "add", ns]);
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    sh(&[
+        "ip", "link", "add", "kpuc0", "netns", &c, "type", "veth", "peer", "kpuc1", "netns", &n,
+    ]);
+    sh(&[
+        "ip", "link", "add", "kpub0", "netns", &b, "type", "veth", "peer", "kpub1", "netns", &n,
+    ]);
+    for (ns, dev, addr) in [
+        (&c, "kpuc0", "10.244.1.2/24"),
+        (&n, "kpuc1", "10.244.1.1/24"),
+        (&b, "kpub0", "10.244.2.2/24"),
+        (&n, "kpub1", "10.244.2.1/24"),
+    ] {
+        sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+    sh(&[
+        "ip",
+        "-n",
+        &c,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.1.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &b,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.2.1",
+    ]);
+    (topo, c, n, b)
+}
+
+fn plan() -> ProxyPlan {
+    let ep = |addr: &str| Endpoint {
+        addr: addr.parse().expect("addr"),
+        is_local: true,
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    let svc = |proto: Protocol, port: u16, target: &str| ServicePortPlan {
+        name: ServicePortName {
+            namespace: "default".into(),
+            name: "echo".into(),
+            port: proto.as_lower().into(),
+            protocol: proto,
+        },
+        family: IpFamily::V4,
+        cluster_ip: "10.96.0.10".parse().expect("ip"),
+        port,
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        session_affinity_timeout: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        cluster_endpoints: vec![ep(target)],
+        local_endpoints: vec![ep(target)],
+        has_any_endpoints: true,
+    };
+    ProxyPlan {
+        node: NodeContext {
+            node_name: "node".into(),
+            ipv4: Some(FamilyContext {
+                node_ips: vec!["10.244.1.1".parse().expect("ip")],
+                nodeport_addresses: NodePortAddresses::All,
+                local_detector: LocalTrafficDetector::ClusterCidr(
+                    "10.244.0.0/16".parse().expect("cidr"),
+                ),
+            }),
+            ipv6: None,
+            masquerade_all: false,
+            masquerade_mark: 1 << 14,
+            localhost_nodeports: false,
+        },
+        services: vec![
+            ServicePortPlan {
+                node_port: Some(30080),
+                ..svc(Protocol::Tcp, 80, "10.244.2.2:8080")
+            },
+            svc(Protocol::Udp, 53, "10.244.2.2:5353"),
+            ServicePortPlan {
+                cluster_ip: "10.96.0.11".parse().expect("ip"),
+                cluster_endpoints: vec![],
+                local_endpoints: vec![],
+                has_any_endpoints: false,
+                ..svc(Protocol::Tcp, 80, "10.244.2.2:8080")
+            },
+        ],
+    }
+}
+
+/// Echo servers in the backend namespace: TCP on 8080, UDP on 5353.
+fn start_backend(ns: String) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&ns);
+        let tcp = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
+        let udp = UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
+        tx.send(()).expect("ready");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            for _ in 0..100 {
+                let Ok((n, peer)) = udp.recv_from(&mut buf) else {
+                    return;
+                };
+                let _ = udp.send_to(&buf[..n], peer);
+            }
+        });
+        for _ in 0..100 {
+            let Ok((mut s, _)) = tcp.accept() else { return };
+            let mut buf = [0u8; 1500];
+            if let Ok(n) = s.read(&mut buf) {
+                let _ = s.write_all(&buf[..n]);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("backend ready");
+}
+
+#[test]
+fn cluster_ip_node_port_and_reject_through_tun() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tag = std::process::id().to_string();
+    let (_topo, client, node, backend) = build(&tag);
+    start_backend(backend);
+
+    // The proxier runs on its own thread inside the node namespace until told to stop.
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let node_ns = node.clone();
+    let proxier = std::thread::spawn(move || {
+        enter(&node);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let config = UserspaceConfig {
+                device: "kpu0".into(),
+                ..UserspaceConfig::default()
+            };
+            let mut p = match UserspaceProxier::new(config, [IpFamily::V4]).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let synced = p
+                .sync(&plan(), true)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = ready_tx.send(synced);
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+            p.cleanup().await.expect("cleanup");
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("proxier thread")
+        .expect("proxier up");
+
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&client);
+        let vip: SocketAddr = "10.96.0.10:80".parse().expect("addr");
+        let tcp = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"hello over tcp")?;
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })();
+        let udp = (|| -> std::io::Result<(String, SocketAddr)> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.send_to(b"hello over udp", "10.96.0.10:53")?;
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+        })();
+        let node_port = (|| -> std::io::Result<String> {
+            let np: SocketAddr = "10.244.1.1:30080".parse().expect("addr");
+            let mut s = TcpStream::connect_timeout(&np, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"hello over a nodeport")?;
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })();
+        let refused = TcpStream::connect_timeout(
+            &"10.96.0.11:80".parse().expect("addr"),
+            Duration::from_secs(5),
+        )
+        .map(|_| ())
+        .map_err(|e| e.kind());
+        let _ = tx.send((
+            refused,
+            tcp.map_err(|e| e.to_string()),
+            udp.map_err(|e| e.to_string()),
+            node_port.map_err(|e| e.to_string()),
+        ));
+    });
+    let (refused, tcp, udp, node_port) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("client finished");
+    let _ = stop_tx.send(());
+    let _ = proxier.join();
+    // What cleanup leaves behind in the node namespace: nothing of ours.
+    let leftover = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node_ns])
+            .args(args)
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!leftover(&["iptables", "-t", "nat", "-S"]).contains("KPROXY-USERSPACE"));
+    assert!(!leftover(&["ip", "rule"]).contains("4242"));
+    assert!(!leftover(&["ip", "link"]).contains("kpu0"));
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "no endpoints: RST"
+    );
+    assert_eq!(tcp.as_deref(), Ok("hello over tcp"));
+    assert_eq!(node_port.as_deref(), Ok("hello over a nodeport"));
+    let (text, from) = udp.expect("udp answer");
+    assert_eq!(text, "hello over udp");
+    assert_eq!(
+        from,
+        "10.96.0.10:53".parse::<SocketAddr>().expect("addr"),
+        "reply un-NATed"
+    );
+}

@@ -1,0 +1,128 @@
+//! The userspace mode's steering (routes and policy rules) and NodePort chain, rendered
+//! without touching the kernel.
+
+use std::net::IpAddr;
+
+use kproxy_dataplane::lb::Algorithm;
+use kproxy_dataplane::plan::{
+    Endpoint, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
+    Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
+};
+use kproxy_dataplane::userspace::nodeports;
+use kproxy_dataplane::userspace::routes::Steering;
+use kproxy_dataplane::userspace::services::ServiceTable;
+
+fn svc(name: &str, vip: &str, backend: &str, node_port: Option<u16>) -> ServicePortPlan {
+    let ep = Endpoint {
+        addr: backend.parse().expect("addr"),
+        is_local: true,
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    ServicePortPlan {
+        name: ServicePortName {
+            namespace: "default".into(),
+            name: name.into(),
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        },
+        family: IpFamily::V4,
+        cluster_ip: vip.parse().expect("ip"),
+        port: 80,
+        node_port,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        session_affinity_timeout: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        cluster_endpoints: vec![ep],
+        local_endpoints: vec![],
+        has_any_endpoints: true,
+    }
+}
+
+fn plan(services: Vec<ServicePortPlan>, addrs: NodePortAddresses) -> ProxyPlan {
+    ProxyPlan {
+        node: NodeContext {
+            node_name: "n".into(),
+            ipv4: Some(FamilyContext {
+                node_ips: vec!["192.168.0.1".parse().expect("ip")],
+                nodeport_addresses: addrs,
+                local_detector: LocalTrafficDetector::None,
+            }),
+            ipv6: None,
+            masquerade_all: false,
+            masquerade_mark: 1 << 14,
+            localhost_nodeports: false,
+        },
+        services,
+    }
+}
+
+#[test]
+fn full_then_partial_steering() {
+    let masq: IpAddr = "169.254.42.1".parse().expect("ip");
+    let two = plan(
+        vec![
+            svc("a", "10.96.0.1", "10.244.1.1:8080", None),
+            svc("b", "10.96.0.2", "10.244.1.2:9090", None),
+        ],
+        NodePortAddresses::All,
+    );
+    let first = Steering::of(&ServiceTable::build(&two, Algorithm::Random, 0), &[masq]);
+    let (full, written, deleted) = first.batch(None, "kp0", 1, &[IpFamily::V4]);
+    assert_eq!((written, deleted), (5, 0));
+    assert!(full.v6.is_empty());
+    for line in [
+        "rule del priority 4242",
+        "rule add priority 4241 iif kp0 lookup main",
+        "route replace default dev kp0 table 4242",
+        "route replace 10.96.0.1/32 dev kp0",
+        "route replace 169.254.42.1/32 dev kp0",
+        "rule add priority 4242 from 10.244.1.2 ipproto tcp sport 9090 lookup 4242",
+    ] {
+        assert!(
+            full.v4.lines().any(|l| l == line),
+            "missing {line:?} in\n{}",
+            full.v4
+        );
+    }
+    let one = plan(
+        vec![svc("a", "10.96.0.1", "10.244.1.1:8080", None)],
+        NodePortAddresses::All,
+    );
+    let second = Steering::of(&ServiceTable::build(&one, Algorithm::Random, 0), &[masq]);
+    let (partial, written, deleted) = second.batch(Some(&first), "kp0", 0, &[IpFamily::V4]);
+    assert_eq!((written, deleted), (0, 2));
+    assert_eq!(
+        partial.v4,
+        "route del 10.96.0.2/32 dev kp0\n\
+         rule del priority 4242 from 10.244.1.2 ipproto tcp sport 9090 lookup 4242\n"
+    );
+}
+
+#[test]
+fn node_port_chain() {
+    let to: IpAddr = "169.254.42.2".parse().expect("ip");
+    let p = plan(
+        vec![svc("a", "10.96.0.1", "10.244.1.1:8080", Some(30080))],
+        NodePortAddresses::All,
+    );
+    let text = nodeports::render(&p, IpFamily::V4, to);
+    assert!(text.contains(
+        "-A KPROXY-USERSPACE-NODEPORTS -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -p tcp -m tcp --dport 30080"
+    ));
+    assert!(text.contains("-j DNAT --to-destination 169.254.42.2:30080"));
+    let only = plan(
+        vec![svc("a", "10.96.0.1", "10.244.1.1:8080", Some(30080))],
+        NodePortAddresses::Only(vec!["192.168.0.1".parse().expect("ip")]),
+    );
+    assert!(nodeports::render(&only, IpFamily::V4, to).contains("-d 192.168.0.1 -p tcp"));
+    // The NodePort is served on the NodePort address only, not on node IPs.
+    let table = ServiceTable::build_with_nodeports(&p, Algorithm::Random, 0, &[to]);
+    assert!(table.is_frontend_ip(to));
+    assert!(!table.is_frontend_ip("192.168.0.1".parse().expect("ip")));
+}
