@@ -3,7 +3,10 @@
 # Run as root on Debian 12. The Rust toolchain (cargo >= 1.89) must already be installed.
 set -euo pipefail
 
-PACKAGES=(iptables nftables conntrack ipset ipvsadm iproute2 procps socat)
+# Host tools for the tests and the demo, then what the IPVS lane's qemu guest needs
+# (scripts/run-ipvs-vm.sh: the host kernel has no IP_VS, the guest boots Debian's).
+PACKAGES=(iptables nftables conntrack ipset ipvsadm iproute2 procps socat
+          qemu-system-x86 cpio xz-utils busybox-static kmod binutils strace)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: run as root (network namespaces and netfilter need it)" >&2
