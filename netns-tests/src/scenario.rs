@@ -130,16 +130,20 @@ impl Cluster {
 
     /// Sends `count` TCP SYN (or UDP) probes from pod `from` to `dst` and captures them on
     /// the pod's node's uplink. `Ok(true)` when every probe that left the node was already
-    /// DNATed to one of `endpoints` (and at least one left), `Ok(false)` when any left with
-    /// another destination (such as the ClusterIP itself).
+    /// DNATed to one of the `endpoints` pods (and at least one left), `Ok(false)` when any
+    /// left with another destination (such as the ClusterIP itself).
     pub fn dnat_on_source(
         &self,
         from: &str,
         dst: SocketAddrV4,
         protocol: ProbeProtocol,
-        endpoints: &[SocketAddrV4],
+        endpoints: &[&str],
         count: usize,
     ) -> anyhow::Result<bool> {
+        let targets: Vec<SocketAddrV4> = endpoints
+            .iter()
+            .map(|p| Ok(SocketAddrV4::new(self.pod_ip(p)?, BACKEND_PORT)))
+            .collect::<anyhow::Result<_>>()?;
         let pod = self.pod(from)?;
         let node = &self.rig.nodes[pod.node];
         let probe = Probe {
@@ -150,7 +154,7 @@ impl Cluster {
             count,
         };
         let seen = send_and_capture(&probe, &Capture::outgoing(&node.ns, UPLINK))?;
-        Ok(!seen.is_empty() && seen.iter().all(|s| endpoints.contains(&s.dst)))
+        Ok(!seen.is_empty() && seen.iter().all(|s| targets.contains(&s.dst)))
     }
 }
 

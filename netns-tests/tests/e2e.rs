@@ -67,13 +67,9 @@ fn cluster_ip(mode: &str) -> Result {
             "pod source kept from {client}"
         );
     }
-    let targets: Vec<SocketAddrV4> = endpoints
-        .iter()
-        .map(|p| Ok(SocketAddrV4::new(c.pod_ip(p)?, BACKEND_PORT)))
-        .collect::<anyhow::Result<_>>()?;
     let dst = SocketAddrV4::new(ip(10, 96, 0, 10), 80);
     assert!(
-        c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &targets, 20)?,
+        c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &endpoints, 20)?,
         "TCP DNAT on the source node"
     );
     Ok(())
@@ -410,13 +406,9 @@ fn udp(mode: &str) -> Result {
     );
     assert_eq!(hits.failures, 0, "{hits:?}");
     assert_uniform(&hits.per_pod, &endpoints);
-    let targets: Vec<SocketAddrV4> = endpoints
-        .iter()
-        .map(|p| Ok(SocketAddrV4::new(c.pod_ip(p)?, BACKEND_PORT)))
-        .collect::<anyhow::Result<_>>()?;
     let dst = SocketAddrV4::new(ip(10, 96, 0, 53), 53);
     assert!(
-        c.dnat_on_source("pod-0-0", dst, ProbeProtocol::Udp, &targets, 20)?,
+        c.dnat_on_source("pod-0-0", dst, ProbeProtocol::Udp, &endpoints, 20)?,
         "UDP DNAT on the source node"
     );
     Ok(())
@@ -429,10 +421,7 @@ fn dnat_off_source_is_detected(mode: &str) -> Result {
     let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
     let spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-0")?]);
     c.apply(&spec)?;
-    let targets = [
-        SocketAddrV4::new(c.pod_ip("pod-1-0")?, BACKEND_PORT),
-        SocketAddrV4::new(c.pod_ip("pod-2-0")?, BACKEND_PORT),
-    ];
+    let targets = ["pod-1-0", "pod-2-0"];
     let dst = SocketAddrV4::new(ip(10, 96, 0, 10), 80);
     assert!(c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &targets, 10)?);
     // Move DNAT off node-0: stop kproxy (rules stay on every node), remove node-0's

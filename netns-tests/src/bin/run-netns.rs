@@ -213,12 +213,7 @@ fn measure(c: &Cluster, case: &Case, requests: usize) -> anyhow::Result<ServiceR
     });
     let dnat_on_source = match case.probe {
         Some((from, dst, protocol)) => {
-            let targets: Vec<SocketAddrV4> = case
-                .expected
-                .iter()
-                .map(|p| Ok(SocketAddrV4::new(c.pod_ip(p)?, BACKEND_PORT)))
-                .collect::<anyhow::Result<_>>()?;
-            Some(c.dnat_on_source(from, dst, protocol, &targets, 50)?)
+            Some(c.dnat_on_source(from, dst, protocol, &case.expected, 50)?)
         }
         None => None,
     };

@@ -22,15 +22,6 @@ fn check(name: &str, plan: &ProxyPlan, family: IpFamily, opts: RenderOptions) {
     }
 }
 
-fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
-    let mut services = services;
-    services.sort_by(|a, b| (&a.name, a.family).cmp(&(&b.name, b.family)));
-    ProxyPlan {
-        node: node(),
-        services,
-    }
-}
-
 #[test]
 fn cluster_ip_with_three_endpoints() {
     let svc = with_endpoints(
@@ -51,39 +42,11 @@ fn cluster_ip_with_three_endpoints() {
 
 #[test]
 fn nodeport_load_balancer_external_ips() {
-    let mut np = service("ns2", "svc2", "p80", "172.30.0.42", 80);
-    np.node_port = Some(30080);
-    let np = with_endpoints(np, vec![endpoint("10.180.0.2:80", true)]);
-
-    let mut lb = service("ns3", "lb", "", "172.30.0.43", 443);
-    lb.node_port = Some(30443);
-    lb.load_balancer_ips = vec![ip("203.0.113.7")];
-    lb.load_balancer_source_ranges = vec!["203.0.113.0/25".parse().expect("cidr")];
-    lb.external_policy_local = true;
-    lb.health_check_node_port = Some(32000);
-    let lb = with_endpoints(
-        lb,
-        vec![
-            endpoint("10.180.0.3:8443", true),
-            endpoint("10.180.1.3:8443", false),
-        ],
-    );
-
-    let mut ext = service("ns4", "ext", "dns", "172.30.0.44", 53);
-    ext.name.protocol = Protocol::Udp;
-    ext.external_ips = vec![ip("192.0.2.4")];
-    let ext = with_endpoints(ext, vec![endpoint("10.180.1.4:5353", false)]);
-
     let opts = RenderOptions {
         random_fully: true,
         conntrack_tcp_be_liberal: false,
     };
-    check(
-        "iptables-external",
-        &plan(vec![np, lb, ext]),
-        IpFamily::V4,
-        opts,
-    );
+    check("iptables-external", &plan(external()), IpFamily::V4, opts);
 }
 
 #[test]

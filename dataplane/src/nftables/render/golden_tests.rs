@@ -8,62 +8,6 @@ use crate::testutil::*;
 
 use super::{RenderOptions, render};
 
-/// The fixture plans, shared with the transaction tests.
-pub(crate) mod fixtures {
-    use super::*;
-
-    /// A plan of `services` on the standard test node, sorted as the planner sorts.
-    pub fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
-        let mut services = services;
-        services.sort_by(|a, b| (&a.name, a.family).cmp(&(&b.name, b.family)));
-        ProxyPlan {
-            node: node(),
-            services,
-        }
-    }
-
-    /// `ns1/web:http`, a ClusterIP with three endpoints.
-    pub fn web(endpoints: &[&str]) -> ServicePortPlan {
-        with_endpoints(
-            service("ns1", "web", "http", "172.30.0.41", 80),
-            endpoints.iter().map(|e| endpoint(e, false)).collect(),
-        )
-    }
-
-    /// NodePort, LoadBalancer with source ranges and eTP Local, UDP external IP.
-    pub fn external() -> Vec<ServicePortPlan> {
-        let mut np = service("ns2", "svc2", "p80", "172.30.0.42", 80);
-        np.node_port = Some(30080);
-        let np = with_endpoints(np, vec![endpoint("10.180.0.2:80", true)]);
-
-        let mut lb = service("ns3", "lb", "", "172.30.0.43", 443);
-        lb.node_port = Some(30443);
-        lb.load_balancer_ips = vec![ip("203.0.113.7")];
-        lb.load_balancer_source_ranges = vec![
-            "203.0.113.0/25".parse().expect("cidr"),
-            "203.0.113.64/26".parse().expect("cidr"),
-            "192.168.0.0/24".parse().expect("cidr"),
-        ];
-        lb.external_policy_local = true;
-        lb.health_check_node_port = Some(32000);
-        let lb = with_endpoints(
-            lb,
-            vec![
-                endpoint("10.180.0.3:8443", true),
-                endpoint("10.180.1.3:8443", false),
-            ],
-        );
-
-        let mut ext = service("ns4", "ext", "dns", "172.30.0.44", 53);
-        ext.name.protocol = Protocol::Udp;
-        ext.external_ips = vec![ip("192.0.2.4")];
-        let ext = with_endpoints(ext, vec![endpoint("10.180.1.4:5353", false)]);
-        vec![np, lb, ext]
-    }
-}
-
-use fixtures::*;
-
 fn check(name: &str, plan: &ProxyPlan, family: IpFamily, opts: RenderOptions) {
     let table = render(plan, family, &opts, None).expect("family served");
     let got = recreate(&table).text;

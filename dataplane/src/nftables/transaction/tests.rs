@@ -1,4 +1,3 @@
-use crate::nftables::render::golden_tests::fixtures::*;
 use crate::nftables::render::{RenderOptions, render};
 use crate::nftables::table::NftTable;
 use crate::plan::*;
