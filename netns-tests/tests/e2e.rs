@@ -534,3 +534,4 @@ macro_rules! suite {
 
 suite!(iptables);
 suite!(nftables);
+suite!(userspace);

@@ -13,13 +13,15 @@ use super::apply::{
     BackendChoice, IptablesError, IptablesTool, conntrack_tcp_be_liberal, enable_route_localnet,
     resolve_backend,
 };
-use super::render::{RenderOptions, render};
+use super::render::{RenderCache, RenderOptions, render, render_cached};
 use super::restore::{self, RestoreInput, parse_save};
 use super::ruleset::{Ruleset, Table};
 
 struct FamilyState {
     tool: IptablesTool,
     options: RenderOptions,
+    /// Per-service render results of the last sync (pure memoization).
+    cache: RenderCache,
     /// What the last successful sync left in the kernel.
     written: Option<Ruleset>,
 }
@@ -47,6 +49,7 @@ impl IptablesProxier {
             states.push(FamilyState {
                 tool,
                 options,
+                cache: RenderCache::default(),
                 written: None,
             });
         }
@@ -77,8 +80,8 @@ impl IptablesProxier {
         for state in &mut self.families {
             let start = Instant::now();
             let family = state.tool.family;
-            let wanted =
-                render(plan, family, &state.options).unwrap_or_else(|| Ruleset::new(family));
+            let wanted = render_cached(plan, family, &state.options, &mut state.cache)
+                .unwrap_or_else(|| Ruleset::new(family));
             let previous = state.written.take().filter(|_| !full);
             let full = previous.is_none();
             let input = match &previous {

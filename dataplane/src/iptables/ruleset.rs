@@ -86,6 +86,21 @@ impl Ruleset {
         self.chain(table, chain).push(rule.0);
     }
 
+    /// Appends every chain's rules of `other` to the same chains here, declaring chains
+    /// as needed (fragments are merged in service order, so rule order is kept).
+    pub fn extend(&mut self, other: &Ruleset) {
+        for (mine, theirs) in [
+            (&mut self.filter, &other.filter),
+            (&mut self.nat, &other.nat),
+        ] {
+            for (name, rules) in theirs {
+                mine.entry(name.clone())
+                    .or_default()
+                    .extend(rules.iter().cloned());
+            }
+        }
+    }
+
     /// Number of rules in a table.
     pub fn rule_count(&self, table: Table) -> usize {
         self.table(table).values().map(Vec::len).sum()

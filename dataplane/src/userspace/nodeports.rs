@@ -1,4 +1,5 @@
-//! NodePorts in userspace mode: one small kproxy-owned iptables nat chain per family.
+//! NodePorts and masquerading in userspace mode: two small kproxy-owned iptables nat chains
+//! per family.
 //!
 //! A NodePort's destination is one of the node's own addresses, and the kernel consults the
 //! `local` routing table (rule priority 0) before any policy rule kproxy could add, so such
@@ -10,6 +11,14 @@
 //! address the client used, so the forwarder never needs to know it. `--nodeport-addresses`
 //! becomes `-d <ip>` matches (or `-m addrtype --dst-type LOCAL` for all addresses, loopback
 //! excluded). The chain is replaced as a whole with one `iptables-restore --noflush`.
+//!
+//! Masquerading is decided by the forwarder (as the iptables renderer marks for
+//! masquerade), which rewrites the source to the family's masquerade address; chain
+//! [`POSTROUTING_CHAIN`] (jumped to from `POSTROUTING`) then lets the kernel `MASQUERADE`
+//! that address to the address of the interface the packet leaves by, exactly what
+//! `KUBE-POSTROUTING` does for marked packets in iptables mode. A backend on another node
+//! so sees (and answers) this node's address, a hairpinned pod its bridge's address; the
+//! kernel un-SNATs the reply back to the masquerade address, which is routed into the TUN.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -20,6 +29,8 @@ use super::services::proto_number;
 
 /// The nat chain kproxy's userspace mode owns.
 pub const CHAIN: &str = "KPROXY-USERSPACE-NODEPORTS";
+/// The nat chain (jumped to from `POSTROUTING`) masquerading the masquerade address.
+pub const POSTROUTING_CHAIN: &str = "KPROXY-USERSPACE-POSTROUTING";
 
 /// The `iptables-restore --noflush` input that makes [`CHAIN`] DNAT every NodePort of
 /// `family` in `plan` to `to` (an empty chain when there is none).
@@ -57,6 +68,21 @@ pub fn render(plan: &ProxyPlan, family: IpFamily, to: IpAddr) -> String {
                 target(np)
             );
         }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// The `iptables-restore --noflush` input that makes [`POSTROUTING_CHAIN`] `MASQUERADE`
+/// packets the forwarder sent from `masquerade` (an empty chain when `None`).
+pub fn render_postrouting(masquerade: Option<IpAddr>) -> String {
+    let mut out = format!("*nat\n:{POSTROUTING_CHAIN} - [0:0]\n");
+    if let Some(ip) = masquerade {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        let _ = writeln!(
+            out,
+            "-A {POSTROUTING_CHAIN} -s {ip}/{len} -m comment --comment \"kproxy userspace masquerade\" -j MASQUERADE"
+        );
     }
     out.push_str("COMMIT\n");
     out

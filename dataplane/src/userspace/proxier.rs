@@ -8,9 +8,11 @@
 //! or the node's own source). `sync` builds the new [`ServiceTable`] on the caller's thread,
 //! posts it to the forwarder (an atomic swap between packet batches) and applies the
 //! routes and rules that changed with one `ip -force -batch -`. After a failure the next
-//! sync is full. NodePorts additionally get a small iptables nat chain
-//! ([`super::nodeports`]). `cleanup` stops the thread (the TUN, and with it its routes,
-//! disappears) and deletes the policy rules, the steering table and the NodePort chain.
+//! sync is full. NodePorts and masquerading additionally get small iptables nat chains
+//! ([`super::nodeports`]), and replies on pod bridges an nftables bridge table
+//! ([`super::bridges`]). `cleanup` stops the thread (the TUN, and with it its routes,
+//! disappears) and deletes the policy rules, the steering table, the nat chains and the
+//! bridge table.
 
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -114,8 +116,11 @@ pub struct UserspaceProxier {
     mailbox: Arc<Mailbox>,
     thread: Option<std::thread::JoinHandle<()>>,
     steering: Option<Steering>,
-    /// The NodePort chain last written, per family (`None`: unknown, rewrite).
+    /// The NodePort and masquerade chains last written, per family (`None`: unknown,
+    /// rewrite).
     nodeport_chains: Vec<(IpFamily, Option<String>)>,
+    /// The bridge table last written (`None`: unknown, rewrite).
+    bridge_table: Option<String>,
     syncs: u64,
 }
 
@@ -186,6 +191,7 @@ impl UserspaceProxier {
             mailbox,
             thread: Some(thread),
             steering: None,
+            bridge_table: None,
             nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
             families,
             syncs: 0,
@@ -206,6 +212,14 @@ impl UserspaceProxier {
             ips.push(IpAddr::V6(ip));
         }
         ips
+    }
+
+    fn masquerade_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        let f = &self.config.forwarder;
+        match family {
+            IpFamily::V4 => f.masquerade_v4.map(IpAddr::V4),
+            IpFamily::V6 => f.masquerade_v6.map(IpAddr::V6),
+        }
     }
 
     fn masquerade_ips(&self) -> Vec<IpAddr> {
@@ -265,16 +279,28 @@ impl UserspaceProxier {
                 ip_batch(*family, text).await?;
             }
         }
+        let bridges = super::bridges::render(&super::bridges::local_bridges(), &wanted.rules);
         self.steering = Some(wanted);
-        for ip in nodeport_ips {
-            let family = IpFamily::of(&ip);
-            let text = super::nodeports::render(&ours, family, ip);
+        if full || self.bridge_table.as_deref() != Some(bridges.as_str()) {
+            self.bridge_table = None;
+            apply_bridges(&bridges).await?;
+            self.bridge_table = Some(bridges);
+        }
+        for family in self.families.clone() {
+            let nodeport_ip = nodeport_ips.iter().find(|ip| IpFamily::of(ip) == family);
+            let mut text = match nodeport_ip {
+                Some(ip) => super::nodeports::render(&ours, family, *ip),
+                None => String::new(),
+            };
+            text.push_str(&super::nodeports::render_postrouting(
+                self.masquerade_ip(family),
+            ));
             let Some(slot) = self.nodeport_chains.iter_mut().find(|(f, _)| *f == family) else {
                 continue;
             };
             if full || slot.1.as_deref() != Some(text.as_str()) {
                 slot.1 = None;
-                apply_nodeports(family, &text).await?;
+                apply_nodeports(family, &text, nodeport_ip.is_some()).await?;
                 slot.1 = Some(text);
             }
         }
@@ -296,13 +322,14 @@ impl UserspaceProxier {
     }
 
     /// Stops the forwarder (removing the device and its routes) and deletes the policy
-    /// rules, the steering table and the NodePort chain.
+    /// rules, the steering table, the nat chains and the bridge table.
     pub async fn cleanup(&mut self) -> Result<(), UserspaceError> {
         self.mailbox.stop();
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         self.steering = None;
+        self.bridge_table = None;
         for (_, written) in &mut self.nodeport_chains {
             *written = None;
         }
@@ -311,9 +338,17 @@ impl UserspaceProxier {
 }
 
 /// Deletes what a userspace-mode kproxy leaves in the kernel besides its TUN device (which
-/// disappears with the process): the reply-steering rules, the steering table and the
-/// NodePort chain, for `families`. For `kproxy --cleanup`; needs no running proxier.
+/// disappears with the process): the reply-steering rules, the steering table, the
+/// NodePort and masquerade chains, for `families`, and the bridge table. For
+/// `kproxy --cleanup`; needs no running proxier.
 pub async fn cleanup_leftovers(families: &[IpFamily]) -> Result<(), UserspaceError> {
+    let table = super::bridges::TABLE;
+    let _ = run_with_input(
+        "nft",
+        &["-f", "-"],
+        &format!("table bridge {table}\ndelete table bridge {table}\n"),
+    )
+    .await;
     for family in families {
         remove_nodeports(*family).await;
     }
@@ -429,26 +464,41 @@ async fn ip_batch(family: IpFamily, input: &str) -> Result<(), UserspaceError> {
     }
 }
 
-/// Replaces the NodePort chain of `family` and makes sure `PREROUTING` and `OUTPUT` jump to
-/// it.
-async fn apply_nodeports(family: IpFamily, text: &str) -> Result<(), UserspaceError> {
+/// Replaces the NodePort and masquerade chains of `family` and makes sure `POSTROUTING`
+/// (and, with `nodeports`, `PREROUTING` and `OUTPUT`) jump to them.
+async fn apply_nodeports(
+    family: IpFamily,
+    text: &str,
+    nodeports: bool,
+) -> Result<(), UserspaceError> {
     let (restore, plain) = super::nodeports::binaries(family);
     run_with_input(restore, &["--noflush"], text).await?;
-    for hook in ["PREROUTING", "OUTPUT"] {
-        let jump = ["-t", "nat", "-C", hook, "-j", super::nodeports::CHAIN];
+    let mut jumps = vec![("POSTROUTING", super::nodeports::POSTROUTING_CHAIN)];
+    if nodeports {
+        jumps.push(("PREROUTING", super::nodeports::CHAIN));
+        jumps.push(("OUTPUT", super::nodeports::CHAIN));
+    }
+    for (hook, chain) in jumps {
+        let jump = ["-t", "nat", "-C", hook, "-j", chain];
         if run_with_input(plain, &jump, "").await.is_err() {
-            let insert = ["-t", "nat", "-I", hook, "-j", super::nodeports::CHAIN];
+            let insert = ["-t", "nat", "-I", hook, "-j", chain];
             run_with_input(plain, &insert, "").await?;
         }
     }
     Ok(())
 }
 
-/// Removes the jumps to and the NodePort chain of `family`, ignoring what is not there.
+/// Replaces the bridge table ([`super::bridges`]) with `text`.
+async fn apply_bridges(text: &str) -> Result<(), UserspaceError> {
+    run_with_input("nft", &["-f", "-"], text).await
+}
+
+/// Removes the jumps to and the NodePort and masquerade chains of `family`, ignoring what
+/// is not there.
 async fn remove_nodeports(family: IpFamily) {
     let (_, plain) = super::nodeports::binaries(family);
-    let chain = super::nodeports::CHAIN;
-    for hook in ["PREROUTING", "OUTPUT"] {
+    let (np, post) = (super::nodeports::CHAIN, super::nodeports::POSTROUTING_CHAIN);
+    for (hook, chain) in [("PREROUTING", np), ("OUTPUT", np), ("POSTROUTING", post)] {
         for _ in 0..8 {
             let del = ["-t", "nat", "-D", hook, "-j", chain];
             if run_with_input(plain, &del, "").await.is_err() {
@@ -456,8 +506,10 @@ async fn remove_nodeports(family: IpFamily) {
             }
         }
     }
-    let _ = run_with_input(plain, &["-t", "nat", "-F", chain], "").await;
-    let _ = run_with_input(plain, &["-t", "nat", "-X", chain], "").await;
+    for chain in [np, post] {
+        let _ = run_with_input(plain, &["-t", "nat", "-F", chain], "").await;
+        let _ = run_with_input(plain, &["-t", "nat", "-X", chain], "").await;
+    }
 }
 
 /// Runs `binary args` with `input` on stdin; an error names the command and its stderr.

@@ -7,14 +7,15 @@
 //!   each, `ip route replace <ip>/32 dev <tun>` in the main table. Both forwarded traffic
 //!   (from pods) and locally generated traffic follow it, with nothing in iptables.
 //! * **Masquerade addresses**: a host route to the TUN, so replies to masqueraded flows come
-//!   back to the forwarder.
+//!   back to the forwarder (after the kernel un-SNATs them, see [`super::nodeports`]).
 //! * **Replies of unmasqueraded flows**: the backend answers the client directly, so the
 //!   reply must be pulled into the TUN for un-DNAT. Policy rules at priority
 //!   [`RULE_PRIORITY`] send `from <backend> ipproto <p> sport <target port>` to table
 //!   [`ROUTE_TABLE`] (whose default route is the TUN); a rule one priority earlier sends
 //!   everything arriving *from* the TUN to the main table, so translated packets are never
 //!   pulled back in. Packets the forwarder has no flow for pass through unchanged (the flow
-//!   may belong to another node's forwarder).
+//!   may belong to another node's forwarder). Replies bridged on a pod bridge never meet
+//!   these rules; [`super::bridges`] hands them to the IP stack first.
 //! * **NodePorts**: DNATed by the kernel to a TUN-routed NodePort address (see
 //!   [`super::nodeports`] for why policy routing cannot do it); that address gets a host
 //!   route like a service address.

@@ -197,3 +197,42 @@ fn large_clusters_drop_per_endpoint_comments_only() {
             .all(|r| r.contains("--comment"))
     );
 }
+
+#[test]
+fn cached_rendering_equals_full_rendering_across_changes() {
+    use super::{RenderCache, render_cached};
+    let opts = RenderOptions::default();
+    let mut cache = RenderCache::default();
+    let mut services = external();
+    services.push(web(&["10.180.0.1:8080", "10.180.1.1:8080"]));
+    let mut p = plan(services);
+    let mut step = |p: &ProxyPlan, what: &str| {
+        let cached = render_cached(p, IpFamily::V4, &opts, &mut cache).expect("v4");
+        assert_eq!(
+            cached,
+            render(p, IpFamily::V4, &opts).expect("v4"),
+            "after {what}"
+        );
+    };
+    step(&p, "the first render");
+    step(&p, "an unchanged plan");
+    let web = p
+        .services
+        .iter_mut()
+        .find(|s| s.name.name == "web")
+        .expect("web");
+    web.cluster_endpoints[0].addr = "10.180.2.1:8080".parse().expect("addr");
+    step(&p, "an endpoint change");
+    p.node.masquerade_all = true;
+    step(&p, "a node context change");
+    p.services.retain(|s| s.name.name != "lb");
+    step(&p, "a removed service");
+    p.services.insert(
+        0,
+        with_endpoints(
+            service("ns0", "new", "p", "172.30.0.99", 80),
+            vec![endpoint("10.180.9.9:80", false)],
+        ),
+    );
+    step(&p, "an added service");
+}

@@ -1,0 +1,76 @@
+//! The userspace mode's bridge table (replies of on-node backends pulled off pod bridges)
+//! and masquerade chain, rendered without touching the kernel.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use kproxy_dataplane::userspace::bridges::{self, Bridge};
+use kproxy_dataplane::userspace::nodeports;
+use kproxy_dataplane::userspace::packet::{PROTO_TCP, PROTO_UDP};
+use kproxy_dataplane::userspace::routes::ReplyRule;
+
+fn rule(from: &str, proto: u8, sport: u16) -> ReplyRule {
+    ReplyRule {
+        from: from.parse().expect("ip"),
+        proto,
+        sport,
+    }
+}
+
+fn cbr0() -> Bridge {
+    Bridge {
+        name: "cbr0".into(),
+        mac: "02:00:0a:f4:01:01".into(),
+        ports: vec!["vp0".into(), "vp1".into()],
+    }
+}
+
+#[test]
+fn bridge_table_redirects_backend_replies_to_the_ip_stack() {
+    let rules: BTreeSet<ReplyRule> = [
+        rule("10.244.1.10", PROTO_TCP, 8080),
+        rule("10.244.1.11", PROTO_UDP, 53),
+        rule("fd00::10", PROTO_TCP, 8080),
+    ]
+    .into_iter()
+    .collect();
+    let text = bridges::render(&[cbr0()], &rules);
+    assert!(text.starts_with(
+        "table bridge kproxy_userspace\ndelete table bridge kproxy_userspace\ntable bridge kproxy_userspace {\n"
+    ));
+    assert!(text.contains("type ipv4_addr . inet_proto . inet_service"));
+    assert!(text.contains("elements = { 10.244.1.10 . 6 . 8080, 10.244.1.11 . 17 . 53 }"));
+    assert!(text.contains("elements = { fd00::10 . 6 . 8080 }"));
+    assert!(text.contains(
+        "iifname { \"vp0\", \"vp1\" } ip saddr . meta l4proto . th sport @replies4 ether daddr set 02:00:0a:f4:01:01 meta pkttype set host"
+    ));
+    assert!(text.contains("ip6 saddr . meta l4proto . th sport @replies6"));
+    assert!(text.contains("hook prerouting priority -300; policy accept;"));
+}
+
+#[test]
+fn bridge_table_is_only_deleted_without_bridges_or_rules() {
+    let delete = "table bridge kproxy_userspace\ndelete table bridge kproxy_userspace\n";
+    let rules: BTreeSet<ReplyRule> = [rule("10.244.1.10", PROTO_TCP, 8080)].into_iter().collect();
+    assert_eq!(bridges::render(&[], &rules), delete);
+    assert_eq!(bridges::render(&[cbr0()], &BTreeSet::new()), delete);
+    // One family only: no rule for the other.
+    let text = bridges::render(&[cbr0()], &rules);
+    assert!(!text.contains("ip6 saddr"));
+    assert!(!text.contains("elements = {  }"));
+}
+
+#[test]
+fn masquerade_chain_masquerades_the_masquerade_address() {
+    let v4: IpAddr = "169.254.42.1".parse().expect("ip");
+    let text = nodeports::render_postrouting(Some(v4));
+    assert!(text.starts_with("*nat\n:KPROXY-USERSPACE-POSTROUTING - [0:0]\n"));
+    assert!(text.contains("-A KPROXY-USERSPACE-POSTROUTING -s 169.254.42.1/32 "));
+    assert!(text.ends_with("-j MASQUERADE\nCOMMIT\n"));
+    let v6: IpAddr = "fd00:6b70::1".parse().expect("ip");
+    assert!(nodeports::render_postrouting(Some(v6)).contains("-s fd00:6b70::1/128 "));
+    assert_eq!(
+        nodeports::render_postrouting(None),
+        "*nat\n:KPROXY-USERSPACE-POSTROUTING - [0:0]\nCOMMIT\n"
+    );
+}
