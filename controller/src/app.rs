@@ -8,8 +8,12 @@ use crate::cli::{Cli, Command, ProxyArgs, Settings};
 use crate::dataplane::{Dataplane, cleanup_all, render};
 use crate::node::node_name;
 use crate::servers::{self, Metrics, ProxyHealth};
-use crate::source::{Loaded, ManifestWatcher, ValidationOptions, load_manifests};
-use crate::sync::{self, log_reports, plan_for, report_problems};
+use std::time::{Duration, Instant};
+
+use crate::source::{
+    ConnectOptions, KubeSource, Loaded, ManifestWatcher, ValidationOptions, load_manifests,
+};
+use crate::sync::{self, ObjectSource, log_reports, plan_for, report_problems};
 
 /// Runs the command line.
 pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -34,21 +38,54 @@ fn validation_options(settings: &Settings) -> ValidationOptions {
     }
 }
 
-/// Loads the manifests once; a path that cannot be read is an error.
-fn load(settings: &Settings) -> anyhow::Result<Loaded> {
-    let path = settings.manifests.as_ref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "--manifests PATH is required (a file or directory of Service, EndpointSlice and Node manifests)"
-        )
-    })?;
-    anyhow::ensure!(
-        path.exists(),
-        "--manifests {}: no such file or directory",
-        path.display()
-    );
-    let loaded = load_manifests(path, &validation_options(settings));
+/// How long `--once` and `render` wait for the API server's first lists.
+const API_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens the object source (`--manifests`, else the Kubernetes API) and returns its first
+/// complete view. A manifest path that cannot be read is an error; the API is waited for
+/// (at most `api_timeout`, forever with `None`), warning every 30 s.
+async fn open_source(
+    settings: &Settings,
+    node: &str,
+    api_timeout: Option<Duration>,
+) -> anyhow::Result<(Loaded, ObjectSource)> {
+    if let Some(path) = &settings.manifests {
+        anyhow::ensure!(
+            path.exists(),
+            "--manifests {}: no such file or directory",
+            path.display()
+        );
+        let loaded = load_manifests(path, &validation_options(settings));
+        report_problems(&loaded);
+        let watcher = ManifestWatcher::new(path.clone(), validation_options(settings));
+        return Ok((loaded, ObjectSource::Manifests(watcher)));
+    }
+    let opts = ConnectOptions {
+        kubeconfig: settings.kubeconfig.clone(),
+        master: settings.master.clone(),
+    };
+    let mut api = KubeSource::connect(&opts, node, validation_options(settings))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (or give --manifests PATH to run without a cluster)"))?;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut next_warning = Duration::from_secs(30);
+    while !api.synced() {
+        tick.tick().await;
+        let waited = started.elapsed();
+        if api_timeout.is_some_and(|limit| waited > limit) {
+            anyhow::bail!(
+                "the API server did not deliver Services, EndpointSlices and Node {node} within {waited:?}"
+            );
+        }
+        if waited > next_warning {
+            tracing::warn!(waited = ?waited, "still waiting for the first lists of Services, EndpointSlices and Node {node}");
+            next_warning += Duration::from_secs(30);
+        }
+    }
+    let loaded = api.load();
     report_problems(&loaded);
-    Ok(loaded)
+    Ok((loaded, ObjectSource::Api(api)))
 }
 
 async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -57,7 +94,7 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
         "--once does not apply to userspace mode: it forwards packets itself, so it must keep running"
     );
     let name = node_name(settings.hostname_override.as_deref())?;
-    let loaded = load(settings)?;
+    let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT)).await?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let mut dataplane = Dataplane::new(settings, plan.node.families().collect()).await?;
     let reports = dataplane
@@ -76,7 +113,7 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
 
 async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let name = node_name(settings.hostname_override.as_deref())?;
-    let loaded = load(settings)?;
+    let (loaded, source) = open_source(settings, &name, None).await?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let families: Vec<IpFamily> = plan.node.families().collect();
     tracing::info!(node = %name, mode = settings.mode.name(), families = ?families, "starting kproxy");
@@ -91,10 +128,8 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         &metrics,
         settings.to_json(),
     )?;
-    let path = settings.manifests.clone().unwrap_or_default();
-    let watcher = ManifestWatcher::new(path, validation_options(settings));
     let observers = sync::Observers { health, metrics };
-    sync::run(settings, &name, watcher, dataplane, observers).await?;
+    sync::run(settings, &name, source, dataplane, observers).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -108,7 +143,7 @@ async fn cleanup(settings: &Settings) -> anyhow::Result<ExitCode> {
 async fn render_command(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     let name = node_name(settings.hostname_override.as_deref())?;
-    let loaded = load(&settings)?;
+    let (loaded, _) = open_source(&settings, &name, Some(API_SYNC_TIMEOUT)).await?;
     let plan = plan_for(&settings, &name, &loaded.snapshot)?;
     for (title, text) in render(&settings, &plan).await? {
         println!("# {title} of a full sync (node {name})");

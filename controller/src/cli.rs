@@ -74,10 +74,20 @@ pub struct ProxyArgs {
     pub proxy_mode: Option<ProxyMode>,
 
     /// A file or directory of YAML/JSON manifests (v1 Service, discovery.k8s.io/v1
-    /// EndpointSlice, v1 Node; multi-document files and Lists welcome). kproxy watches it
-    /// and re-syncs when it changes. Invalid objects are reported and skipped.
+    /// EndpointSlice, v1 Node; multi-document files and Lists welcome) to use instead of
+    /// the Kubernetes API. kproxy watches it and re-syncs when it changes. Invalid objects
+    /// are reported and skipped.
     #[arg(long, value_name = "PATH")]
     pub manifests: Option<PathBuf>,
+
+    /// Path to a kubeconfig file (API server address and credentials). Without it and
+    /// without --manifests: $KUBECONFIG, ~/.kube/config, then the in-cluster service account.
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The Kubernetes API server's URL (overrides the server in --kubeconfig).
+    #[arg(long, value_name = "URL", conflicts_with = "manifests")]
+    pub master: Option<String>,
 
     /// The name of this node, matched against EndpointSlice nodeName and the Node object.
     /// Default: the hostname.
@@ -215,8 +225,12 @@ pub enum NodePortAddressSpec {
 pub struct Settings {
     /// Proxy mode.
     pub mode: ProxyMode,
-    /// Manifest path.
+    /// Manifest path (`None`: watch the Kubernetes API).
     pub manifests: Option<PathBuf>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--master`.
+    pub master: Option<String>,
     /// Node name override.
     pub hostname_override: Option<String>,
     /// Pod CIDRs, at most one per family.
@@ -274,6 +288,8 @@ impl Settings {
             "healthzBindAddress": self.healthz_bind_address.map(|a| a.to_string()).unwrap_or_default(),
             "metricsBindAddress": self.metrics_bind_address.map(|a| a.to_string()).unwrap_or_default(),
             "manifests": self.manifests.as_ref().map(|p| p.display().to_string()),
+            "kubeconfig": self.kubeconfig.as_ref().map(|p| p.display().to_string()),
+            "master": self.master,
         })
     }
 }
@@ -352,6 +368,8 @@ impl ProxyArgs {
         Ok(Settings {
             mode,
             manifests: self.manifests.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            master: self.master.clone(),
             hostname_override: self
                 .hostname_override
                 .clone()

@@ -89,6 +89,12 @@ impl Dataplane {
         })
     }
 
+    /// Whether the kernel's conntrack NATs this mode's service traffic (so stale UDP
+    /// entries must be cleaned); userspace mode tracks its own flows.
+    pub fn uses_kernel_nat(&self) -> bool {
+        !matches!(self, Dataplane::Userspace(_))
+    }
+
     /// Programs `plan`; `full` forces a full sync.
     pub async fn sync(&mut self, plan: &ProxyPlan, full: bool) -> anyhow::Result<Vec<SyncReport>> {
         Ok(match self {

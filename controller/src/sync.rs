@@ -17,6 +17,7 @@ use kproxy_dataplane::report::SyncReport;
 
 use std::collections::BTreeMap;
 
+use kproxy_dataplane::conntrack;
 use kproxy_dataplane::plan::IpFamily;
 
 use crate::cli::Settings;
@@ -26,7 +27,7 @@ use crate::model::Snapshot;
 use crate::node::{HostAddresses, node_context};
 use crate::planner;
 use crate::servers::{Metrics, ProxyHealth};
-use crate::source::{Loaded, ManifestWatcher};
+use crate::source::{KubeSource, Loaded, ManifestWatcher};
 
 /// How often the manifest source is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -54,7 +55,7 @@ pub fn report_problems(loaded: &Loaded) {
         endpoint_slices = loaded.snapshot.endpoint_slices.len(),
         nodes = loaded.snapshot.nodes.len(),
         problems = loaded.problems.len(),
-        "manifests loaded"
+        "objects loaded"
     );
 }
 
@@ -148,12 +149,76 @@ pub fn count_changes(old: &Snapshot, new: &Snapshot) -> (usize, usize) {
     )
 }
 
+/// Deletes conntrack entries of UDP/SCTP flows still pointing at endpoints the plan no
+/// longer has (or at nothing, for services that just got endpoints), so those clients are
+/// not black-holed; skipped when nothing relevant changed since the last clean-up. A
+/// failure is logged and retried on the next sync; it never fails the sync.
+fn clean_conntrack(plan: &ProxyPlan, last_cleaned: &mut Option<ProxyPlan>, metrics: &Metrics) {
+    let mut ok = true;
+    for family in plan.node.families() {
+        if !conntrack::cleanup_needed(last_cleaned.as_ref(), plan, family) {
+            continue;
+        }
+        match conntrack::cleanup_stale(plan, family) {
+            Ok(report) => {
+                metrics.record_conntrack_cleanup(family, report.took, report.deleted as u64);
+                if report.deleted > 0 {
+                    tracing::info!(%family, deleted = report.deleted, stale = report.stale, "deleted stale conntrack entries");
+                }
+            }
+            Err(err) => {
+                ok = false;
+                tracing::warn!(%family, "conntrack cleanup failed (retried next sync): {err}");
+            }
+        }
+    }
+    if ok {
+        *last_cleaned = Some(plan.clone());
+    }
+}
+
+/// Where Services, EndpointSlices and the Node come from.
+pub enum ObjectSource {
+    /// A manifest file or directory, polled.
+    Manifests(ManifestWatcher),
+    /// The Kubernetes API (list + watch).
+    Api(KubeSource),
+}
+
+impl ObjectSource {
+    /// A new snapshot if anything changed since the last call.
+    pub fn poll(&mut self) -> Option<Loaded> {
+        match self {
+            ObjectSource::Manifests(w) => w.poll(),
+            ObjectSource::Api(s) => s.poll(),
+        }
+    }
+
+    /// Whether the first complete view has arrived (never program before that).
+    pub fn ready(&self) -> bool {
+        match self {
+            ObjectSource::Manifests(_) => true,
+            ObjectSource::Api(s) => s.synced(),
+        }
+    }
+
+    /// The manifest path disappeared: keep the last rules rather than remove everything.
+    fn gone(&self) -> bool {
+        matches!(self, ObjectSource::Manifests(w) if !w.path().exists())
+    }
+
+    /// This Node is being deleted (it then fails /healthz, as upstream).
+    fn node_being_deleted(&self) -> bool {
+        matches!(self, ObjectSource::Api(s) if s.node_being_deleted())
+    }
+}
+
 /// Runs until SIGINT or SIGTERM. The rules stay in place when kproxy exits, as with
 /// kube-proxy: a restart must not interrupt traffic.
 pub async fn run(
     settings: &Settings,
     node_name: &str,
-    mut watcher: ManifestWatcher,
+    mut source: ObjectSource,
     mut dataplane: Dataplane,
     observers: Observers,
 ) -> anyhow::Result<()> {
@@ -162,6 +227,8 @@ pub async fn run(
     let mut service_health = ServiceHealthServer::new();
     let mut snapshot = Snapshot::default();
     let mut families: Vec<IpFamily> = Vec::new();
+    // The plan whose stale UDP/SCTP conntrack entries were last cleaned.
+    let mut last_cleaned: Option<ProxyPlan> = None;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -171,8 +238,8 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
-        if let Some(loaded) = watcher.poll() {
-            if watcher.path().exists() {
+        if let Some(loaded) = source.poll() {
+            if !source.gone() {
                 report_problems(&loaded);
                 let (services, slices) = count_changes(&snapshot, &loaded.snapshot);
                 metrics.record_changes(services as u64, slices as u64);
@@ -183,8 +250,12 @@ pub async fn run(
                 snapshot = loaded.snapshot;
                 schedule.dirty = true;
             } else {
-                tracing::warn!(path = %watcher.path().display(), "manifest path is gone: keeping the last rules");
+                tracing::warn!("manifest path is gone: keeping the last rules");
             }
+        }
+        health.sync_node(source.node_being_deleted(), std::iter::empty::<&str>());
+        if !source.ready() {
+            continue;
         }
         let now = Instant::now();
         let Some(full) = schedule.due(now) else {
@@ -217,6 +288,9 @@ pub async fn run(
                     health.updated(r.family);
                 }
                 metrics.record_syncs(&reports);
+                if dataplane.uses_kernel_nat() {
+                    clean_conntrack(&plan, &mut last_cleaned, &metrics);
+                }
             }
             Err(err) => {
                 tracing::error!("sync failed, retrying with a full sync: {err:#}");

@@ -7,6 +7,7 @@
 
 mod documents;
 mod files;
+pub mod kube;
 mod manifests;
 mod problem;
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod watcher;
 
 pub use self::documents::MAX_DOCUMENT_BYTES;
 pub use self::files::MAX_FILE_BYTES;
+pub use self::kube::{ConnectError, ConnectOptions, KubeSource};
 pub use self::manifests::{Loaded, load_manifests};
 pub use self::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
 pub use self::validate::{

@@ -1,0 +1,257 @@
+//! The Kubernetes API source: list+watch of Services, EndpointSlices and this Node.
+//!
+//! [`KubeSource`] owns three watch tasks (module `watch`) that keep kube-runtime reflector
+//! stores equal to the API server's objects, and offers the shape of the
+//! [`super::ManifestWatcher`]: [`KubeSource::poll`] returns a freshly validated
+//! [`Loaded`] whenever a store changed since the last poll, so the sync loop can use either
+//! source. Objects go through the same `validate_*` functions as manifests; an invalid
+//! object becomes a [`ManifestProblem`] naming it (`kubernetes API: Service default/web:
+//! ...`) and never stops the others.
+//!
+//! As kube-proxy, Services and EndpointSlices are selected with
+//! `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless` (objects
+//! handed to another proxy, and the slices of headless Services, are never transferred),
+//! and the Node with the field selector `metadata.name=<node>`.
+
+mod snapshot;
+mod watch;
+
+#[cfg(test)]
+mod test_server;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ::kube::Api;
+use ::kube::Client;
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::runtime::reflector::{self, Store};
+use ::kube::runtime::watcher;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+pub use self::snapshot::API_LOCATION;
+use self::snapshot::ValidationCache;
+use self::watch::Progress;
+use super::manifests::Loaded;
+use super::problem::ObjectKind;
+use super::validate::ValidationOptions;
+use crate::model::SERVICE_PROXY_NAME_LABEL;
+
+/// The label the EndpointSlice controller puts on the slices of headless Services.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+/// The label selector of the Service and EndpointSlice watches (kube-proxy's).
+pub fn proxy_label_selector() -> String {
+    format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")
+}
+
+/// How to reach the API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// `--kubeconfig`: a kubeconfig file (its current context is used). Unset: the
+    /// `KUBECONFIG` variable, `~/.kube/config`, then the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--master`: the API server's URL, overriding the kubeconfig's server.
+    pub master: Option<String>,
+}
+
+/// Why the API source cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The kubeconfig file cannot be read or used.
+    #[error("kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: ::kube::config::KubeconfigError,
+    },
+    /// No kubeconfig and no in-cluster configuration was found.
+    #[error(
+        "no Kubernetes API configuration (give --kubeconfig, set KUBECONFIG, or run in a pod): {0}"
+    )]
+    Infer(#[source] ::kube::config::InferConfigError),
+    /// `--master` is not a URL.
+    #[error("--master {url:?} is not a URL: {message}")]
+    Master {
+        /// The value given.
+        url: String,
+        /// Why it does not parse.
+        message: String,
+    },
+    /// The client cannot be built from the configuration (TLS material, auth plugin...).
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] ::kube::Error),
+}
+
+/// The client configuration for `options`.
+pub async fn client_config(options: &ConnectOptions) -> Result<::kube::Config, ConnectError> {
+    let mut config = match (&options.kubeconfig, &options.master) {
+        (Some(path), _) => {
+            let wrap = |source| ConnectError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(wrap)?;
+            ::kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(wrap)?
+        }
+        (None, Some(master)) => ::kube::Config::new(parse_master(master)?),
+        (None, None) => ::kube::Config::infer().await.map_err(ConnectError::Infer)?,
+    };
+    if let Some(master) = &options.master {
+        config.cluster_url = parse_master(master)?;
+    }
+    Ok(config)
+}
+
+fn parse_master(master: &str) -> Result<axum::http::Uri, ConnectError> {
+    master
+        .parse()
+        .map_err(|e: axum::http::uri::InvalidUri| ConnectError::Master {
+            url: master.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// The Kubernetes API source. Dropping it stops its watch tasks.
+pub struct KubeSource {
+    opts: ValidationOptions,
+    node_name: String,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    progress: Arc<Progress>,
+    /// The change count at the last load, `None` before the first.
+    last: Option<u64>,
+    cache: ValidationCache,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("node_name", &self.node_name)
+            .field("synced", &self.synced())
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// Connects as `options` says and starts watching (see [`KubeSource::start`]).
+    pub async fn connect(
+        options: &ConnectOptions,
+        node_name: &str,
+        opts: ValidationOptions,
+    ) -> Result<Self, ConnectError> {
+        let config = client_config(options).await?;
+        tracing::info!(server = %config.cluster_url, node = node_name, "watching the Kubernetes API");
+        let client = Client::try_from(config).map_err(ConnectError::Client)?;
+        Ok(Self::start(client, node_name, opts))
+    }
+
+    /// Starts the watches of Services and EndpointSlices (all namespaces, kube-proxy's
+    /// label selector) and of the Node `node_name`, as tasks on the current tokio runtime
+    /// (it may be a current-thread one). Must be called from within that runtime.
+    pub fn start(client: Client, node_name: &str, opts: ValidationOptions) -> Self {
+        let progress = Arc::new(Progress::default());
+        let selected = watcher::Config::default().labels(&proxy_label_selector());
+        let (services, services_writer) = reflector::store();
+        let (endpoint_slices, slices_writer) = reflector::store();
+        let (nodes, nodes_writer) = reflector::store();
+        let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+        let tasks = vec![
+            watch::spawn(
+                Api::<Service>::all(client.clone()),
+                selected.clone(),
+                ObjectKind::Service,
+                services_writer,
+                progress.clone(),
+            ),
+            watch::spawn(
+                Api::<EndpointSlice>::all(client.clone()),
+                selected,
+                ObjectKind::EndpointSlice,
+                slices_writer,
+                progress.clone(),
+            ),
+            watch::spawn(
+                Api::<Node>::all(client),
+                node_config,
+                ObjectKind::Node,
+                nodes_writer,
+                progress.clone(),
+            ),
+        ];
+        KubeSource {
+            opts,
+            node_name: node_name.to_string(),
+            services,
+            endpoint_slices,
+            nodes,
+            progress,
+            last: None,
+            cache: ValidationCache::default(),
+            tasks,
+        }
+    }
+
+    /// The node whose Node object is watched.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Whether this node's Node object has a `deletionTimestamp` (upstream's `/healthz`
+    /// then answers 503 so that load balancers drain the node). False while it is unknown.
+    pub fn node_being_deleted(&self) -> bool {
+        self.nodes.state().iter().any(|n| {
+            n.metadata.name.as_deref() == Some(self.node_name.as_str())
+                && n.metadata.deletion_timestamp.is_some()
+        })
+    }
+
+    /// Whether the first list of every kind has completed. Before that [`Self::poll`]
+    /// returns `None`: the sync loop must not program rules from a partial view.
+    pub fn synced(&self) -> bool {
+        self.progress.all_synced()
+    }
+
+    /// A freshly validated snapshot of the stores if they are synced and changed since the
+    /// last load (or this is the first load); `None` otherwise. Never blocks.
+    pub fn poll(&mut self) -> Option<Loaded> {
+        if !self.synced() {
+            return None;
+        }
+        // Read the counter before the stores: a change racing with the load counts again.
+        let changes = self.progress.changes();
+        if self.last == Some(changes) {
+            return None;
+        }
+        self.last = Some(changes);
+        Some(self.load())
+    }
+
+    /// Validates the current content of the stores (objects unchanged since the last
+    /// load are not validated again).
+    pub fn load(&mut self) -> Loaded {
+        self.cache.load(
+            &self.opts,
+            &self.services.state(),
+            &self.endpoint_slices.state(),
+            &self.nodes.state(),
+        )
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
