@@ -5,7 +5,7 @@
 # source node, sync times) plus an SVG bar chart under target/run-netns/.
 # Leaves nothing behind, also after an interrupted run.
 #
-#   usage: scripts/run-netns.sh [--mode iptables|nftables] [--requests N] [--out DIR]
+nftables]|nftables] [--requests N] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
