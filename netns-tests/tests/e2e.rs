@@ -535,3 +535,124 @@ macro_rules! suite {
 suite!(iptables);
 suite!(nftables);
 suite!(userspace);
+
+/// A long-lived TCP connection through a ClusterIP survives a restart of kproxy on every
+/// node: rules stay while kproxy is down and the restart's full sync does not disturb
+/// conntrack. Kernel modes only: userspace mode's flows live in the process.
+fn restart_keeps_established_connections(mode: &str) -> Result {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::mpsc::channel;
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = ServiceSpec::new(
+        "persist",
+        ip(10, 96, 0, 90),
+        vec![PortSpec::tcp("p", 90, 9090)],
+    );
+    spec.endpoints = vec![c.endpoint("pod-1-0")?];
+    c.apply(&spec)?;
+    // A server that echoes every line of one connection (bounded to 60 s).
+    let backend = SocketAddr::new(IpAddr::V4(c.pod_ip("pod-1-0")?), 9090);
+    let server = c.pod_ns("pod-1-0")?.spawn(move || {
+        let listener = std::net::TcpListener::bind(backend)?;
+        let (conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut writer = conn.try_clone()?;
+        for line in BufReader::new(conn).lines().take(10) {
+            writer.write_all(format!("echo {}\n", line?).as_bytes())?;
+        }
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_millis(100));
+    let (go_tx, go_rx) = channel::<()>();
+    let (step_tx, step_rx) = channel::<String>();
+    let vip = sock(ip(10, 96, 0, 90), 90);
+    let client = c.pod_ns("pod-0-0")?.spawn(move || {
+        let conn = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut writer = conn.try_clone()?;
+        let mut reader = BufReader::new(conn);
+        let mut exchange = |word: &str| -> anyhow::Result<String> {
+            writer.write_all(format!("{word}\n").as_bytes())?;
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            Ok(line.trim().to_owned())
+        };
+        step_tx.send(exchange("before")?)?;
+        go_rx.recv_timeout(Duration::from_secs(60))?;
+        step_tx.send(exchange("after")?)?;
+        Ok(())
+    })?;
+    assert_eq!(
+        step_rx.recv_timeout(Duration::from_secs(10))?,
+        "echo before"
+    );
+    c.rig.stop_kproxy();
+    c.rig.start_kproxy(&["--proxy-mode", mode])?;
+    c.rig.wait_synced(&[0, 0, 0])?;
+    go_tx.send(())?;
+    assert_eq!(
+        step_rx.recv_timeout(Duration::from_secs(15))?,
+        "echo after",
+        "the established connection survived the restart"
+    );
+    client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    drop(server);
+    Ok(())
+}
+
+#[test]
+fn restart_keeps_established_connections_iptables() -> Result {
+    restart_keeps_established_connections("iptables")
+}
+
+#[test]
+fn restart_keeps_established_connections_nftables() -> Result {
+    restart_keeps_established_connections("nftables")
+}
+
+/// A burst of endpoint changes is debounced into a few syncs (min-sync-period), and the
+/// last change is what ends up programmed.
+#[test]
+fn a_burst_of_changes_gives_a_few_syncs() -> Result {
+    let mut c = Cluster::start("iptables", 3, 2, &[], &[])?;
+    let pods = ["pod-1-0", "pod-1-1", "pod-2-0", "pod-2-1"];
+    let mut spec = web(vec![c.endpoint(pods[0])?]);
+    c.apply(&spec)?;
+    let before = c.rig.sync_counts();
+    let changes = 1000;
+    let started = Instant::now();
+    for i in 0..changes {
+        spec.endpoints = vec![c.endpoint(pods[i % pods.len()])?, c.endpoint("pod-0-1")?];
+        c.rig.write_manifest("svc-web.json", &spec.to_manifest())?;
+    }
+    let burst = started.elapsed();
+    let last = pods[(changes - 1) % pods.len()];
+    // Wait until traffic reaches the last change's endpoints only.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, sock(ip(10, 96, 0, 10), 80), 8);
+        if backends_hit(&hits).is_subset(&names(&[last, "pod-0-1"])) && hits.failures == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the last change was not programmed: {hits:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let syncs: Vec<usize> = c
+        .rig
+        .sync_counts()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    eprintln!("{changes} changes written in {burst:?} gave {syncs:?} syncs per node");
+    assert!(
+        syncs.iter().all(|&n| n >= 1 && n < 60),
+        "debounced: {syncs:?}"
+    );
+    Ok(())
+}
