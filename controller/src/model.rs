@@ -16,6 +16,8 @@ use kproxy_dataplane::plan::{IpFamily, Protocol};
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The EndpointSlice annotation saying when its last change was triggered.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// The Node label holding the node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -156,6 +158,9 @@ pub struct EndpointSlice {
     pub ports: Vec<SlicePort>,
     /// Endpoints (each with a valid address of `family`).
     pub endpoints: Vec<SliceEndpoint>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation: when the change
+    /// this slice carries was triggered (for the network programming latency metric).
+    pub last_change_trigger_time: Option<std::time::SystemTime>,
 }
 
 /// What kproxy knows about the Node it runs on, from its `Node` object.

@@ -10,20 +10,18 @@
 //! - A source that disappears (the manifest path is gone) keeps the last good snapshot
 //!   programmed instead of removing every service.
 
-use std::time::{Duration, Instant};
-
-use kproxy_dataplane::plan::ProxyPlan;
-use kproxy_dataplane::report::SyncReport;
-
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
 
 use kproxy_dataplane::conntrack;
 use kproxy_dataplane::plan::IpFamily;
+use kproxy_dataplane::plan::ProxyPlan;
+use kproxy_dataplane::report::SyncReport;
 
 use crate::cli::Settings;
 use crate::dataplane::Dataplane;
 use crate::healthcheck::ServiceHealthServer;
-use crate::model::Snapshot;
+use crate::model::{ObjectKey, Snapshot};
 use crate::node::{HostAddresses, node_context};
 use crate::planner;
 use crate::servers::{Metrics, ProxyHealth};
@@ -149,6 +147,43 @@ pub fn count_changes(old: &Snapshot, new: &Snapshot) -> (usize, usize) {
     )
 }
 
+/// Network programming latency: from an EndpointSlice's
+/// `endpoints.kubernetes.io/last-change-trigger-time` to the sync that made it live,
+/// observed once per trigger. Triggers from before kproxy started are skipped (their
+/// "latency" would be kproxy's downtime), as upstream's change tracker does.
+struct ProgrammingLatency {
+    started: SystemTime,
+    observed: HashMap<ObjectKey, SystemTime>,
+}
+
+impl ProgrammingLatency {
+    fn new() -> Self {
+        ProgrammingLatency {
+            started: SystemTime::now(),
+            observed: HashMap::new(),
+        }
+    }
+
+    /// Called after a successful sync of `snapshot`.
+    fn observe(&mut self, snapshot: &Snapshot, metrics: &Metrics) {
+        let now = SystemTime::now();
+        self.observed
+            .retain(|key, _| snapshot.endpoint_slices.contains_key(key));
+        for (key, slice) in &snapshot.endpoint_slices {
+            let Some(trigger) = slice.last_change_trigger_time else {
+                continue;
+            };
+            if trigger < self.started || self.observed.get(key) == Some(&trigger) {
+                continue;
+            }
+            self.observed.insert(key.clone(), trigger);
+            if let Ok(latency) = now.duration_since(trigger) {
+                metrics.observe_programming_latency(slice.family, latency);
+            }
+        }
+    }
+}
+
 /// Deletes conntrack entries of UDP/SCTP flows still pointing at endpoints the plan no
 /// longer has (or at nothing, for services that just got endpoints), so those clients are
 /// not black-holed; skipped when nothing relevant changed since the last clean-up. A
@@ -227,6 +262,7 @@ pub async fn run(
     let mut service_health = ServiceHealthServer::new();
     let mut snapshot = Snapshot::default();
     let mut families: Vec<IpFamily> = Vec::new();
+    let mut latencies = ProgrammingLatency::new();
     // The plan whose stale UDP/SCTP conntrack entries were last cleaned.
     let mut last_cleaned: Option<ProxyPlan> = None;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
@@ -288,6 +324,7 @@ pub async fn run(
                     health.updated(r.family);
                 }
                 metrics.record_syncs(&reports);
+                latencies.observe(&snapshot, &metrics);
                 if dataplane.uses_kernel_nat() {
                     clean_conntrack(&plan, &mut last_cleaned, &metrics);
                 }
@@ -373,5 +410,59 @@ mod tests {
         s.failed(t0 + Duration::from_secs(2));
         assert_eq!(s.due(t0 + Duration::from_secs(2)), None, "backing off");
         assert_eq!(s.due(t0 + Duration::from_secs(5)), Some(true), "full retry");
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+    use crate::model::EndpointSlice;
+    use kproxy_dataplane::plan::IpFamily;
+
+    fn snapshot(trigger: Option<SystemTime>) -> Snapshot {
+        let mut s = Snapshot::default();
+        let key = ObjectKey::new("ns", "web-1");
+        s.endpoint_slices.insert(
+            key.clone(),
+            EndpointSlice {
+                key,
+                service: ObjectKey::new("ns", "web"),
+                family: IpFamily::V4,
+                ports: vec![],
+                endpoints: vec![],
+                last_change_trigger_time: trigger,
+            },
+        );
+        s
+    }
+
+    fn observations(metrics: &Metrics) -> u64 {
+        let text = metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with("kubeproxy_network_programming_duration_seconds_count"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn observes_each_trigger_once_and_skips_old_ones() {
+        let metrics = Metrics::new(crate::cli::ProxyMode::Iptables);
+        let mut latency = ProgrammingLatency::new();
+        latency.observe(
+            &snapshot(Some(latency.started - Duration::from_secs(5))),
+            &metrics,
+        );
+        assert_eq!(
+            observations(&metrics),
+            0,
+            "a trigger from before the start is skipped"
+        );
+        let t = SystemTime::now();
+        latency.observe(&snapshot(Some(t)), &metrics);
+        latency.observe(&snapshot(Some(t)), &metrics);
+        assert_eq!(observations(&metrics), 1, "once per trigger");
+        std::thread::sleep(Duration::from_millis(2));
+        latency.observe(&snapshot(Some(SystemTime::now())), &metrics);
+        assert_eq!(observations(&metrics), 2, "a new trigger is observed");
     }
 }

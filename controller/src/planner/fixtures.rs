@@ -85,6 +85,7 @@ pub fn slice(name: &str, service: &str, endpoints: Vec<SliceEndpoint>) -> Endpoi
         family,
         ports: vec![slice_port("http", Protocol::Tcp, 8080)],
         endpoints,
+        last_change_trigger_time: None,
     }
 }
 

@@ -76,6 +76,7 @@ fn unnamed_slice() -> impl Strategy<Value = EndpointSlice> {
             family,
             ports: ports.clone(),
             endpoints,
+            last_change_trigger_time: None,
         })
     })
 }

@@ -21,6 +21,18 @@ enum AddressType {
     Fqdn,
 }
 
+/// The `last-change-trigger-time` annotation (RFC 3339). An unparsable value only loses
+/// the latency measurement, so it is ignored rather than rejecting the slice, as upstream.
+fn trigger_time(slice: &EndpointSlice) -> Option<std::time::SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(model::LAST_CHANGE_TRIGGER_TIME)?;
+    let ts: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    Some(std::time::SystemTime::from(ts))
+}
+
 /// Validates an EndpointSlice.
 ///
 /// `Ok(None)` for a slice of address type FQDN, which kproxy does not use. Returns every
@@ -46,6 +58,7 @@ pub fn validate_endpoint_slice(
         family,
         ports,
         endpoints,
+        last_change_trigger_time: trigger_time(slice),
     };
     finish(Some(validated), errors)
 }
@@ -269,6 +282,7 @@ ports:
                 protocol: Protocol::Tcp,
                 port: 8080,
             }],
+            last_change_trigger_time: None,
             endpoints: vec![
                 SliceEndpoint {
                     address: ip("10.244.1.5"),
@@ -429,6 +443,39 @@ ports:
         assert_eq!(
             errors(&[("/ports", twice)]),
             ["ports[1].name: \"http\" is also the name of ports[0]"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod trigger_time_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn slice_with(annotation: Option<&str>) -> EndpointSlice {
+        let mut v = json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": [], "ports": [],
+        });
+        if let Some(a) = annotation {
+            v["metadata"]["annotations"] = json!({model::LAST_CHANGE_TRIGGER_TIME: a});
+        }
+        serde_json::from_value(v).expect("slice")
+    }
+
+    #[test]
+    fn reads_the_trigger_time_annotation() {
+        let t = trigger_time(&slice_with(Some("2026-11-24T01:02:03.5Z"))).expect("parsed");
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after epoch")
+            .as_secs_f64();
+        assert!((secs - 1_795_482_123.5).abs() < 1e-3, "{secs}");
+        assert_eq!(trigger_time(&slice_with(None)), None);
+        assert_eq!(
+            trigger_time(&slice_with(Some("yesterday"))),
+            None,
+            "ignored, not fatal"
         );
     }
 }
