@@ -13,7 +13,8 @@
 # share/run.sh and the script exits with its status. Marker lines on the console:
 # "IPVSVM-TEST: <name> rc=N" per binary, "IPVSVM-RESULT: rc=N" at the end.
 #
-# Options: --test NAME (repeatable; default: every dataplane/tests/ipvs_*.rs), --bin PATH
+# Options: --test NAME (repeatable; default: every dataplane/tests/ipvs_*.rs), --filter F
+#   (a test name filter passed to every test binary), --bin PATH
 #   (repeatable: an extra host binary to run), --cmd LINE (repeatable), --env NAME=VALUE
 #   (repeatable: exported in the guest), --no-build,
 #   --timeout SECONDS (default 600), --smp N (2), --mem MB (1024), --shell, --verbose.
@@ -24,12 +25,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${IPVS_VM_CACHE:-$ROOT/target/ipvs-vm}
 SHARE=$CACHE/share
 TIMEOUT=600 SMP=2 MEM=1024 SHELL_AFTER=0 BUILD=1 QUIET=quiet
-TESTS=() BINS=() CMDS=() ENVS=()
+TESTS=() BINS=() CMDS=() ENVS=() FILTER=""
 while [ $# -gt 0 ]; do
   case $1 in
     --test) TESTS+=("$2"); shift;;
     --bin) BINS+=("$2"); shift;;
     --cmd) CMDS+=("$2"); shift;;
+    --filter) FILTER="$2"; shift;;
     --env) ENVS+=("$2"); shift;;
     --no-build) BUILD=0;;
     --timeout) TIMEOUT=$2; shift;;
@@ -83,7 +85,7 @@ for b in "${BINS[@]}"; do
   cp "$b" "$SHARE/bin/$name"; copy_libs "$b"
   cat >> "$SHARE/run.sh" <<EOS
 echo "IPVSVM-TEST: $name start (uptime \$(up)s)"
-/mnt/host/bin/$name --test-threads=1 --nocapture; r=\$?
+/mnt/host/bin/$name --test-threads=1 --nocapture ${FILTER:-}; r=\$?
 echo "IPVSVM-TEST: $name rc=\$r (uptime \$(up)s)"; [ \$r -ne 0 ] && rc=\$r
 EOS
 done
