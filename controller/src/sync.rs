@@ -7,6 +7,8 @@
 //!   failure; a failed sync is retried with a backoff capped at the sync period.
 //! - After every sync the health-check NodePorts are updated from the same plan, and
 //!   kproxy's own health (`/healthz`) and metrics learn what was queued and applied.
+//! - Every few seconds the mode's canary is checked; if kproxy's rules were flushed from
+//!   outside, the next sync (due at once) is a full one.
 //! - A source that disappears (the manifest path is gone) keeps the last good snapshot
 //!   programmed instead of removing every service.
 
@@ -263,6 +265,8 @@ pub async fn run(
     let mut snapshot = Snapshot::default();
     let mut families: Vec<IpFamily> = Vec::new();
     let mut latencies = ProgrammingLatency::new();
+    let canary_period = dataplane.canary_period();
+    let mut last_canary = Instant::now();
     // The plan whose stale UDP/SCTP conntrack entries were last cleaned.
     let mut last_cleaned: Option<ProxyPlan> = None;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
@@ -290,6 +294,15 @@ pub async fn run(
             }
         }
         health.sync_node(source.node_being_deleted(), std::iter::empty::<&str>());
+        if last_canary.elapsed() >= canary_period && schedule.last_full.is_some() {
+            last_canary = Instant::now();
+            if !dataplane.canary_intact().await {
+                tracing::warn!(
+                    "kproxy's rules were flushed from outside: re-programming everything"
+                );
+                schedule.need_full = true;
+            }
+        }
         if !source.ready() {
             continue;
         }

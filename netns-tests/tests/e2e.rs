@@ -656,3 +656,49 @@ fn a_burst_of_changes_gives_a_few_syncs() -> Result {
     );
     Ok(())
 }
+
+/// An external flush of kproxy's rules (iptables `-F`/`-X` of nat, or deleting the nft
+/// table) is noticed by the canary and repaired within seconds, well before the 30 s
+/// periodic full sync.
+fn flush_is_repaired(mode: &str, flush: &[&[&str]]) -> Result {
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    c.apply(&web(vec![c.endpoint("pod-1-0")?]))?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    assert_eq!(c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 2).failures, 0);
+    for command in flush {
+        c.rig.node_ns(0).exec(command[0], &command[1..])?;
+    }
+    let flushed = Instant::now();
+    assert!(
+        c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 1).failures > 0,
+        "the flush broke the service on node-0"
+    );
+    loop {
+        if c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 1).failures == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            flushed.elapsed() < Duration::from_secs(15),
+            "not repaired within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("{mode}: repaired {:?} after the flush", flushed.elapsed());
+    Ok(())
+}
+
+#[test]
+fn iptables_flush_is_repaired() -> Result {
+    flush_is_repaired(
+        "iptables",
+        &[
+            &["iptables", "-t", "nat", "-F"],
+            &["iptables", "-t", "nat", "-X"],
+        ],
+    )
+}
+
+#[test]
+fn nftables_table_deletion_is_repaired() -> Result {
+    flush_is_repaired("nftables", &[&["nft", "delete", "table", "ip", "kproxy"]])
+}

@@ -131,9 +131,14 @@ COMMIT
 ";
 
 /// `iptables-save` of nat and filter without kproxy's chains and rules, counters and
-/// comments: what must stay byte-identical.
+/// save comments: what must stay byte-identical.
 fn foreign_rules(node: &Netns, backend: &str) -> anyhow::Result<String> {
-    let save = node.exec(&format!("iptables-{backend}-save"), &[])?;
+    // The foreign rules live in nat and filter; kproxy's only other object is its
+    // KUBE-PROXY-CANARY chain in mangle (checked by `kube_lines`).
+    let mut save = String::new();
+    for table in ["filter", "nat"] {
+        save.push_str(&node.exec(&format!("iptables-{backend}-save"), &["-t", table])?);
+    }
     Ok(save
         .lines()
         .filter(|l| !l.starts_with('#') && !l.contains("KUBE-"))

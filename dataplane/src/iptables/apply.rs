@@ -145,6 +145,46 @@ impl IptablesTool {
         .map(|_| ())
     }
 
+    /// Does `chain` exist in `table` (any table name, e.g. `mangle`)? One
+    /// `iptables -w 5 -t TABLE -S CHAIN`, which lists that chain only; for the legacy
+    /// backend, a table the kernel does not have is answered from
+    /// `/proc/thread-self/net/ip_tables_names` without running anything (listing would create it).
+    /// `Err` when the tool could not answer (e.g. the xtables lock stayed busy).
+    pub async fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, IptablesError> {
+        if self.backend == IptablesBackend::Legacy && !legacy_table_exists(self.family, table) {
+            return Ok(false);
+        }
+        let binary = self.binary("");
+        let output = Command::new(&binary)
+            .args(["-w", "5", "-t", table, "-S", chain])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => IptablesError::Missing {
+                    binary: binary.clone(),
+                },
+                _ => IptablesError::Exec {
+                    binary: binary.clone(),
+                    source,
+                },
+            })?;
+        match output.status.code() {
+            Some(0) => Ok(true),
+            // No such chain (with nft, also: no such table). 4 would be a resource problem.
+            Some(1) => Ok(false),
+            _ => Err(IptablesError::Failed {
+                binary,
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                context: String::new(),
+            }),
+        }
+    }
+
     /// `(major, minor, patch)` of the installed iptables.
     pub async fn version(&self) -> Result<(u32, u32, u32), IptablesError> {
         let text = run(&self.binary(""), &["--version"], None).await?;
@@ -203,13 +243,23 @@ pub async fn resolve_backend(
 }
 
 /// Whether x_tables (legacy) tables exist in this network namespace, read without creating
-/// any: `/proc/net/ip_tables_names` lists the tables that exist.
+/// any: `/proc/thread-self/net/ip_tables_names` lists the tables that exist (`thread-self`,
+/// not `/proc/net` = `self`: the calling thread may have `setns`'d elsewhere than the process).
 fn legacy_tables_exist(family: IpFamily) -> bool {
     let file = match family {
-        IpFamily::V4 => "/proc/net/ip_tables_names",
-        IpFamily::V6 => "/proc/net/ip6_tables_names",
+        IpFamily::V4 => "/proc/thread-self/net/ip_tables_names",
+        IpFamily::V6 => "/proc/thread-self/net/ip6_tables_names",
     };
     std::fs::read_to_string(file).is_ok_and(|names| !names.trim().is_empty())
+}
+
+/// Whether the legacy `table` exists in this network namespace (read without creating it).
+fn legacy_table_exists(family: IpFamily, table: &str) -> bool {
+    let file = match family {
+        IpFamily::V4 => "/proc/thread-self/net/ip_tables_names",
+        IpFamily::V6 => "/proc/thread-self/net/ip6_tables_names",
+    };
+    std::fs::read_to_string(file).is_ok_and(|names| names.lines().any(|n| n.trim() == table))
 }
 
 /// The auto choice, from what each backend's `iptables-save` printed.

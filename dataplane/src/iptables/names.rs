@@ -25,6 +25,12 @@ pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
 pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
 /// Drops LB traffic not accepted by `loadBalancerSourceRanges` (filter).
 pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
+/// Empty chain in mangle, nat and filter whose disappearance reveals an external flush
+/// (`iptables -F`/`-X`, a firewalld reload): upstream's canary.
+pub const KUBE_PROXY_CANARY: &str = "KUBE-PROXY-CANARY";
+/// The tables that hold [`KUBE_PROXY_CANARY`], smallest (cheapest to check) first. kproxy
+/// writes nothing else to `mangle`.
+pub const CANARY_TABLES: [&str; 3] = ["mangle", "filter", "nat"];
 
 /// Prefixes of the per-service and per-endpoint chains.
 pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [

@@ -3,7 +3,12 @@
 //! in one `iptables-restore`.
 //!
 //! After any failure the last-written ruleset is forgotten, so the next sync is a full one.
+//!
+//! Full syncs also declare an empty `KUBE-PROXY-CANARY` chain in mangle, filter and nat;
+//! [`IptablesProxier::canary_intact`] checks they still exist, which reveals an external
+//! flush (`iptables -F`/`-X`, a firewalld reload) that a partial sync would not repair.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::plan::{IpFamily, NodePortAddresses, ProxyPlan};
@@ -13,6 +18,7 @@ use super::apply::{
     BackendChoice, IptablesError, IptablesTool, conntrack_tcp_be_liberal, enable_route_localnet,
     resolve_backend,
 };
+use super::names::{CANARY_TABLES, KUBE_PROXY_CANARY};
 use super::render::{RenderCache, RenderOptions, render, render_cached};
 use super::restore::{self, RestoreInput, parse_save};
 use super::ruleset::{Ruleset, Table};
@@ -24,6 +30,8 @@ struct FamilyState {
     cache: RenderCache,
     /// What the last successful sync left in the kernel.
     written: Option<Ruleset>,
+    /// A canary check found a canary missing: the next sync must be full.
+    canary_lost: AtomicBool,
 }
 
 /// Programs iptables (and ip6tables) from plans.
@@ -51,6 +59,7 @@ impl IptablesProxier {
                 options,
                 cache: RenderCache::default(),
                 written: None,
+                canary_lost: AtomicBool::new(false),
             });
         }
         Ok(IptablesProxier { families: states })
@@ -82,7 +91,8 @@ impl IptablesProxier {
             let family = state.tool.family;
             let wanted = render_cached(plan, family, &state.options, &mut state.cache)
                 .unwrap_or_else(|| Ruleset::new(family));
-            let previous = state.written.take().filter(|_| !full);
+            let lost = state.canary_lost.swap(false, Ordering::Relaxed);
+            let previous = state.written.take().filter(|_| !full && !lost);
             let full = previous.is_none();
             let input = match &previous {
                 Some(prev) => restore::partial_sync(prev, &wanted),
@@ -104,13 +114,53 @@ impl IptablesProxier {
         Ok(reports)
     }
 
-    /// Removes every chain and jump rule kproxy owns, in every family; touches nothing else.
+    /// Whether every family's `KUBE-PROXY-CANARY` chains (mangle, filter, nat) still exist,
+    /// as the last full sync left them. Cheap: per family at most one
+    /// `iptables -w 5 -t TABLE -S KUBE-PROXY-CANARY` per table, smallest table first,
+    /// stopping at the first missing one; never an `iptables-save`. `false` means something
+    /// flushed kproxy's rules: the next [`sync`](Self::sync) is then full whatever `full`
+    /// says. A check the tool could not answer (xtables lock busy) counts as intact. A
+    /// family that has not synced yet counts as intact (its first sync is full anyway).
+    pub async fn canary_intact(&self) -> bool {
+        let mut intact = true;
+        for state in &self.families {
+            if state.written.is_none() {
+                continue;
+            }
+            for table in CANARY_TABLES {
+                match state.tool.chain_exists(table, KUBE_PROXY_CANARY).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            family = %state.tool.family,
+                            table,
+                            "iptables canary chain {KUBE_PROXY_CANARY} is gone: rules were flushed, next sync is full"
+                        );
+                        state.canary_lost.store(true, Ordering::Relaxed);
+                        intact = false;
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, table, "cannot check the iptables canary");
+                    }
+                }
+            }
+        }
+        intact
+    }
+
+    /// Removes every chain and jump rule kproxy owns (canaries included), in every family;
+    /// touches nothing else.
     pub async fn cleanup(&mut self) -> Result<RestoreInput, IptablesError> {
         let mut total = RestoreInput::default();
         for state in &mut self.families {
             state.written = None;
             let saved = parse_save(&state.tool.save().await?);
-            let input = restore::cleanup(&saved);
+            let mangle_canary = state
+                .tool
+                .chain_exists(CANARY_TABLES[0], KUBE_PROXY_CANARY)
+                .await?;
+            let input = restore::cleanup(&saved, mangle_canary);
             state.tool.restore(&input).await?;
             total.text.push_str(&input.text);
             total.chains_deleted += input.chains_deleted;

@@ -72,9 +72,12 @@ pub fn top_level_chains(table: Table) -> &'static [&'static str] {
     }
 }
 
-/// Is `chain` one kproxy owns in `table`?
+/// Is `chain` one kproxy owns in `table`? (In `mangle`, kproxy owns only
+/// [`KUBE_PROXY_CANARY`], which [`cleanup`] handles apart.)
 pub fn is_owned_chain(table: Table, chain: &str) -> bool {
-    top_level_chains(table).contains(&chain) || (table == Table::Nat && is_service_chain(chain))
+    chain == KUBE_PROXY_CANARY
+        || top_level_chains(table).contains(&chain)
+        || (table == Table::Nat && is_service_chain(chain))
 }
 
 /// `iptables-restore --noflush` input and what it does.
@@ -146,9 +149,17 @@ fn emit(out: &mut RestoreInput, table: Table, change: &TableChange) {
     out.chains_deleted += change.delete.len();
 }
 
-/// Full sync: rewrite every wanted chain, delete stale owned chains, add missing jumps.
+/// The `mangle` part of a full sync: declare the (empty) canary chain.
+const MANGLE_CANARY: &str = "*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n";
+
+/// Full sync: rewrite every wanted chain, delete stale owned chains, add missing jumps, and
+/// (re)declare the empty canary chain in mangle, nat and filter.
 pub fn full_sync(next: &Ruleset, saved: &BTreeMap<Table, SavedTable>) -> RestoreInput {
-    let mut out = RestoreInput::default();
+    let mut out = RestoreInput {
+        text: MANGLE_CANARY.to_owned(),
+        chains_written: 1,
+        ..RestoreInput::default()
+    };
     let empty = SavedTable::default();
     for table in Table::ALL {
         let wanted = next.table(table);
@@ -160,11 +171,16 @@ pub fn full_sync(next: &Ruleset, saved: &BTreeMap<Table, SavedTable>) -> Restore
                 .collect(),
             ..TableChange::default()
         };
+        if !wanted.contains_key(KUBE_PROXY_CANARY) {
+            change.write.push((KUBE_PROXY_CANARY, &[]));
+        }
         change.delete = saved
             .chains
             .iter()
             .map(String::as_str)
-            .filter(|c| is_owned_chain(table, c) && !wanted.contains_key(*c))
+            .filter(|c| {
+                is_owned_chain(table, c) && *c != KUBE_PROXY_CANARY && !wanted.contains_key(*c)
+            })
             .collect();
         change.extra = jump_rules_of(table)
             .filter(|j| !j.is_present_in(saved))
@@ -205,9 +221,15 @@ fn diff_chains<'a>(prev: &'a Chains, next: &'a Chains) -> TableChange<'a> {
 }
 
 /// Cleanup: delete every rule in a built-in chain that jumps to a kproxy chain, then flush
-/// and delete every chain kproxy owns. Nothing else is touched.
-pub fn cleanup(saved: &BTreeMap<Table, SavedTable>) -> RestoreInput {
+/// and delete every chain kproxy owns (canaries included; `mangle_canary`: the mangle
+/// table has one). Nothing else is touched.
+pub fn cleanup(saved: &BTreeMap<Table, SavedTable>, mangle_canary: bool) -> RestoreInput {
     let mut out = RestoreInput::default();
+    if mangle_canary {
+        out.text =
+            format!("*mangle\n:{KUBE_PROXY_CANARY} - [0:0]\n-X {KUBE_PROXY_CANARY}\nCOMMIT\n");
+        out.chains_deleted = 1;
+    }
     for (table, saved) in saved {
         let owned: Vec<&str> = saved
             .chains

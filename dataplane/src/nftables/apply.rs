@@ -10,7 +10,7 @@ use tokio::process::Command;
 
 use crate::plan::IpFamily;
 
-use super::names::{TABLE, family_keyword};
+use super::names::{CANARY_TABLE, FIREWALL_IPS, TABLE, family_keyword};
 
 const NFT: &str = "nft";
 
@@ -97,8 +97,51 @@ pub async fn apply(family: IpFamily, text: &str) -> Result<(), NftError> {
 
 /// Deletes kproxy's table of `family`; `false` if there was none.
 pub async fn delete_table(family: IpFamily) -> Result<bool, NftError> {
-    let text = super::transaction::delete_table(family);
-    match run(&table_name(family), &["-f", "-"], Some(&text)).await {
+    delete(
+        &table_name(family),
+        &super::transaction::delete_table(family),
+    )
+    .await
+}
+
+/// Deletes kproxy's canary table of `family`; `false` if there was none.
+pub async fn delete_canary(family: IpFamily) -> Result<bool, NftError> {
+    let name = format!("{} {CANARY_TABLE}", family_keyword(family));
+    delete(&name, &super::transaction::delete_canary(family)).await
+}
+
+/// Whether the canary table of `family` and kproxy's own table both exist. Two cheap
+/// `nft list` commands: the canary table is one empty chain, and kproxy's table is probed
+/// through its `firewall-ips` set (always declared, elements only for
+/// `loadBalancerSourceRanges`), so nft fetches neither kproxy's rules nor its big maps.
+/// `Ok(false)` when either is missing.
+pub async fn canary_intact(family: IpFamily) -> Result<bool, NftError> {
+    let f = family_keyword(family);
+    let canary = format!("{f} {CANARY_TABLE}");
+    if !exists(&canary, &["list", "table", f, CANARY_TABLE]).await? {
+        return Ok(false);
+    }
+    exists(
+        &table_name(family),
+        &["list", "set", f, TABLE, FIREWALL_IPS],
+    )
+    .await
+}
+
+/// Runs a `nft list` command: `false` when what it lists does not exist.
+async fn exists(table: &str, args: &[&str]) -> Result<bool, NftError> {
+    match run(table, args, None).await {
+        Ok(_) => Ok(true),
+        Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs a deletion transaction: `false` if the object did not exist.
+async fn delete(table: &str, text: &str) -> Result<bool, NftError> {
+    match run(table, &["-f", "-"], Some(text)).await {
         Ok(_) => Ok(true),
         Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
             Ok(false)

@@ -11,6 +11,11 @@ use crate::plan::IpFamily;
 
 /// The name of kproxy's table in both families.
 pub const TABLE: &str = "kproxy";
+/// A tiny table per family (one empty chain, [`CANARY_CHAIN`]) that full syncs create and
+/// whose disappearance reveals an external `nft flush ruleset`.
+pub const CANARY_TABLE: &str = "kproxy-canary";
+/// The canary table's only chain.
+pub const CANARY_CHAIN: &str = "canary";
 
 /// Entry of the nat hooks: dispatch by destination (`service-ips`, `service-nodeports`).
 pub const SERVICES: &str = "services";

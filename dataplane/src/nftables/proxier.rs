@@ -5,7 +5,13 @@
 //! A family's first sync, and any sync after a failure, recreates the table; a requested
 //! full sync over a trusted record rewrites it in place (keeping session-affinity sets);
 //! every other sync is partial. Nothing is listed from the kernel.
+//!
+//! Full syncs also create a tiny canary table per family (`ip kproxy-canary`);
+//! [`NftablesProxier::canary_intact`] checks that it and kproxy's table still exist, which
+//! reveals an external `nft flush ruleset` or `nft delete table ip kproxy` that a partial
+//! sync would not repair.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::iptables::apply::conntrack_tcp_be_liberal;
@@ -25,6 +31,9 @@ struct FamilyState {
     rendered: Option<RenderState>,
     /// `rendered` is what the kernel has.
     trusted: bool,
+    /// A canary check found the canary or kproxy's table missing: the next sync recreates
+    /// the table.
+    canary_lost: AtomicBool,
 }
 
 /// Programs kproxy's nftables tables (`ip kproxy`, `ip6 kproxy`) from plans.
@@ -49,6 +58,7 @@ impl NftablesProxier {
                     options,
                     rendered: None,
                     trusted: false,
+                    canary_lost: AtomicBool::new(false),
                 })
                 .collect(),
         })
@@ -82,7 +92,14 @@ impl NftablesProxier {
         let mut reports = Vec::new();
         for state in &mut self.families {
             let start = Instant::now();
-            let (tx, full) = state.prepare(plan, full);
+            if state.canary_lost.swap(false, Ordering::Relaxed) {
+                // The kernel no longer has what `rendered` records: recreate.
+                state.trusted = false;
+            }
+            let (mut tx, full) = state.prepare(plan, full);
+            if full {
+                tx.text.push_str(&transaction::canary(state.family));
+            }
             state.trusted = false;
             apply::apply(state.family, &tx.text).await?;
             state.trusted = true;
@@ -92,8 +109,37 @@ impl NftablesProxier {
         Ok(reports)
     }
 
-    /// Deletes kproxy's tables (`ip kproxy` and `ip6 kproxy`, whichever exist) and nothing
-    /// else; returns how many were deleted.
+    /// Whether every family's canary table and kproxy's own table still exist, as the last
+    /// sync left them. Cheap: per family two `nft list` commands of tiny objects (see
+    /// [`apply::canary_intact`]). `false` means something deleted or flushed them: the next
+    /// [`sync`](Self::sync) then recreates the table whatever `full` says. A check `nft`
+    /// could not answer counts as intact; a family whose last sync did not succeed counts as
+    /// intact (its next sync recreates anyway).
+    pub async fn canary_intact(&self) -> bool {
+        let mut intact = true;
+        for state in &self.families {
+            if !state.trusted {
+                continue;
+            }
+            match apply::canary_intact(state.family).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        family = %state.family,
+                        "nftables canary or kproxy table is gone: rules were flushed, next sync recreates them"
+                    );
+                    state.canary_lost.store(true, Ordering::Relaxed);
+                    intact = false;
+                }
+                Err(err) => tracing::warn!(%err, "cannot check the nftables canary"),
+            }
+        }
+        intact
+    }
+
+    /// Deletes kproxy's tables (`ip kproxy` and `ip6 kproxy`, whichever exist) and its
+    /// canary tables, and nothing else; returns how many kproxy tables (canaries not
+    /// counted) were deleted.
     pub async fn cleanup(&mut self) -> Result<usize, NftError> {
         for state in &mut self.families {
             state.rendered = None;
@@ -104,6 +150,7 @@ impl NftablesProxier {
             if apply::delete_table(family).await? {
                 deleted += 1;
             }
+            apply::delete_canary(family).await?;
         }
         Ok(deleted)
     }

@@ -19,7 +19,7 @@
 
 use std::fmt::Write as _;
 
-use super::names::{TABLE, family_keyword};
+use super::names::{CANARY_CHAIN, CANARY_TABLE, TABLE, family_keyword};
 use super::render::ElementDelta;
 use super::table::{Chain, Elements, NftTable, Set, Shape};
 
@@ -370,3 +370,15 @@ pub fn delete_table(family: crate::plan::IpFamily) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Creates the canary table of `family` with its empty chain; idempotent, so it may be
+/// appended to any transaction.
+pub fn canary(family: crate::plan::IpFamily) -> String {
+    let f = family_keyword(family);
+    format!("add table {f} {CANARY_TABLE}\nadd chain {f} {CANARY_TABLE} {CANARY_CHAIN}\n")
+}
+
+/// Deletes the canary table of `family`; fails if it does not exist.
+pub fn delete_canary(family: crate::plan::IpFamily) -> String {
+    format!("delete table {} {CANARY_TABLE}\n", family_keyword(family))
+}

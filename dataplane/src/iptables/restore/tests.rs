@@ -137,7 +137,7 @@ fn cleanup_removes_only_kproxy_chains_and_jumps() {
          -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
          -A INPUT -j KUBE-FIREWALL\nCOMMIT\n"
     );
-    let input = cleanup(&parse_save(&saved));
+    let input = cleanup(&parse_save(&saved), false);
     assert!(input.text.contains(
         "-D FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD"
     ));
@@ -146,6 +146,49 @@ fn cleanup_removes_only_kproxy_chains_and_jumps() {
     // kubelet's KUBE-FIREWALL and Docker's chains are not kproxy's.
     assert!(!input.text.contains("KUBE-FIREWALL"));
     assert!(!input.text.contains("DOCKER"));
+}
+
+#[test]
+fn full_sync_declares_the_canary_in_mangle_nat_and_filter_and_keeps_it() {
+    let saved = format!("{FOREIGN}*nat\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n");
+    let input = full_sync(&ruleset(vec![]), &parse_save(&saved));
+    assert!(
+        input
+            .text
+            .starts_with("*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n")
+    );
+    assert_eq!(
+        input.text.matches(":KUBE-PROXY-CANARY - [0:0]").count(),
+        3,
+        "{}",
+        input.text
+    );
+    assert!(
+        !input.text.contains("-X KUBE-PROXY-CANARY"),
+        "{}",
+        input.text
+    );
+    // Partial syncs never touch it.
+    let rs = ruleset(vec![endpoint("10.1.0.1:8080", false)]);
+    assert!(!partial_sync(&ruleset(vec![]), &rs).text.contains("CANARY"));
+}
+
+#[test]
+fn cleanup_removes_the_canaries() {
+    let saved = format!(
+        "{FOREIGN}*filter\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n*nat\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n"
+    );
+    let input = cleanup(&parse_save(&saved), true);
+    assert_eq!(
+        input.text.matches("-X KUBE-PROXY-CANARY").count(),
+        3,
+        "{}",
+        input.text
+    );
+    assert!(input.text.starts_with("*mangle\n"));
+    let input = cleanup(&parse_save(&saved), false);
+    assert_eq!(input.text.matches("-X KUBE-PROXY-CANARY").count(), 2);
+    assert!(!input.text.contains("*mangle"));
 }
 
 #[test]

@@ -1,0 +1,342 @@
+//! iptables canary (root only; skipped otherwise): a full sync declares `KUBE-PROXY-CANARY`
+//! in mangle, filter and nat; `canary_intact` notices when an external flush removed one,
+//! and the next sync (even one asked to be partial) is full and repairs everything, leaving
+//! foreign rules alone. Each test runs the proxier in-process on a thread that `setns`'d
+//! into its own network namespace (deleted on drop).
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kproxy_dataplane::iptables::apply::BackendChoice;
+use kproxy_dataplane::iptables::proxier::IptablesProxier;
+use kproxy_dataplane::plan::*;
+use kproxy_dataplane::report::SyncReport;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces)");
+            return;
+        }
+    };
+}
+
+/// Runs `args` in the host namespace; its stdout, or `Err(stderr)` if it failed.
+fn try_sh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    try_sh(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// A network namespace (deleted on drop) and a thread that lives in it, where the proxier
+/// runs in-process.
+struct Node {
+    name: String,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "kpc-{tag}-{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Node { name }
+    }
+
+    /// Runs `f` on a new thread inside the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = File::open(&path).expect("open netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    /// Runs a command in the namespace.
+    fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    fn try_exec(&self, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        try_sh(&full)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn v4(base: Ipv4Addr, offset: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(base) + offset as u32))
+}
+
+/// `n` ClusterIP services (172.16.0.1, ...) × 3 endpoints; the first 2000 with a NodePort
+/// (the sync bench's synthetic plan).
+fn plan(n: usize) -> ProxyPlan {
+    let services = (0..n)
+        .map(|i| {
+            let eps: Vec<Endpoint> = (0..3)
+                .map(|j| Endpoint {
+                    addr: SocketAddr::new(v4(Ipv4Addr::new(10, 128, 0, 0), i * 3 + j), 8080),
+                    is_local: false,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                })
+                .collect();
+            ServicePortPlan {
+                name: ServicePortName {
+                    namespace: format!("ns{}", i / 100),
+                    name: format!("svc{i}"),
+                    port: "http".into(),
+                    protocol: Protocol::Tcp,
+                },
+                family: IpFamily::V4,
+                cluster_ip: v4(Ipv4Addr::new(172, 16, 0, 0), i + 1),
+                port: 80,
+                node_port: (i < 2000).then(|| 30000 + i as u16),
+                external_ips: vec![],
+                load_balancer_ips: vec![],
+                load_balancer_source_ranges: vec![],
+                session_affinity_timeout: None,
+                external_policy_local: false,
+                internal_policy_local: false,
+                health_check_node_port: None,
+                has_any_endpoints: true,
+                cluster_endpoints: eps,
+                local_endpoints: vec![],
+            }
+        })
+        .collect();
+    ProxyPlan {
+        node: NodeContext {
+            node_name: "node".into(),
+            ipv4: Some(FamilyContext {
+                node_ips: vec!["192.168.0.10".parse().expect("ip")],
+                nodeport_addresses: NodePortAddresses::All,
+                local_detector: LocalTrafficDetector::ClusterCidr(
+                    "10.128.0.0/9".parse().expect("cidr"),
+                ),
+            }),
+            ipv6: None,
+            masquerade_all: false,
+            masquerade_mark: 0x4000,
+            localhost_nodeports: false,
+        },
+        services,
+    }
+}
+
+fn new_proxier(node: &Node, backend: &str) -> IptablesProxier {
+    let choice: BackendChoice = backend.parse().expect("backend");
+    node.run(move || {
+        block_on(IptablesProxier::new(choice, [IpFamily::V4])).expect("iptables works")
+    })
+}
+
+fn sync(
+    node: &Node,
+    proxier: IptablesProxier,
+    plan: &ProxyPlan,
+    full: bool,
+) -> (IptablesProxier, SyncReport) {
+    let plan = plan.clone();
+    node.run(move || {
+        block_on(async move {
+            let mut p = proxier;
+            let mut reports = p.sync(&plan, full).await.expect("sync");
+            (p, reports.remove(0))
+        })
+    })
+}
+
+fn canary_intact(node: &Node, proxier: IptablesProxier) -> (IptablesProxier, bool) {
+    node.run(move || {
+        block_on(async move {
+            let intact = proxier.canary_intact().await;
+            (proxier, intact)
+        })
+    })
+}
+
+/// Which of mangle, filter and nat hold `KUBE-PROXY-CANARY`.
+fn canary_tables(node: &Node, backend: &str) -> Vec<&'static str> {
+    let ipt = format!("iptables-{backend}");
+    ["mangle", "filter", "nat"]
+        .into_iter()
+        .filter(|t| {
+            node.try_exec(&[&ipt, "-w", "5", "-t", t, "-S", "KUBE-PROXY-CANARY"])
+                .is_ok()
+        })
+        .collect()
+}
+
+/// `iptables-save` lines (counters stripped) that satisfy `keep`.
+fn save_lines(node: &Node, backend: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    node.exec(&[&format!("iptables-{backend}-save")])
+        .lines()
+        .filter(|l| !l.starts_with('#') && keep(l))
+        .map(|l| match l.rfind(" [") {
+            Some(i) if l.starts_with(':') => l[..i].to_owned(),
+            _ => l.to_owned(),
+        })
+        .collect()
+}
+
+fn kube_lines(node: &Node, backend: &str) -> Vec<String> {
+    save_lines(node, backend, |l| l.contains("KUBE-"))
+}
+
+fn foreign_lines(node: &Node, backend: &str) -> Vec<String> {
+    save_lines(node, backend, |l| !l.contains("KUBE-"))
+}
+
+fn flush_is_detected_and_repaired(backend: &str) {
+    let node = Node::new(&format!("i{}", &backend[..1]));
+    let ipt = format!("iptables-{backend}");
+    let ipt = ipt.as_str();
+    // A foreign chain and rule in filter, as a CNI or firewall would have.
+    node.exec(&[ipt, "-w", "5", "-N", "FOREIGN-ALLOW"]);
+    node.exec(&[
+        ipt,
+        "-w",
+        "5",
+        "-A",
+        "FOREIGN-ALLOW",
+        "-s",
+        "10.9.0.0/16",
+        "-j",
+        "ACCEPT",
+    ]);
+    node.exec(&[ipt, "-w", "5", "-A", "INPUT", "-j", "FOREIGN-ALLOW"]);
+
+    let proxier = new_proxier(&node, backend);
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(intact, "nothing synced yet: nothing to miss");
+    let plan = plan(3);
+    let (proxier, report) = sync(&node, proxier, &plan, true);
+    assert!(report.full);
+    assert_eq!(canary_tables(&node, backend), ["mangle", "filter", "nat"]);
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(intact, "after a full sync");
+    let synced = kube_lines(&node, backend);
+    assert!(
+        synced.iter().any(|l| l.contains("-d 172.16.0.1/32")),
+        "{synced:?}"
+    );
+    let foreign = foreign_lines(&node, backend);
+    assert!(
+        foreign.iter().any(|l| l.contains("FOREIGN-ALLOW")),
+        "{foreign:?}"
+    );
+
+    // A partial sync keeps the canaries (it never writes them).
+    let (proxier, report) = sync(&node, proxier, &plan, false);
+    assert!(!report.full);
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(intact, "after a partial sync");
+
+    // Someone flushes nat and deletes its chains (the KUBE- ones and the nat canary).
+    node.exec(&[ipt, "-w", "5", "-t", "nat", "-F"]);
+    node.exec(&[ipt, "-w", "5", "-t", "nat", "-X"]);
+    assert!(
+        !kube_lines(&node, backend)
+            .iter()
+            .any(|l| l.contains("172.16.0.1")),
+        "flushed"
+    );
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(!intact, "nat canary gone");
+    // The proxier itself makes the next sync full, even when asked for a partial one.
+    let (proxier, report) = sync(&node, proxier, &plan, false);
+    assert!(report.full, "{report:?}");
+    assert_eq!(kube_lines(&node, backend), synced, "rules restored");
+    assert_eq!(canary_tables(&node, backend), ["mangle", "filter", "nat"]);
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(intact, "after the repair");
+    assert_eq!(
+        foreign_lines(&node, backend),
+        foreign,
+        "foreign rules untouched"
+    );
+
+    // Only the mangle canary goes (kproxy writes nothing else there).
+    node.exec(&[ipt, "-w", "5", "-t", "mangle", "-X", "KUBE-PROXY-CANARY"]);
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(!intact, "mangle canary gone");
+    let (proxier, report) = sync(&node, proxier, &plan, false);
+    assert!(report.full);
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(intact);
+    assert_eq!(kube_lines(&node, backend), synced);
+
+    // The filter canary too (e.g. `iptables -F; iptables -X` of filter).
+    node.exec(&[ipt, "-w", "5", "-t", "filter", "-F", "KUBE-PROXY-CANARY"]);
+    node.exec(&[ipt, "-w", "5", "-t", "filter", "-X", "KUBE-PROXY-CANARY"]);
+    let (proxier, intact) = canary_intact(&node, proxier);
+    assert!(!intact, "filter canary gone");
+    let (proxier, report) = sync(&node, proxier, &plan, false);
+    assert!(report.full);
+
+    // --cleanup removes the canaries with everything else of kproxy's, and nothing more.
+    node.run(move || {
+        block_on(async move {
+            let mut p = proxier;
+            p.cleanup().await.expect("cleanup");
+        })
+    });
+    assert!(canary_tables(&node, backend).is_empty());
+    assert_eq!(kube_lines(&node, backend), Vec::<String>::new());
+    assert_eq!(foreign_lines(&node, backend), foreign, "after cleanup");
+}
+
+#[test]
+fn canary_detects_external_flush_and_full_sync_repairs_nft() {
+    require_root!();
+    flush_is_detected_and_repaired("nft");
+}
+
+#[test]
+fn canary_detects_external_flush_and_full_sync_repairs_legacy() {
+    require_root!();
+    flush_is_detected_and_repaired("legacy");
+}
