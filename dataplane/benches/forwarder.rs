@@ -11,7 +11,6 @@
 //! cargo bench -p kproxy-dataplane --bench forwarder -- [--seconds 3]
 //! ```
 
-use std::fs::File;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -26,7 +25,6 @@ use kproxy_dataplane::userspace::forwarder::{Action, Forwarder, ForwarderConfig}
 use kproxy_dataplane::userspace::packet::{PROTO_TCP, PROTO_UDP, TCP_SYN, fill_checksums, parse};
 use kproxy_dataplane::userspace::services::ServiceTable;
 use kproxy_dataplane::userspace::{UserspaceConfig, UserspaceProxier};
-use nix::sched::{CloneFlags, setns};
 
 const VIP: &str = "10.96.0.10";
 
@@ -152,90 +150,10 @@ fn in_process() -> (f64, f64) {
     (pps, fps)
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-fn enter(ns: &str) {
-    let f = File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    setns(f, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-struct Topology(Vec<String>);
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn topology(tag: &str) -> Topology {
-    let (c, n, b) = (
-        format!("kpb-c-{tag}"),
-        format!("kpb-n-{tag}"),
-        format!("kpb-b-{tag}"),
-    );
-    let topo = Topology(vec![c.clone(), n.clone(), b.clone()]);
-    for ns in &topo.0 {
-        sh(&["ip", "netns", "add", ns]);
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
-    sh(&[
-        "ip", "link", "add", "kpbc0", "netns", &c, "type", "veth", "peer", "kpbc1", "netns", &n,
-    ]);
-    sh(&[
-        "ip", "link", "add", "kpbb0", "netns", &b, "type", "veth", "peer", "kpbb1", "netns", &n,
-    ]);
-    for (ns, dev, addr) in [
-        (&c, "kpbc0", "10.244.1.2/24"),
-        (&n, "kpbc1", "10.244.1.1/24"),
-        (&b, "kpbb0", "10.244.2.2/24"),
-        (&n, "kpbb1", "10.244.2.1/24"),
-    ] {
-        sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-    }
-    sh(&[
-        "ip",
-        "-n",
-        &c,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.1.1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &b,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.2.1",
-    ]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    topo
-}
+use support::{Routed, enter, sh};
 
 /// Backend servers: counts UDP datagrams, echoes TCP. Runs until the process exits.
 fn backend(ns: String, udp_count: Arc<AtomicU64>) {
@@ -322,12 +240,11 @@ fn main() {
         println!("(veth comparison skipped: needs root)");
         return;
     }
-    let tag = std::process::id().to_string();
-    let _topo = topology(&tag);
+    let routed = Routed::new("fwd");
     let (c, n, b) = (
-        format!("kpb-c-{tag}"),
-        format!("kpb-n-{tag}"),
-        format!("kpb-b-{tag}"),
+        routed.client.name().to_owned(),
+        routed.node.name().to_owned(),
+        routed.backend.name().to_owned(),
     );
     let udp_count = Arc::new(AtomicU64::new(0));
     backend(b, udp_count.clone());

@@ -1,109 +1,19 @@
-//! iptables canary (root only; skipped otherwise): a full sync declares `KUBE-PROXY-CANARY`
+//! iptables canary (root only): a full sync declares `KUBE-PROXY-CANARY`
 //! in mangle, filter and nat; `canary_intact` notices when an external flush removed one,
 //! and the next sync (even one asked to be partial) is full and repairs everything, leaving
 //! foreign rules alone. Each test runs the proxier in-process on a thread that `setns`'d
 //! into its own network namespace (deleted on drop).
 
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kproxy_dataplane::iptables::apply::BackendChoice;
 use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::plan::*;
 use kproxy_dataplane::report::SyncReport;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+mod support;
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces)");
-            return;
-        }
-    };
-}
-
-/// Runs `args` in the host namespace; its stdout, or `Err(stderr)` if it failed.
-fn try_sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    try_sh(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-/// A network namespace (deleted on drop) and a thread that lives in it, where the proxier
-/// runs in-process.
-struct Node {
-    name: String,
-}
-
-impl Node {
-    fn new(tag: &str) -> Node {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "kpc-{tag}-{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Node { name }
-    }
-
-    /// Runs `f` on a new thread inside the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let fd = File::open(&path).expect("open netns");
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-
-    /// Runs a command in the namespace.
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    fn try_exec(&self, args: &[&str]) -> Result<String, String> {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        try_sh(&full)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
+use support::{Netns, block_on, require_root};
 
 fn v4(base: Ipv4Addr, offset: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(base) + offset as u32))
@@ -166,7 +76,7 @@ fn plan(n: usize) -> ProxyPlan {
     }
 }
 
-fn new_proxier(node: &Node, backend: &str) -> IptablesProxier {
+fn new_proxier(node: &Netns, backend: &str) -> IptablesProxier {
     let choice: BackendChoice = backend.parse().expect("backend");
     node.run(move || {
         block_on(IptablesProxier::new(choice, [IpFamily::V4])).expect("iptables works")
@@ -174,7 +84,7 @@ fn new_proxier(node: &Node, backend: &str) -> IptablesProxier {
 }
 
 fn sync(
-    node: &Node,
+    node: &Netns,
     proxier: IptablesProxier,
     plan: &ProxyPlan,
     full: bool,
@@ -189,7 +99,7 @@ fn sync(
     })
 }
 
-fn canary_intact(node: &Node, proxier: IptablesProxier) -> (IptablesProxier, bool) {
+fn canary_intact(node: &Netns, proxier: IptablesProxier) -> (IptablesProxier, bool) {
     node.run(move || {
         block_on(async move {
             let intact = proxier.canary_intact().await;
@@ -199,7 +109,7 @@ fn canary_intact(node: &Node, proxier: IptablesProxier) -> (IptablesProxier, boo
 }
 
 /// Which of mangle, filter and nat hold `KUBE-PROXY-CANARY`.
-fn canary_tables(node: &Node, backend: &str) -> Vec<&'static str> {
+fn canary_tables(node: &Netns, backend: &str) -> Vec<&'static str> {
     let ipt = format!("iptables-{backend}");
     ["mangle", "filter", "nat"]
         .into_iter()
@@ -211,7 +121,7 @@ fn canary_tables(node: &Node, backend: &str) -> Vec<&'static str> {
 }
 
 /// `iptables-save` lines (counters stripped) that satisfy `keep`.
-fn save_lines(node: &Node, backend: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+fn save_lines(node: &Netns, backend: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
     node.exec(&[&format!("iptables-{backend}-save")])
         .lines()
         .filter(|l| !l.starts_with('#') && keep(l))
@@ -222,16 +132,16 @@ fn save_lines(node: &Node, backend: &str, keep: impl Fn(&str) -> bool) -> Vec<St
         .collect()
 }
 
-fn kube_lines(node: &Node, backend: &str) -> Vec<String> {
+fn kube_lines(node: &Netns, backend: &str) -> Vec<String> {
     save_lines(node, backend, |l| l.contains("KUBE-"))
 }
 
-fn foreign_lines(node: &Node, backend: &str) -> Vec<String> {
+fn foreign_lines(node: &Netns, backend: &str) -> Vec<String> {
     save_lines(node, backend, |l| !l.contains("KUBE-"))
 }
 
 fn flush_is_detected_and_repaired(backend: &str) {
-    let node = Node::new(&format!("i{}", &backend[..1]));
+    let node = Netns::new(&format!("i{}", &backend[..1]));
     let ipt = format!("iptables-{backend}");
     let ipt = ipt.as_str();
     // A foreign chain and rule in filter, as a CNI or firewall would have.
@@ -331,12 +241,12 @@ fn flush_is_detected_and_repaired(backend: &str) {
 
 #[test]
 fn canary_detects_external_flush_and_full_sync_repairs_nft() {
-    require_root!();
+    require_root();
     flush_is_detected_and_repaired("nft");
 }
 
 #[test]
 fn canary_detects_external_flush_and_full_sync_repairs_legacy() {
-    require_root!();
+    require_root();
     flush_is_detected_and_repaired("legacy");
 }

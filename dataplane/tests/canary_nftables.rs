@@ -1,103 +1,19 @@
-//! nftables canary (root only; skipped otherwise): full syncs create a tiny canary table
+//! nftables canary (root only): full syncs create a tiny canary table
 //! per family (`ip kproxy-canary`); `canary_intact` notices an external
 //! `nft delete table ip kproxy` or `nft flush ruleset`, and the next sync (even one asked
 //! to be partial) recreates everything, leaving foreign tables alone. Each test runs the
 //! proxier in-process on a thread that `setns`'d into its own network namespace (deleted
 //! on drop).
 
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::*;
 use kproxy_dataplane::report::SyncReport;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+mod support;
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces)");
-            return;
-        }
-    };
-}
-
-/// Runs `args` in the host namespace; its stdout, or `Err(stderr)` if it failed.
-fn try_sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    try_sh(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-/// A network namespace (deleted on drop) and a thread that lives in it, where the proxier
-/// runs in-process.
-struct Node {
-    name: String,
-}
-
-impl Node {
-    fn new(tag: &str) -> Node {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "kpc-{tag}-{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Node { name }
-    }
-
-    /// Runs `f` on a new thread inside the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let fd = File::open(&path).expect("open netns");
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-
-    /// Runs a command in the namespace.
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
+use support::{Netns, block_on, require_root};
 
 fn v4(base: Ipv4Addr, offset: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(base) + offset as u32))
@@ -160,12 +76,12 @@ fn plan(n: usize) -> ProxyPlan {
     }
 }
 
-fn new_proxier(node: &Node) -> NftablesProxier {
+fn new_proxier(node: &Netns) -> NftablesProxier {
     node.run(|| block_on(NftablesProxier::new([IpFamily::V4])).expect("nftables works"))
 }
 
 fn sync(
-    node: &Node,
+    node: &Netns,
     proxier: NftablesProxier,
     plan: &ProxyPlan,
     full: bool,
@@ -180,7 +96,7 @@ fn sync(
     })
 }
 
-fn canary_intact(node: &Node, proxier: NftablesProxier) -> (NftablesProxier, bool) {
+fn canary_intact(node: &Netns, proxier: NftablesProxier) -> (NftablesProxier, bool) {
     node.run(move || {
         block_on(async move {
             let intact = proxier.canary_intact().await;
@@ -189,7 +105,7 @@ fn canary_intact(node: &Node, proxier: NftablesProxier) -> (NftablesProxier, boo
     })
 }
 
-fn tables(node: &Node) -> Vec<String> {
+fn tables(node: &Netns) -> Vec<String> {
     let mut t: Vec<String> = node
         .exec(&["nft", "list", "tables"])
         .lines()
@@ -201,8 +117,8 @@ fn tables(node: &Node) -> Vec<String> {
 
 const FOREIGN: &str = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0;\n\t\ttcp dport 22 accept\n\t}\n}\n";
 
-fn add_foreign(node: &Node) -> String {
-    let path = std::env::temp_dir().join(format!("{}-foreign.nft", node.name));
+fn add_foreign(node: &Netns) -> String {
+    let path = std::env::temp_dir().join(format!("{}-foreign.nft", node.name()));
     std::fs::write(&path, FOREIGN).expect("write foreign table");
     node.exec(&["nft", "-f", &path.display().to_string()]);
     std::fs::remove_file(&path).ok();
@@ -211,8 +127,8 @@ fn add_foreign(node: &Node) -> String {
 
 #[test]
 fn canary_detects_deleted_kproxy_table_and_full_sync_repairs() {
-    require_root!();
-    let node = Node::new("nd");
+    require_root();
+    let node = Netns::new("nd");
     let foreign = add_foreign(&node);
     let proxier = new_proxier(&node);
     let (proxier, intact) = canary_intact(&node, proxier);
@@ -281,8 +197,8 @@ fn canary_detects_deleted_kproxy_table_and_full_sync_repairs() {
 
 #[test]
 fn canary_detects_flushed_ruleset_and_full_sync_repairs() {
-    require_root!();
-    let node = Node::new("nf");
+    require_root();
+    let node = Netns::new("nf");
     let proxier = new_proxier(&node);
     let plan = plan(3);
     let (proxier, _) = sync(&node, proxier, &plan, true);

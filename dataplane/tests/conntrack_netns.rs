@@ -8,99 +8,17 @@
 //!   old one (asserted, so the test can fail), and after `cleanup_stale` the next datagram
 //!   reaches the new one.
 
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
-use std::thread;
 use std::time::Duration;
 
 use kproxy_dataplane::conntrack::{ConntrackSocket, cleanup_stale};
 use kproxy_dataplane::plan::*;
-use nix::sched::{CloneFlags, setns};
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+mod support;
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn output(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        let name = format!(
-            "kpct-{}-{}-{role}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        run(&full);
-    }
-
-    fn output(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        output(&full)
-    }
-
-    /// Runs `f` on a new thread inside this namespace.
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> thread::JoinHandle<T> {
-        let file = File::open(format!("/run/netns/{}", self.0)).expect("netns file");
-        thread::spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-    }
-
-    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.spawn(f).join().expect("thread in netns")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use support::{Netns, require_root, sh};
 
 fn udp_service(cluster_ip: &str, port: u16, endpoints: &[&str]) -> ServicePortPlan {
     let eps: Vec<Endpoint> = endpoints
@@ -160,10 +78,7 @@ fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
 
 #[test]
 fn netlink_dump_and_delete() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root();
     let ns = Netns::new("nl");
     // A stale UDP entry (DNATed to 10.244.1.5), a current one, a TCP one, an IPv6 one.
     for args in [
@@ -176,7 +91,7 @@ fn netlink_dump_and_delete() {
         cmd.extend(args.split(' '));
         ns.exec(&cmd);
     }
-    let (udp4, all4, udp6) = ns.run_in(|| {
+    let (udp4, all4, udp6) = ns.run(|| {
         let mut s = ConntrackSocket::open().expect("socket");
         (
             s.dump(IpFamily::V4, Some(Protocol::Udp)).expect("dump"),
@@ -194,7 +109,7 @@ fn netlink_dump_and_delete() {
     );
 
     // The kernel itself applies the protocol filter (no EINVAL fallback on this kernel).
-    let raw = ns.run_in(|| {
+    let raw = ns.run(|| {
         use kproxy_dataplane::conntrack::netlink::{Reply, decode_replies, encode_dump_request};
         let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).unwrap();
         s.bind_auto().unwrap();
@@ -220,28 +135,28 @@ fn netlink_dump_and_delete() {
     // The plan has 10.244.1.6 only: the entry DNATed to .5 goes, the others stay.
     let p = plan(vec![udp_service("10.96.0.10", 53, &["10.244.1.6:5353"])]);
     let report = ns
-        .run_in(move || cleanup_stale(&p, IpFamily::V4))
+        .run(move || cleanup_stale(&p, IpFamily::V4))
         .expect("cleanup");
     assert_eq!(
         (report.flows_seen, report.stale, report.deleted),
         (2, 1, 1),
         "{report:?}"
     );
-    let left = ns.output(&["conntrack", "-L"]);
+    let left = ns.exec(&["conntrack", "-L"]);
     assert!(!left.contains("sport=40000 "), "{left}");
     assert!(left.contains("sport=40001 "), "{left}");
     assert!(left.contains("sport=40002 "), "{left}");
-    let left6 = ns.output(&["conntrack", "-L", "-f", "ipv6"]);
+    let left6 = ns.exec(&["conntrack", "-L", "-f", "ipv6"]);
     assert!(left6.contains("sport=40003 "), "{left6}");
 
     // IPv6: the entry DNATed to fd00:244::5 is stale once the plan says fd00:244::6.
     let mut p6 = plan(vec![udp_service("fd00:96::a", 53, &["[fd00:244::6]:5353"])]);
     p6.node.ipv6 = Some(FamilyContext::default());
     let report = ns
-        .run_in(move || cleanup_stale(&p6, IpFamily::V6))
+        .run(move || cleanup_stale(&p6, IpFamily::V6))
         .expect("cleanup v6");
     assert_eq!((report.flows_seen, report.deleted), (1, 1), "{report:?}");
-    let left6 = ns.output(&["conntrack", "-L", "-f", "ipv6"]);
+    let left6 = ns.exec(&["conntrack", "-L", "-f", "ipv6"]);
     assert!(!left6.contains("sport=40003 "), "{left6}");
 
     // Deleting an entry that is already gone is not an error.
@@ -252,7 +167,7 @@ fn netlink_dump_and_delete() {
     );
     assert_eq!(gone.len(), 1);
     gone.push(gone[0].clone());
-    let outcome = ns.run_in(move || ConntrackSocket::open().expect("socket").delete(&gone));
+    let outcome = ns.run(move || ConntrackSocket::open().expect("socket").delete(&gone));
     assert_eq!(
         (outcome.deleted, outcome.already_gone),
         (0, 2),
@@ -315,17 +230,25 @@ fn dnat(node: &Netns, to: &str) {
 
 #[test]
 fn udp_flow_moves_to_the_new_endpoint() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root();
     let node = Netns::new("node");
     let pods = Netns::new("pods");
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let (a, b) = (format!("kpn{id}"), format!("kpp{id}"));
-    run(&[
-        "ip", "link", "add", &a, "netns", &node.0, "type", "veth", "peer", "name", &b, "netns",
-        &pods.0,
+    // The pair is created inside the test's own namespaces: fixed names cannot collide.
+    let (a, b) = ("to-pods".to_owned(), "to-node".to_owned());
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &a,
+        "netns",
+        node.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        pods.name(),
     ]);
     node.exec(&["ip", "addr", "add", "10.77.1.1/24", "dev", &a]);
     node.exec(&["ip", "link", "set", &a, "up"]);
@@ -353,7 +276,7 @@ fn udp_flow_moves_to_the_new_endpoint() {
     }
 
     let service: SocketAddr = "10.96.7.7:53".parse().unwrap();
-    let client = node.run_in(|| {
+    let client = node.run(|| {
         let s = UdpSocket::bind("0.0.0.0:0").expect("bind client");
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -374,7 +297,7 @@ fn udp_flow_moves_to_the_new_endpoint() {
     );
 
     let report = node
-        .run_in(move || cleanup_stale(&next, IpFamily::V4))
+        .run(move || cleanup_stale(&next, IpFamily::V4))
         .expect("cleanup");
     assert_eq!(report.deleted, 1, "{report:?}");
     assert_eq!(client.local_addr().unwrap().port(), client_port);
@@ -383,7 +306,7 @@ fn udp_flow_moves_to_the_new_endpoint() {
     // The fresh flow to the new endpoint is not stale: a second cleanup keeps it.
     let next = plan(vec![udp_service("10.96.7.7", 53, &["10.77.1.3:5353"])]);
     let report = node
-        .run_in(move || cleanup_stale(&next, IpFamily::V4))
+        .run(move || cleanup_stale(&next, IpFamily::V4))
         .expect("cleanup");
     assert_eq!((report.stale, report.deleted), (0, 0), "{report:?}");
     assert_eq!(ask(&client, service).as_deref(), Some("new"));
@@ -396,10 +319,7 @@ fn udp_flow_moves_to_the_new_endpoint() {
 
 #[test]
 fn deletes_hundreds_of_stale_entries_in_batches() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root();
     const N: u16 = 700;
     let ns = Netns::new("many");
     // One exec for all inserts: a shell loop inside the namespace.
@@ -412,7 +332,7 @@ fn deletes_hundreds_of_stale_entries_in_batches() {
     ns.exec(&["sh", "-c", &script]);
     let p = plan(vec![udp_service("10.96.0.10", 53, &["10.244.1.6:5353"])]);
     let report = ns
-        .run_in(move || cleanup_stale(&p, IpFamily::V4))
+        .run(move || cleanup_stale(&p, IpFamily::V4))
         .expect("cleanup");
     let n = usize::from(N);
     assert_eq!(
@@ -420,7 +340,7 @@ fn deletes_hundreds_of_stale_entries_in_batches() {
         (n, n, n),
         "{report:?}"
     );
-    let left = ns.run_in(|| {
+    let left = ns.run(|| {
         ConntrackSocket::open()
             .expect("socket")
             .dump(IpFamily::V4, None)

@@ -1,4 +1,4 @@
-//! nftables mode with real packets in network namespaces (root only; skipped otherwise).
+//! nftables mode with real packets in network namespaces (root only).
 //!
 //! Each test builds its own namespaces with `ip netns` and veths: a node (where the
 //! `NftablesProxier` runs, in-process, on a thread that `setns`'d into it), a backend pod
@@ -23,63 +23,9 @@ const WEB_IP: &str = "10.96.0.10";
 const EMPTY_IP: &str = "10.96.0.11";
 const NODE_PORT: u16 = 30080;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+mod support;
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, nftables)");
-            return;
-        }
-    };
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sh_out(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `f` on a new thread inside network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = File::open(&path).expect("open netns");
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
+use support::{block_on, in_ns, require_root, sh};
 
 /// A node, a backend and a client namespace; deleted on drop.
 struct Cluster {
@@ -231,7 +177,7 @@ impl Cluster {
     fn nft(&self, args: &[&str]) -> String {
         let mut full = vec!["ip", "netns", "exec", &self.node, "nft"];
         full.extend_from_slice(args);
-        sh_out(&full)
+        sh(&full)
     }
 
     fn new_proxier(&self, families: Vec<IpFamily>) -> NftablesProxier {
@@ -344,7 +290,7 @@ fn backend() -> Vec<Endpoint> {
 
 #[test]
 fn cluster_ip_and_nodeport_reach_the_backend_and_no_endpoints_is_refused() {
-    require_root!();
+    require_root();
     let cluster = Cluster::new();
     let proxier = cluster.new_proxier(vec![IpFamily::V4]);
     let (proxier, reports) = cluster.sync(proxier, &web_plan(backend()), true);
@@ -395,7 +341,7 @@ fn tables(cluster: &Cluster) -> Vec<String> {
 
 #[test]
 fn foreign_table_is_untouched_by_syncs_and_cleanup() {
-    require_root!();
+    require_root();
     let cluster = Cluster::new();
     let foreign = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0;\n\t\ttcp dport 22 accept\n\t}\n}\n";
     let path = std::env::temp_dir().join(format!("{}-foreign.nft", cluster.node));
@@ -450,7 +396,7 @@ fn foreign_table_is_untouched_by_syncs_and_cleanup() {
 /// for full, partial and in-place full syncs.
 #[test]
 fn rich_dual_stack_plan_applies() {
-    require_root!();
+    require_root();
     let cluster = Cluster::new();
     let mut node = node_context();
     node.ipv6 = Some(FamilyContext {
@@ -522,7 +468,7 @@ fn rich_dual_stack_plan_applies() {
 
 #[test]
 fn load_balancer_source_ranges_and_session_affinity() {
-    require_root!();
+    require_root();
     let cluster = Cluster::new();
     let two = || vec![ep("10.77.1.2:8080"), ep("10.77.1.3:8080")];
     let lb_ip = "203.0.113.7";

@@ -6,7 +6,6 @@
 //! client (10.244.1.2) ── veth ── node (10.244.1.1 | 10.244.2.1, kproxy TUN) ── veth ── backend (10.244.2.2)
 //! ```
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
@@ -18,92 +17,10 @@ use kproxy_dataplane::plan::{
     Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
 };
 use kproxy_dataplane::userspace::{UserspaceConfig, UserspaceProxier};
-use nix::sched::{CloneFlags, setns};
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod support;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Namespaces torn down on drop.
-struct Topology {
-    names: Vec<String>,
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn enter(ns: &str) {
-    let f = File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    setns(f, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-fn build(tag: &str) -> (Topology, String, String, String) {
-    let (c, n, b) = (
-        format!("kpu-c-{tag}"),
-        format!("kpu-n-{tag}"),
-        format!("kpu-b-{tag}"),
-    );
-    let topo = Topology {
-        names: vec![c.clone(), n.clone(), b.clone()],
-    };
-    for ns in &topo.names {
-        sh(&["ip", "netns", "add", ns]);
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
-    sh(&[
-        "ip", "link", "add", "kpuc0", "netns", &c, "type", "veth", "peer", "kpuc1", "netns", &n,
-    ]);
-    sh(&[
-        "ip", "link", "add", "kpub0", "netns", &b, "type", "veth", "peer", "kpub1", "netns", &n,
-    ]);
-    for (ns, dev, addr) in [
-        (&c, "kpuc0", "10.244.1.2/24"),
-        (&n, "kpuc1", "10.244.1.1/24"),
-        (&b, "kpub0", "10.244.2.2/24"),
-        (&n, "kpub1", "10.244.2.1/24"),
-    ] {
-        sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-    }
-    sh(&[
-        "ip",
-        "-n",
-        &c,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.1.1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &b,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.2.1",
-    ]);
-    (topo, c, n, b)
-}
+use support::{Routed, enter, require_root};
 
 fn plan() -> ProxyPlan {
     let ep = |addr: &str| Endpoint {
@@ -198,12 +115,13 @@ fn start_backend(ns: String) {
 
 #[test]
 fn cluster_ip_node_port_and_reject_through_tun() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let tag = std::process::id().to_string();
-    let (_topo, client, node, backend) = build(&tag);
+    require_root();
+    let routed = Routed::new("us");
+    let (client, node, backend) = (
+        routed.client.name().to_owned(),
+        routed.node.name().to_owned(),
+        routed.backend.name().to_owned(),
+    );
     start_backend(backend);
 
     // The proxier runs on its own thread inside the node namespace until told to stop.
