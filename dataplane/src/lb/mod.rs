@@ -127,8 +127,7 @@ pub enum Balancer {
 
 impl Balancer {
     /// A balancer of `algorithm` over `members`. `seed` seeds the random algorithm; Maglev
-    /// uses a table of `next_prime(max(101·n, 1009))` slots, capped at
-    /// [`Maglev::DEFAULT_TABLE_SIZE`] unless more backends need more.
+    /// uses a table of [`maglev::table_size_for`]`(n)` slots.
     pub fn new(algorithm: Algorithm, members: &[Member], seed: u64) -> Balancer {
         let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
         match algorithm {
@@ -145,11 +144,7 @@ impl Balancer {
             }
             Algorithm::SourceHash => Balancer::SourceHash(weighted::SourceHash::new(&weights)),
             Algorithm::Maglev => {
-                let n = members.len();
-                let wanted = n
-                    .saturating_mul(101)
-                    .clamp(1009, Maglev::DEFAULT_TABLE_SIZE);
-                let size = maglev::next_prime(wanted.max(n));
+                let size = maglev::table_size_for(members.len());
                 let mm: Vec<MaglevMember> = members
                     .iter()
                     .map(|m| MaglevMember {
