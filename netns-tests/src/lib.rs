@@ -22,3 +22,15 @@ pub mod rig;
 pub mod scenario;
 pub mod stats;
 pub mod traffic;
+
+/// The factor by which slow environments stretch the harness's waits for kproxy:
+/// `$KPROXY_TEST_TIME_SCALE` (a positive integer; 1 when unset or invalid). The IPVS guest
+/// (`scripts/run-ipvs-vm.sh`) sets it, because it runs under qemu's instruction emulator.
+/// It only lengthens how long the harness *waits*; no assertion about speed uses it.
+pub fn time_scale() -> u32 {
+    std::env::var("KPROXY_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}

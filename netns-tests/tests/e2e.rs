@@ -223,15 +223,16 @@ fn external_traffic_policy_local(mode: &str) -> Result {
         "pod-2-0 198.18.0.2",
         "smoltcp client's address preserved"
     );
-    match try_ask(
+    let outcome = try_ask(
         &c.rig.external,
         None,
         sock(c.node_ip(0), 30090),
         DROP_TIMEOUT,
-    ) {
-        Outcome::TimedOut => {}
-        other => panic!("node-0 has no local endpoint: must drop, got {other:?}"),
-    }
+    );
+    assert!(
+        turned_away_without_local_endpoint(mode, &outcome),
+        "node-0 has no local endpoint: got {outcome:?}"
+    );
 
     let health = |node: usize| http_get(&c.rig.external, sock(c.node_ip(node), 32090));
     let (status, body) = health(1)?;
@@ -254,9 +255,24 @@ fn internal_traffic_policy_local(mode: &str) -> Result {
     let hits = c.tcp_hits(c.pod_ns("pod-1-1")?, vip, 8);
     assert_eq!(hits.failures, 0, "{hits:?}");
     assert_eq!(backends_hit(&hits), names(&["pod-1-0"]));
-    match try_ask(c.pod_ns("pod-0-0")?, None, vip, DROP_TIMEOUT) {
-        Outcome::TimedOut => Ok(()),
-        other => panic!("node-0 has no local endpoint: must drop, got {other:?}"),
+    let outcome = try_ask(c.pod_ns("pod-0-0")?, None, vip, DROP_TIMEOUT);
+    assert!(
+        turned_away_without_local_endpoint(mode, &outcome),
+        "node-0 has no local endpoint: got {outcome:?}"
+    );
+    Ok(())
+}
+
+/// Whether `outcome` is what a client gets from a node without an endpoint for it under a
+/// Local traffic policy. The rule-based modes drop (a timeout), as upstream's iptables and
+/// nftables modes. IPVS answers a virtual server without real servers with ICMP port
+/// unreachable, so in IPVS mode the client is refused, as with upstream's IPVS mode
+/// (kubernetes/kubernetes#121371).
+fn turned_away_without_local_endpoint(mode: &str, outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::TimedOut => mode != "ipvs",
+        Outcome::Refused => mode == "ipvs",
+        _ => false,
     }
 }
 
@@ -535,6 +551,38 @@ macro_rules! suite {
 suite!(iptables);
 suite!(nftables);
 suite!(userspace);
+// IPVS needs a kernel with IP_VS: these run inside the qemu guest of
+// `scripts/run-ipvs-vm.sh`, which builds this target with `--features ipvs-guest`.
+#[cfg(feature = "ipvs-guest")]
+suite!(ipvs);
+
+/// IPVS mode binds every VIP to the node (`kube-ipvs0`), so a VIP would expose every port
+/// the node listens on, were it not for upstream's `KUBE-IPVS-FILTER`
+/// (kubernetes/kubernetes#72236). kproxy's own health server listens on 0.0.0.0:10256 on
+/// every node: through the node's address a pod reaches it; through a ClusterIP, a new
+/// connection to it is rejected while the service port still works.
+#[cfg(feature = "ipvs-guest")]
+#[test]
+fn ipvs_vip_does_not_expose_node_ports() -> Result {
+    use std::io::ErrorKind;
+    let mut c = Cluster::start("ipvs", 3, 2, &[], &[])?;
+    c.apply(&web(vec![c.endpoint("pod-1-0")?]))?;
+    let connect = |addr: SocketAddr| {
+        c.pod_ns("pod-0-0")?.run_in(move || {
+            Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map(|_| ()))
+        })
+    };
+    let node_health = sock(c.node_ip(0), 10256);
+    assert!(connect(node_health)?.is_ok(), "health server via the node IP");
+    let vip_health = sock(ip(10, 96, 0, 10), 10256);
+    match connect(vip_health)? {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        other => panic!("{vip_health} must be rejected, got {other:?}"),
+    }
+    let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, sock(ip(10, 96, 0, 10), 80), 3);
+    assert_eq!(hits.failures, 0, "{hits:?}");
+    Ok(())
+}
 
 /// A long-lived TCP connection through a ClusterIP survives a restart of kproxy on every
 /// node: rules stay while kproxy is down and the restart's full sync does not disturb

@@ -48,7 +48,7 @@ trap 'rm -rf "$ROOT"' EXIT
 [ -f "$KDIR/lib/modules/$KVER/modules.dep" ] || depmod -b "$KDIR" "$KVER"
 
 MODS=${MODS:-"virtio_pci 9p 9pnet_virtio
- dummy veth bridge br_netfilter
+ dummy veth bridge br_netfilter tun
  ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_dh ip_vs_mh ip_vs_sed ip_vs_nq
  nf_conntrack nf_conntrack_netlink nf_nat xt_ipvs
  ip_tables iptable_filter iptable_nat iptable_mangle iptable_raw ip6_tables ip6table_filter ip6table_nat

@@ -1,6 +1,7 @@
 //! The ipset entries of IPVS mode (upstream's `KUBE-CLUSTER-IP`, `KUBE-EXTERNAL-IP*`,
-//! `KUBE-LOAD-BALANCER*`, `KUBE-NODE-PORT-*`, `KUBE-LOOP-BACK`), rendered from a plan as
-//! `ipset` entry strings, and the `ipset restore` input that programs them. Pure.
+//! `KUBE-LOAD-BALANCER*`, `KUBE-NODE-PORT-*`, `KUBE-HEALTH-CHECK-NODE-PORT`,
+//! `KUBE-LOOP-BACK`, `KUBE-IPVS-IPS`), rendered from a plan as `ipset` entry strings, and
+//! the `ipset restore` input that programs them. Pure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,6 +25,9 @@ pub const KUBE_LOAD_BALANCER_LOCAL: &str = "KUBE-LOAD-BALANCER-LOCAL";
 pub const KUBE_LOAD_BALANCER_FW: &str = "KUBE-LOAD-BALANCER-FW";
 /// `hash:ip,port,net`: allowed source ranges per load-balancer IP.
 pub const KUBE_LOAD_BALANCER_SOURCE_CIDR: &str = "KUBE-LOAD-BALANCER-SOURCE-CIDR";
+/// `hash:ip,port,ip`: a load-balancer IP as the source of a request to itself, allowed
+/// when the node is inside the source ranges (the node reaches a local VIP from the VIP).
+pub const KUBE_LOAD_BALANCER_SOURCE_IP: &str = "KUBE-LOAD-BALANCER-SOURCE-IP";
 /// `bitmap:port`: TCP NodePorts.
 pub const KUBE_NODE_PORT_TCP: &str = "KUBE-NODE-PORT-TCP";
 /// `bitmap:port`: UDP NodePorts.
@@ -36,9 +40,14 @@ pub const KUBE_NODE_PORT_LOCAL_TCP: &str = "KUBE-NODE-PORT-LOCAL-TCP";
 pub const KUBE_NODE_PORT_LOCAL_UDP: &str = "KUBE-NODE-PORT-LOCAL-UDP";
 /// `hash:ip,port,ip`: local endpoints reaching themselves through a service (hairpin).
 pub const KUBE_LOOP_BACK: &str = "KUBE-LOOP-BACK";
+/// `bitmap:port`: health-check NodePorts (accepted in filter, for hosts that drop input).
+pub const KUBE_HEALTH_CHECK_NODE_PORT: &str = "KUBE-HEALTH-CHECK-NODE-PORT";
+/// `hash:ip`: every address bound to `kube-ipvs0`; new connections to them that match no
+/// service are rejected, so a VIP does not expose the node's own ports.
+pub const KUBE_IPVS_IPS: &str = "KUBE-IPVS-IPS";
 
 /// Every set kproxy's IPVS mode owns (upstream's names, IPv4 spelling).
-pub const ALL_SETS: [&str; 13] = [
+pub const ALL_SETS: [&str; 16] = [
     KUBE_CLUSTER_IP,
     KUBE_EXTERNAL_IP,
     KUBE_EXTERNAL_IP_LOCAL,
@@ -46,37 +55,63 @@ pub const ALL_SETS: [&str; 13] = [
     KUBE_LOAD_BALANCER_LOCAL,
     KUBE_LOAD_BALANCER_FW,
     KUBE_LOAD_BALANCER_SOURCE_CIDR,
+    KUBE_LOAD_BALANCER_SOURCE_IP,
     KUBE_NODE_PORT_TCP,
     KUBE_NODE_PORT_UDP,
     KUBE_NODE_PORT_SCTP,
     KUBE_NODE_PORT_LOCAL_TCP,
     KUBE_NODE_PORT_LOCAL_UDP,
     KUBE_LOOP_BACK,
+    KUBE_HEALTH_CHECK_NODE_PORT,
+    KUBE_IPVS_IPS,
 ];
 
 fn ip_port(ip: &IpAddr, p: Protocol, port: u16) -> String {
     format!("{ip},{}:{port}", p.as_lower())
 }
 
-/// Renders every set's entries for `family`. Empty sets are present (with no entries) so
-/// the apply layer creates them.
-pub fn render_ipsets(plan: &ProxyPlan, family: IpFamily, node_ips: &[IpAddr]) -> IpsetEntries {
+/// Renders every set's entries for `family`; `nodeport_ips` are the addresses NodePorts
+/// are served on. Empty sets are present (with no entries) so the apply layer creates them.
+pub fn render_ipsets(
+    plan: &ProxyPlan,
+    family: IpFamily,
+    nodeport_ips: &[IpAddr],
+) -> IpsetEntries {
     let mut sets: IpsetEntries = ALL_SETS
         .into_iter()
         .map(|name| (name, BTreeSet::new()))
         .collect();
+    let own_ips = plan
+        .node
+        .family(family)
+        .map(|ctx| ctx.node_ips.as_slice())
+        .unwrap_or_default();
     for svc in plan.services_of(family) {
-        render_service(svc, node_ips, &mut sets);
+        render_service(svc, nodeport_ips, own_ips, &mut sets);
     }
     sets
 }
 
-fn render_service(svc: &ServicePortPlan, node_ips: &[IpAddr], sets: &mut IpsetEntries) {
+fn render_service(
+    svc: &ServicePortPlan,
+    nodeport_ips: &[IpAddr],
+    own_ips: &[IpAddr],
+    sets: &mut IpsetEntries,
+) {
     let p = svc.name.protocol;
     let mut put = |set: &'static str, entry: String| {
         sets.entry(set).or_default().insert(entry);
     };
     put(KUBE_CLUSTER_IP, ip_port(&svc.cluster_ip, p, svc.port));
+    for ip in std::iter::once(&svc.cluster_ip)
+        .chain(&svc.external_ips)
+        .chain(&svc.load_balancer_ips)
+    {
+        put(KUBE_IPVS_IPS, ip.to_string());
+    }
+    if let Some(port) = svc.health_check_node_port {
+        put(KUBE_HEALTH_CHECK_NODE_PORT, port.to_string());
+    }
     for ep in svc.reachable_endpoints().into_iter().filter(|e| e.is_local) {
         let ip = ep.ip();
         put(
@@ -103,6 +138,16 @@ fn render_service(svc: &ServicePortPlan, node_ips: &[IpAddr], sets: &mut IpsetEn
                     format!("{},{net}", ip_port(ip, p, svc.port)),
                 );
             }
+            let node_allowed = svc
+                .load_balancer_source_ranges
+                .iter()
+                .any(|net| own_ips.iter().any(|own| net.contains(own)));
+            if node_allowed {
+                put(
+                    KUBE_LOAD_BALANCER_SOURCE_IP,
+                    format!("{},{ip}", ip_port(ip, p, svc.port)),
+                );
+            }
         }
     }
     if let Some(np) = svc.node_port {
@@ -112,7 +157,7 @@ fn render_service(svc: &ServicePortPlan, node_ips: &[IpAddr], sets: &mut IpsetEn
             Protocol::Sctp => (KUBE_NODE_PORT_SCTP, None),
         };
         if p == Protocol::Sctp {
-            for ip in node_ips {
+            for ip in nodeport_ips {
                 put(all, ip_port(ip, p, np));
             }
         } else {
@@ -127,12 +172,14 @@ fn render_service(svc: &ServicePortPlan, node_ips: &[IpAddr], sets: &mut IpsetEn
 /// The ipset type of one of kproxy's sets.
 pub fn set_type(set: &str) -> &'static str {
     match set {
-        KUBE_LOOP_BACK => "hash:ip,port,ip",
+        KUBE_LOOP_BACK | KUBE_LOAD_BALANCER_SOURCE_IP => "hash:ip,port,ip",
         KUBE_LOAD_BALANCER_SOURCE_CIDR => "hash:ip,port,net",
+        KUBE_IPVS_IPS => "hash:ip",
         KUBE_NODE_PORT_TCP
         | KUBE_NODE_PORT_UDP
         | KUBE_NODE_PORT_LOCAL_TCP
-        | KUBE_NODE_PORT_LOCAL_UDP => "bitmap:port",
+        | KUBE_NODE_PORT_LOCAL_UDP
+        | KUBE_HEALTH_CHECK_NODE_PORT => "bitmap:port",
         _ => "hash:ip,port",
     }
 }

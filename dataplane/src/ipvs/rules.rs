@@ -24,13 +24,39 @@ pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
 pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
 /// filter: accepts forwarded service traffic.
 pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+/// filter (same name as the nat chain): accepts health-check NodePorts.
+pub const KUBE_NODE_PORT_FILTER: &str = "KUBE-NODE-PORT";
+/// filter: sends load-balancer traffic with source ranges to the source check.
+pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
+/// filter: returns allowed sources of a load-balancer IP, drops the rest.
+pub const KUBE_SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
+/// filter: rejects new connections to a VIP on a port no service uses.
+pub const KUBE_IPVS_FILTER: &str = "KUBE-IPVS-FILTER";
+
+/// The nat chains kproxy's IPVS mode owns.
+const NAT_CHAINS: [&str; 5] = [
+    KUBE_SERVICES,
+    KUBE_NODE_PORT,
+    KUBE_LOAD_BALANCER,
+    KUBE_POSTROUTING,
+    KUBE_MARK_MASQ,
+];
+/// The filter chains kproxy's IPVS mode owns.
+const FILTER_CHAINS: [&str; 5] = [
+    KUBE_FORWARD,
+    KUBE_NODE_PORT_FILTER,
+    KUBE_PROXY_FIREWALL,
+    KUBE_SOURCE_RANGES_FIREWALL,
+    KUBE_IPVS_FILTER,
+];
 
 /// A rule in a built-in chain jumping into one of kproxy's IPVS chains:
 /// `(table, built-in chain, comment, target)`.
 pub type Jump = (&'static str, &'static str, &'static str, &'static str);
 
-/// Upstream's IPVS-mode jump rules.
-pub const JUMPS: [Jump; 4] = [
+/// Upstream's IPVS-mode jump rules (without the OUTPUT filter for load-balancer IPs the node
+/// may not reach, see [`render_rules`]).
+pub const JUMPS: [Jump; 8] = [
     (
         "nat",
         "PREROUTING",
@@ -50,6 +76,30 @@ pub const JUMPS: [Jump; 4] = [
         "kubernetes forwarding rules",
         KUBE_FORWARD,
     ),
+    (
+        "filter",
+        "INPUT",
+        "kubernetes health check rules",
+        KUBE_NODE_PORT_FILTER,
+    ),
+    (
+        "filter",
+        "INPUT",
+        "kube-proxy firewall rules",
+        KUBE_PROXY_FIREWALL,
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "kube-proxy firewall rules",
+        KUBE_PROXY_FIREWALL,
+    ),
+    (
+        "filter",
+        "INPUT",
+        "kubernetes ipvs access filter",
+        KUBE_IPVS_FILTER,
+    ),
 ];
 
 /// Options of the ruleset.
@@ -62,17 +112,14 @@ pub struct RuleOptions {
 /// The `iptables-restore --noflush` input for `family`: declares (and so flushes) every
 /// IPVS chain kproxy owns and writes its rules. `None` when the node does not serve the
 /// family.
+///
+/// Left out of upstream's set: `KUBE-IPVS-OUT-FILTER`, which drops the node's own
+/// requests to a load-balancer IP whose source ranges exclude the node.
 pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Option<String> {
     let ctx = plan.node.family(family)?;
     let mark = plan.node.masquerade_mark;
     let set = |s: &str| set_name(s, family);
-    let mut nat = vec![
-        format!(":{KUBE_SERVICES} - [0:0]"),
-        format!(":{KUBE_NODE_PORT} - [0:0]"),
-        format!(":{KUBE_LOAD_BALANCER} - [0:0]"),
-        format!(":{KUBE_POSTROUTING} - [0:0]"),
-        format!(":{KUBE_MARK_MASQ} - [0:0]"),
-    ];
+    let mut nat: Vec<String> = NAT_CHAINS.iter().map(|c| format!(":{c} - [0:0]")).collect();
     let mut add = |chain: &str, rule: String| nat.push(format!("-A {chain} {rule}"));
     let cluster = set(ipset::KUBE_CLUSTER_IP);
     if plan.node.masquerade_all {
@@ -183,16 +230,72 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
     );
     add(KUBE_MARK_MASQ, format!("-j MARK --or-mark {mark:#x}"));
 
-    let filter = [
-        format!(":{KUBE_FORWARD} - [0:0]"),
-        format!("-A {KUBE_FORWARD} -m conntrack --ctstate INVALID -j DROP"),
+    let mut filter: Vec<String> = FILTER_CHAINS
+        .iter()
+        .map(|c| format!(":{c} - [0:0]"))
+        .collect();
+    let mut add = |chain: &str, rule: String| filter.push(format!("-A {chain} {rule}"));
+    add(KUBE_FORWARD, "-m conntrack --ctstate INVALID -j DROP".into());
+    add(
+        KUBE_FORWARD,
         format!(
-            "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
+            "-m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
         ),
+    );
+    add(
+        KUBE_FORWARD,
+        "-m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into(),
+    );
+    let health = set(ipset::KUBE_HEALTH_CHECK_NODE_PORT);
+    add(
+        KUBE_NODE_PORT_FILTER,
         format!(
-            "-A {KUBE_FORWARD} -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            "-m comment --comment \"Kubernetes health check node port\" -m set --match-set {health} dst -j ACCEPT"
         ),
-    ];
+    );
+    add(
+        KUBE_PROXY_FIREWALL,
+        format!(
+            "-m comment --comment \"Kubernetes service load balancer ip + port for load balancer with sourceRange\" -m set --match-set {} dst,dst -j {KUBE_SOURCE_RANGES_FIREWALL}",
+            set(ipset::KUBE_LOAD_BALANCER_FW)
+        ),
+    );
+    add(
+        KUBE_SOURCE_RANGES_FIREWALL,
+        format!(
+            "-m comment --comment \"Kubernetes service load balancer ip + port + source cidr for packet filter purpose\" -m set --match-set {} dst,dst,src -j RETURN",
+            set(ipset::KUBE_LOAD_BALANCER_SOURCE_CIDR)
+        ),
+    );
+    add(
+        KUBE_SOURCE_RANGES_FIREWALL,
+        format!(
+            "-m comment --comment \"Kubernetes service load balancer ip + port + source IP for packet filter purpose to allow traffic from the node\" -m set --match-set {} dst,dst,src -j RETURN",
+            set(ipset::KUBE_LOAD_BALANCER_SOURCE_IP)
+        ),
+    );
+    add(KUBE_SOURCE_RANGES_FIREWALL, "-j DROP".into());
+    // A VIP is a local address: without this, it would expose every port the node listens
+    // on (kubernetes/kubernetes#72236).
+    for (name, dir) in [
+        (ipset::KUBE_LOAD_BALANCER, "dst,dst"),
+        (ipset::KUBE_CLUSTER_IP, "dst,dst"),
+        (ipset::KUBE_EXTERNAL_IP, "dst,dst"),
+        (ipset::KUBE_EXTERNAL_IP_LOCAL, "dst,dst"),
+        (ipset::KUBE_HEALTH_CHECK_NODE_PORT, "dst"),
+    ] {
+        add(
+            KUBE_IPVS_FILTER,
+            format!("-m set --match-set {} {dir} -j RETURN", set(name)),
+        );
+    }
+    add(
+        KUBE_IPVS_FILTER,
+        format!(
+            "-m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
+            set(ipset::KUBE_IPVS_IPS)
+        ),
+    );
     let mut out = String::from("*nat\n");
     for line in nat.iter() {
         out.push_str(line);
@@ -210,19 +313,18 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
 /// The `iptables-restore --noflush` input that deletes kproxy's IPVS chains (after their
 /// jump rules are gone).
 pub fn cleanup_input() -> String {
-    let mut out = String::from("*nat\n");
-    for c in [
-        KUBE_SERVICES,
-        KUBE_NODE_PORT,
-        KUBE_LOAD_BALANCER,
-        KUBE_POSTROUTING,
-        KUBE_MARK_MASQ,
-    ] {
-        out.push_str(&format!(":{c} - [0:0]\n-X {c}\n"));
+    let mut out = String::new();
+    for (table, chains) in [("nat", &NAT_CHAINS), ("filter", &FILTER_CHAINS)] {
+        out.push_str(&format!("*{table}\n"));
+        for c in chains {
+            out.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        // Flushed (declared) first, deleted second: chains may jump to each other.
+        for c in chains {
+            out.push_str(&format!("-X {c}\n"));
+        }
+        out.push_str("COMMIT\n");
     }
-    out.push_str(&format!(
-        "COMMIT\n*filter\n:{KUBE_FORWARD} - [0:0]\n-X {KUBE_FORWARD}\nCOMMIT\n"
-    ));
     out
 }
 

@@ -218,15 +218,20 @@ fn ipset_restore_full_then_incremental() {
     assert!(full.contains("create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist\n"));
     assert!(full.contains("flush KUBE-CLUSTER-IP\n"));
     assert!(full.contains("add KUBE-CLUSTER-IP 10.96.0.10,tcp:80 -exist\n"));
-    assert_eq!(lines, 4, "{full}");
+    assert!(full.contains("create KUBE-IPVS-IPS hash:ip family inet -exist\n"));
+    // Two cluster IPs, their VIPs, one NodePort, one hairpin entry.
+    assert_eq!(lines, 6, "{full}");
     let (same, lines) = restore_input(&wanted.ipsets, Some(&wanted.ipsets), IpFamily::V4);
     assert_eq!((same.as_str(), lines), ("", 0));
     let mut p = plan();
     p.services.truncate(1);
     let fewer = render(&p, IpFamily::V4, &opts(Scheduler::Rr)).expect("v4");
     let (delta, lines) = restore_input(&fewer.ipsets, Some(&wanted.ipsets), IpFamily::V4);
-    assert_eq!(delta, "del KUBE-CLUSTER-IP 10.96.0.53,udp:53 -exist\n");
-    assert_eq!(lines, 1);
+    assert_eq!(
+        delta,
+        "del KUBE-CLUSTER-IP 10.96.0.53,udp:53 -exist\ndel KUBE-IPVS-IPS 10.96.0.53 -exist\n"
+    );
+    assert_eq!(lines, 2);
     assert_eq!(
         set_name("KUBE-CLUSTER-IP", IpFamily::V6),
         "KUBE-6-CLUSTER-IP"
@@ -265,4 +270,81 @@ fn fixed_ruleset_masquerades_off_cluster_and_hairpin_traffic() {
         render_rules(&many, IpFamily::V4, RuleOptions::default()).map(|t| t.len()),
         render_rules(&plan(), IpFamily::V4, RuleOptions::default()).map(|t| t.len())
     );
+}
+
+#[test]
+fn source_ranges_health_checks_and_vip_filter() {
+    use super::ipset::{
+        KUBE_HEALTH_CHECK_NODE_PORT, KUBE_IPVS_IPS, KUBE_LOAD_BALANCER_FW,
+        KUBE_LOAD_BALANCER_SOURCE_CIDR, KUBE_LOAD_BALANCER_SOURCE_IP,
+    };
+    use super::rules::{JUMPS, RuleOptions, cleanup_input, render_rules};
+    let p = crate::testutil::plan(external());
+    let sets = render(&p, IpFamily::V4, &opts(Scheduler::Rr))
+        .expect("v4")
+        .ipsets;
+    let entries = |name: &str| -> Vec<String> { sets[name].iter().cloned().collect() };
+    assert_eq!(entries(KUBE_LOAD_BALANCER_FW), ["203.0.113.7,tcp:443"]);
+    assert_eq!(
+        entries(KUBE_LOAD_BALANCER_SOURCE_CIDR),
+        [
+            "203.0.113.7,tcp:443,192.168.0.0/24",
+            "203.0.113.7,tcp:443,203.0.113.0/25",
+            "203.0.113.7,tcp:443,203.0.113.64/26",
+        ]
+    );
+    // 192.168.0.0/24 holds the node's address: the node may reach the VIP from the VIP.
+    assert_eq!(
+        entries(KUBE_LOAD_BALANCER_SOURCE_IP),
+        ["203.0.113.7,tcp:443,203.0.113.7"]
+    );
+    assert_eq!(entries(KUBE_HEALTH_CHECK_NODE_PORT), ["32000"]);
+    assert_eq!(
+        entries(KUBE_IPVS_IPS),
+        [
+            "172.30.0.42",
+            "172.30.0.43",
+            "172.30.0.44",
+            "192.0.2.4",
+            "203.0.113.7"
+        ]
+    );
+    // Without the node in the ranges, no VIP-sourced exception.
+    let mut q = p.clone();
+    for svc in &mut q.services {
+        svc.load_balancer_source_ranges
+            .retain(|net| !net.contains(&ip("192.168.0.10")));
+    }
+    let sets = render(&q, IpFamily::V4, &opts(Scheduler::Rr))
+        .expect("v4")
+        .ipsets;
+    assert!(sets[KUBE_LOAD_BALANCER_SOURCE_IP].is_empty());
+
+    let text = render_rules(&p, IpFamily::V4, RuleOptions::default()).expect("v4");
+    let filter = text.split("*filter\n").nth(1).expect("filter table");
+    for line in [
+        ":KUBE-PROXY-FIREWALL - [0:0]",
+        "-A KUBE-PROXY-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port for load balancer with sourceRange\" -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL",
+        "-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment \"Kubernetes service load balancer ip + port + source cidr for packet filter purpose\" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN",
+        "-A KUBE-SOURCE-RANGES-FIREWALL -j DROP",
+        "-A KUBE-NODE-PORT -m comment --comment \"Kubernetes health check node port\" -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT",
+        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN",
+        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
+    ] {
+        assert!(filter.lines().any(|l| l == line), "missing {line}\n{filter}");
+    }
+    // The allow rules come before the DROP and the RETURNs before the REJECT.
+    let at = |needle: &str| filter.find(needle).expect(needle);
+    assert!(at("KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN") < at("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP"));
+    assert!(at("KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN") < at("-j REJECT"));
+    let v6 = render_rules(&p, IpFamily::V6, RuleOptions::default()).expect("v6");
+    assert!(v6.contains("--match-set KUBE-6-IPVS-IPS dst -j REJECT"));
+    // Every chain a jump leads to is declared, and cleanup deletes it.
+    let cleanup = cleanup_input();
+    for (table, _, _, target) in JUMPS {
+        let section = text.split(&format!("*{table}\n")).nth(1).expect(table);
+        assert!(section.contains(&format!(":{target} - [0:0]")), "{target}");
+        let section = cleanup.split(&format!("*{table}\n")).nth(1).expect(table);
+        assert!(section.contains(&format!("-X {target}\n")), "{target}");
+    }
 }

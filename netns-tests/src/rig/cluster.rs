@@ -13,8 +13,15 @@ use crate::kproxy::KproxyProcess;
 /// The messages kproxy logs once per IP family per sync: `synced rules` (every mode, since
 /// the dataplane's mode-neutral `SyncReport`) and the older `synced iptables rules`.
 pub const SYNC_LINES: [&str; 2] = ["synced rules", "synced iptables rules"];
-/// How long [`Rig::wait_synced`] waits.
+/// How long [`Rig::wait_synced`] waits on a real machine; see [`sync_timeout`].
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Rig::wait_synced`] waits: [`SYNC_TIMEOUT`], times `$KPROXY_TEST_TIME_SCALE`
+/// when that is set (the IPVS guest runs under qemu's instruction emulator, where a first
+/// sync of three kproxies takes tens of seconds).
+pub fn sync_timeout() -> Duration {
+    SYNC_TIMEOUT * crate::time_scale()
+}
 
 impl Rig {
     /// The v1 Node objects of every node (name, `InternalIP`, hostname and zone labels,
@@ -111,7 +118,7 @@ impl Rig {
             .collect()
     }
 
-    /// Waits (at most [`SYNC_TIMEOUT`]) until every node logged more syncs than `since`
+    /// Waits (at most [`sync_timeout`]) until every node logged more syncs than `since`
     /// (an earlier [`Rig::sync_counts`]; pass zeros to wait for the first sync) and returns
     /// the new counts. Take `since` before writing the manifest being waited for.
     pub fn wait_synced(&self, since: &[usize]) -> anyhow::Result<Vec<usize>> {
@@ -119,12 +126,13 @@ impl Rig {
             bail!("{} sync counts for {} nodes", since.len(), self.nodes.len());
         }
         let started = Instant::now();
+        let timeout = sync_timeout();
         loop {
             let now = self.sync_counts();
             if now.iter().zip(since).all(|(n, s)| n > s) {
                 return Ok(now);
             }
-            if started.elapsed() > SYNC_TIMEOUT {
+            if started.elapsed() > timeout {
                 let mut logs = String::new();
                 for (i, (n, s)) in now.iter().zip(since).enumerate() {
                     if n <= s {
@@ -135,7 +143,7 @@ impl Rig {
                     }
                 }
                 bail!(
-                    "kproxy did not sync past {since:?} within {SYNC_TIMEOUT:?} (now {now:?}):{logs}"
+                    "kproxy did not sync past {since:?} within {timeout:?} (now {now:?}):{logs}"
                 );
             }
             std::thread::sleep(Duration::from_millis(20));

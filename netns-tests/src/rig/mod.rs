@@ -50,7 +50,7 @@ use crate::echo::EchoServer;
 use crate::kproxy::KproxyProcess;
 use crate::netns::{Netns, unique_prefix};
 
-pub use cluster::{SYNC_LINES, SYNC_TIMEOUT};
+pub use cluster::{SYNC_LINES, SYNC_TIMEOUT, sync_timeout};
 pub use udp::{UdpEchoServer, udp_ask, udp_ask_here};
 
 /// The external client's address on the underlay.
