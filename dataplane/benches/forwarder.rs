@@ -7,8 +7,19 @@
 //!    UDP datagrams/s delivered to the backend (one blasting sender) and TCP
 //!    connect-echo-close cycles/s (one client).
 //!
+//! Every TCP cycle reads the echo *and the backend's FIN* before closing, so the backend
+//! closes first and the client never holds a socket in TIME_WAIT. Otherwise whether the client
+//! or the backend closes first is a race that the slower path loses more often, the one client
+//! address talking to the one service port has only ~28k ephemeral ports (Linux prefers the
+//! ~14k even ones for `connect`), and once they are all in TIME_WAIT (60 s) every `connect`
+//! scans the whole range (~2 ms), whichever path is measured: the new-connection rate then
+//! collapses to ~450/s, depending on the window and on what the earlier phase left behind.
+//! Both phases run from the same client namespace; the note under the table says how many
+//! cycles failed and how many client TIME_WAIT sockets each phase left. `--userspace-first`
+//! runs the phases in the other order (the results should not depend on it).
+//!
 //! ```text
-//! cargo bench -p kproxy-dataplane --bench forwarder -- [--seconds 3]
+//! cargo bench -p kproxy-dataplane --bench forwarder -- [--seconds 3] [--userspace-first]
 //! ```
 
 use std::hint::black_box;
@@ -181,12 +192,55 @@ fn backend(ns: String, udp_count: Arc<AtomicU64>) {
         .expect("backend ready");
 }
 
-/// (UDP datagrams/s delivered, TCP connections/s) from the client namespace to the VIP.
-fn measure(client: &str, udp_count: &AtomicU64, secs: f64) -> (f64, f64) {
+/// One phase's results.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    /// UDP datagrams/s delivered to the backend.
+    pps: f64,
+    /// Completed TCP connect-echo-close cycles/s.
+    cps: f64,
+    /// TCP cycles that failed (connect error or timeout, no echo, no FIN).
+    failed: u64,
+    /// The client's sockets in TIME_WAIT after the phase.
+    client_time_wait: u64,
+}
+
+/// Sockets in TIME_WAIT in the calling thread's network namespace.
+fn time_wait_sockets() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/net/sockstat")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("TCP:"))?.to_owned();
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "tw")?;
+            words.next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Reads the one-byte echo and then end of stream (the backend's FIN).
+fn echo_then_eof(st: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    for _ in 0..4 {
+        match st.read(&mut buf[got..]) {
+            Ok(0) => return got == 1 && buf[0] == b'x',
+            Ok(n) => got += n,
+            Err(_) => return false,
+        }
+        if got > 1 {
+            return false;
+        }
+    }
+    false
+}
+
+/// UDP datagrams/s delivered and TCP connections/s from the client namespace to the VIP.
+fn measure(client: &str, udp_count: &AtomicU64, secs: f64) -> Phase {
     let client = client.to_owned();
     let window = Duration::from_secs_f64(secs);
     let before = udp_count.load(Ordering::Relaxed);
-    let (pps, conns) = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| {
             enter(&client);
             let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -203,53 +257,42 @@ fn measure(client: &str, udp_count: &AtomicU64, secs: f64) -> (f64, f64) {
             let pps = got as f64 / secs;
             let vip: SocketAddr = format!("{VIP}:80").parse().expect("addr");
             let start = Instant::now();
-            let mut conns = 0u64;
+            let (mut conns, mut failed) = (0u64, 0u64);
             while start.elapsed() < window {
                 let Ok(mut st) = TcpStream::connect_timeout(&vip, Duration::from_secs(1)) else {
+                    failed += 1;
                     continue;
                 };
                 let _ = st.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut buf = [0u8; 8];
-                if st.write_all(b"x").is_ok() && st.read(&mut buf).is_ok_and(|n| n == 1) {
+                // The backend echoes and closes; closing only after its FIN keeps the
+                // client's sockets out of TIME_WAIT (see the module documentation).
+                if st.write_all(b"x").is_ok() && echo_then_eof(&mut st) {
                     conns += 1;
+                } else {
+                    failed += 1;
                 }
             }
-            (pps, conns as f64 / secs)
+            Phase {
+                pps,
+                cps: conns as f64 / secs,
+                failed,
+                client_time_wait: time_wait_sockets(),
+            }
         })
         .join()
         .expect("client thread")
-    });
-    (pps, conns)
+    })
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let secs = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(3.0);
-    let (pps, fps) = in_process();
-    println!("| path | UDP packets/s | TCP new connections/s |");
-    println!("|---|---:|---:|");
-    println!(
-        "| `Forwarder::process` in process (no I/O) | {pps:.0} | {fps:.0} (SYNs → new flows) |"
-    );
-    if !nix::unistd::geteuid().is_root() {
-        println!("(veth comparison skipped: needs root)");
-        return;
-    }
-    let routed = Routed::new("fwd");
-    let (c, n, b) = (
-        routed.client.name().to_owned(),
-        routed.node.name().to_owned(),
-        routed.backend.name().to_owned(),
-    );
-    let udp_count = Arc::new(AtomicU64::new(0));
-    backend(b, udp_count.clone());
+/// Flushes the node's kernel conntrack table (between phases).
+fn flush_conntrack(node: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "exec", node, "conntrack", "-F"])
+        .output();
+}
 
-    // Kernel: iptables DNAT in the node namespace.
+/// The kernel phase: iptables DNAT in the node namespace, removed afterwards.
+fn kernel_phase(client: &str, node: &str, udp_count: &AtomicU64, secs: f64) -> Phase {
     for (proto, port, to) in [
         ("udp", "53", "10.244.2.2:5353"),
         ("tcp", "80", "10.244.2.2:8080"),
@@ -258,7 +301,7 @@ fn main() {
             "ip",
             "netns",
             "exec",
-            &n,
+            node,
             "iptables",
             "-t",
             "nat",
@@ -276,30 +319,30 @@ fn main() {
             to,
         ]);
     }
-    let (k_pps, k_cps) = measure(&c, &udp_count, secs);
-    println!("| veth, kernel iptables DNAT | {k_pps:.0} | {k_cps:.0} |");
+    let phase = measure(client, udp_count, secs);
     sh(&[
         "ip",
         "netns",
         "exec",
-        &n,
+        node,
         "iptables",
         "-t",
         "nat",
         "-F",
         "PREROUTING",
     ]);
-    let _ = Command::new("ip")
-        .args(["netns", "exec", &n, "conntrack", "-F"])
-        .output();
+    flush_conntrack(node);
+    phase
+}
 
-    // Userspace: the proxier in the node namespace.
+/// The userspace phase: `UserspaceProxier` in the node namespace, cleaned up afterwards.
+fn userspace_phase(client: &str, node: &str, udp_count: &AtomicU64, secs: f64) -> Phase {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let stop2 = stop.clone();
-    let node = n.clone();
+    let node_name = node.to_owned();
     let proxier = std::thread::spawn(move || {
-        enter(&node);
+        enter(&node_name);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -332,12 +375,61 @@ fn main() {
         .recv_timeout(Duration::from_secs(20))
         .expect("proxier thread")
         .expect("proxier up");
-    let (u_pps, u_cps) = measure(&c, &udp_count, secs);
+    let phase = measure(client, udp_count, secs);
     stop.store(true, Ordering::Relaxed);
     let _ = proxier.join();
+    flush_conntrack(node);
+    phase
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let secs = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(3.0);
+    let (pps, fps) = in_process();
+    println!("| path | UDP packets/s | TCP new connections/s |");
+    println!("|---|---:|---:|");
     println!(
-        "| veth, userspace TUN forwarder | {u_pps:.0} ({:.0} % of kernel) | {u_cps:.0} ({:.0} % of kernel) |",
-        100.0 * u_pps / k_pps.max(1.0),
-        100.0 * u_cps / k_cps.max(1.0)
+        "| `Forwarder::process` in process (no I/O) | {pps:.0} | {fps:.0} (SYNs → new flows) |"
+    );
+    if !nix::unistd::geteuid().is_root() {
+        println!("(veth comparison skipped: needs root)");
+        return;
+    }
+    let routed = Routed::new("fwd");
+    let (c, n, b) = (
+        routed.client.name().to_owned(),
+        routed.node.name().to_owned(),
+        routed.backend.name().to_owned(),
+    );
+    let udp_count = Arc::new(AtomicU64::new(0));
+    backend(b, udp_count.clone());
+
+    let (k, u) = if args.iter().any(|a| a == "--userspace-first") {
+        let u = userspace_phase(&c, &n, &udp_count, secs);
+        (kernel_phase(&c, &n, &udp_count, secs), u)
+    } else {
+        let k = kernel_phase(&c, &n, &udp_count, secs);
+        (k, userspace_phase(&c, &n, &udp_count, secs))
+    };
+    println!(
+        "| veth, kernel iptables DNAT | {:.0} | {:.0} |",
+        k.pps, k.cps
+    );
+    println!(
+        "| veth, userspace TUN forwarder | {:.0} ({:.0} % of kernel) | {:.0} ({:.0} % of kernel) |",
+        u.pps,
+        100.0 * u.pps / k.pps.max(1.0),
+        u.cps,
+        100.0 * u.cps / k.cps.max(1.0)
+    );
+    println!(
+        "\n{secs} s windows; failed TCP cycles: kernel {}, userspace {}; client sockets left in \
+         TIME_WAIT: kernel {}, userspace {}",
+        k.failed, u.failed, k.client_time_wait, u.client_time_wait
     );
 }
