@@ -3,7 +3,9 @@
 # because the host kernel has no IP_VS (see ../../shared/IPVS-VM.md for the facts).
 #
 #   scripts/run-ipvs-vm.sh                      # build + run the dataplane ipvs_* tests
+#                                               #   and the rig's e2e suite in IPVS mode
 #   scripts/run-ipvs-vm.sh --test ipvs_guest    # only these dataplane test targets
+#   scripts/run-ipvs-vm.sh --e2e 'ipvs::udp'    # only the e2e tests matching a filter
 #   scripts/run-ipvs-vm.sh --cmd 'ipvsadm -Ln'  # extra shell command(s) run in the guest
 #   scripts/run-ipvs-vm.sh --shell              # interactive shell afterwards (Ctrl-A x)
 #
@@ -13,25 +15,30 @@
 # share/run.sh and the script exits with its status. Marker lines on the console:
 # "IPVSVM-TEST: <name> rc=N" per binary, "IPVSVM-RESULT: rc=N" at the end.
 #
-# Options: --test NAME (repeatable; default: every dataplane/tests/ipvs_*.rs), --filter F
-#   (a test name filter passed to every test binary), --bin PATH
+# Options: --test NAME (repeatable; default: every dataplane/tests/ipvs_*.rs), --e2e FILTER
+#   (netns-tests' e2e target, built with --features ipvs-guest, run with FILTER; default
+#   when no --test/--bin/--cmd is given: "ipvs"), --filter F (a test name filter passed to
+#   every other test binary), --bin PATH
 #   (repeatable: an extra host binary to run), --cmd LINE (repeatable), --env NAME=VALUE
 #   (repeatable: exported in the guest), --no-build,
-#   --timeout SECONDS (default 600), --smp N (2), --mem MB (1024), --shell, --verbose.
+#   --timeout SECONDS (default 1200), --smp N (2), --mem MB (1024), --shell, --verbose.
 # Needs: qemu-system-x86 cpio xz-utils busybox-static kmod binutils ipvsadm ipset conntrack
 #   iproute2 iptables nftables strace (apt package names).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${IPVS_VM_CACHE:-$ROOT/target/ipvs-vm}
 SHARE=$CACHE/share
-TIMEOUT=600 SMP=2 MEM=1024 SHELL_AFTER=0 BUILD=1 QUIET=quiet
-TESTS=() BINS=() CMDS=() ENVS=() FILTER=""
+TIMEOUT=1200 SMP=2 MEM=1024 SHELL_AFTER=0 BUILD=1 QUIET=quiet
+TESTS=() BINS=() CMDS=() ENVS=() FILTER="" E2E=""
+# Guest waits for kproxy are stretched by this factor (qemu TCG is ~10x slower).
+TIME_SCALE=${KPROXY_TEST_TIME_SCALE:-12}
 while [ $# -gt 0 ]; do
   case $1 in
     --test) TESTS+=("$2"); shift;;
     --bin) BINS+=("$2"); shift;;
     --cmd) CMDS+=("$2"); shift;;
     --filter) FILTER="$2"; shift;;
+    --e2e) E2E="$2"; shift;;
     --env) ENVS+=("$2"); shift;;
     --no-build) BUILD=0;;
     --timeout) TIMEOUT=$2; shift;;
@@ -39,7 +46,7 @@ while [ $# -gt 0 ]; do
     --mem) MEM=$2; shift;;
     --shell) SHELL_AFTER=1;;
     --verbose) QUIET="";;
-    -h|--help) sed -n '2,23p' "$0"; exit 0;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0;;
     *) echo "run-ipvs-vm.sh: unknown option $1" >&2; exit 2;;
   esac; shift
 done
@@ -55,19 +62,30 @@ KERNEL=$(ls "$CACHE"/vmlinux-* 2>/dev/null | head -n1)
 [ -s "$KERNEL" ] || { echo "run-ipvs-vm.sh: no vmlinux in $CACHE" >&2; exit 1; }
 
 # 2. test binaries
-if [ ${#TESTS[@]} -eq 0 ] && [ ${#BINS[@]} -eq 0 ] && [ ${#CMDS[@]} -eq 0 ]; then
+if [ ${#TESTS[@]} -eq 0 ] && [ ${#BINS[@]} -eq 0 ] && [ ${#CMDS[@]} -eq 0 ] && [ -z "$E2E" ]; then
   for f in "$ROOT"/dataplane/tests/ipvs_*.rs; do [ -e "$f" ] && TESTS+=("$(basename "$f" .rs)"); done
+  E2E=ipvs
+fi
+test_exe() { grep '"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4; }
+if [ $BUILD = 1 ]; then
+  (cd "$ROOT" && cargo build -p kproxy) || { echo "run-ipvs-vm.sh: cargo build of kproxy failed" >&2; exit 1; }
+fi
+E2E_BIN=""
+if [ -n "$E2E" ]; then
+  offline=(); [ $BUILD = 1 ] || offline=(--offline --frozen)
+  E2E_BIN=$(cd "$ROOT" && cargo test -p kproxy-netns-tests --features ipvs-guest --test e2e \
+    --no-run "${offline[@]}" --message-format=json | test_exe | head -n1)
+  [ -n "$E2E_BIN" ] || { echo "run-ipvs-vm.sh: cargo build of the e2e suite failed" >&2; exit 1; }
 fi
 if [ ${#TESTS[@]} -gt 0 ]; then
   args=(); for t in "${TESTS[@]}"; do args+=(--test "$t"); done
   if [ $BUILD = 1 ]; then
-    json=$(cd "$ROOT" && cargo test -p kproxy-dataplane "${args[@]}" --no-run --message-format=json) \
+    json=$(cd "$ROOT" && cargo test -p kproxy-dataplane --features ipvs-guest "${args[@]}" --no-run --message-format=json) \
       || { echo "run-ipvs-vm.sh: cargo build of the tests failed" >&2; exit 1; }
   else
-    json=$(cd "$ROOT" && cargo test -p kproxy-dataplane "${args[@]}" --no-run --offline --frozen --message-format=json 2>/dev/null)
+    json=$(cd "$ROOT" && cargo test -p kproxy-dataplane --features ipvs-guest "${args[@]}" --no-run --offline --frozen --message-format=json 2>/dev/null)
   fi
-  while read -r exe; do [ -n "$exe" ] && BINS+=("$exe"); done < <(
-    printf '%s\n' "$json" | grep '"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+  while read -r exe; do [ -n "$exe" ] && BINS+=("$exe"); done < <(printf '%s\n' "$json" | test_exe)
 fi
 
 # 3. the share: binaries, their libraries, run.sh
@@ -75,25 +93,28 @@ rm -rf "$SHARE"; mkdir -p "$SHARE/bin" "$SHARE/lib" "$SHARE/out"
 copy_libs() { ldd "$1" 2>/dev/null | awk '/=>/ {print $3}' | while read -r l; do [ -e "$l" ] && cp -Ln "$l" "$SHARE/lib/" 2>/dev/null; done; }
 [ -x "$ROOT/target/debug/kproxy" ] && { cp "$ROOT/target/debug/kproxy" "$SHARE/bin/kproxy"; copy_libs "$SHARE/bin/kproxy"; }
 {
-  echo 'export PATH=/mnt/host/bin:$PATH LD_LIBRARY_PATH=/mnt/host/lib KPROXY_IPVS_VM=1 RUST_BACKTRACE=1'
+  echo "export PATH=/mnt/host/bin:\$PATH LD_LIBRARY_PATH=/mnt/host/lib KPROXY_IPVS_VM=1 RUST_BACKTRACE=1 KPROXY_TEST_TIME_SCALE=$TIME_SCALE"
   echo '[ -x /mnt/host/bin/kproxy ] && export KPROXY_BIN=/mnt/host/bin/kproxy'
   echo 'rc=0; up() { cut -d" " -f1 /proc/uptime; }'
   for e in "${ENVS[@]}"; do printf 'export %q\n' "$e"; done
 } > "$SHARE/run.sh"
-for b in "${BINS[@]}"; do
+add_test_bin() {   # PATH FILTER...
+  local b=$1 name; shift
   name=$(basename "$b"); name=${name%-[0-9a-f]*[0-9a-f]}
   cp "$b" "$SHARE/bin/$name"; copy_libs "$b"
   cat >> "$SHARE/run.sh" <<EOS
 echo "IPVSVM-TEST: $name start (uptime \$(up)s)"
-/mnt/host/bin/$name --test-threads=1 --nocapture ${FILTER:-}; r=\$?
+/mnt/host/bin/$name --test-threads=1 --nocapture $*; r=\$?
 echo "IPVSVM-TEST: $name rc=\$r (uptime \$(up)s)"; [ \$r -ne 0 ] && rc=\$r
 EOS
-done
+}
+for b in "${BINS[@]}"; do add_test_bin "$b" ${FILTER:-}; done
+[ -n "$E2E_BIN" ] && add_test_bin "$E2E_BIN" "$E2E"
 for c in "${CMDS[@]}"; do
   printf 'echo "IPVSVM-CMD: "%q\n(%s); r=$?; [ $r -ne 0 ] && rc=$r\n' "$c" "$c" >> "$SHARE/run.sh"
 done
 echo 'exit $rc' >> "$SHARE/run.sh"
-echo "run-ipvs-vm.sh: prepared in $(elapsed) s: ${BINS[*]##*/} ${CMDS[*]}"
+echo "run-ipvs-vm.sh: prepared in $(elapsed) s: ${BINS[*]##*/} ${E2E_BIN##*/} ${CMDS[*]}"
 
 # 4. boot
 APPEND="console=ttyS0 $QUIET panic=-1 mitigations=off"

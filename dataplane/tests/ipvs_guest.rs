@@ -1,8 +1,7 @@
 //! Live test of the IPVS netlink layer against a real IPVS kernel.
 //!
-//! Runs inside the qemu guest of `scripts/run-ipvs-vm.sh` (needs root and ip_vs). Outside
-//! the guest, where `/proc/net/ip_vs` is absent, every test skips with a message; inside
-//! the guest (`KPROXY_IPVS_VM` set) a missing IPVS is a failure.
+//! Built only with the `ipvs-guest` feature, for the qemu guest of `scripts/run-ipvs-vm.sh`
+//! (needs root and ip_vs); a kernel without IPVS fails them.
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -12,17 +11,11 @@ use kproxy_dataplane::ipvs::netlink::{
     Destination, IpvsNetlinkError, IpvsSocket, Service, ServiceKey,
 };
 
-fn ipvs_available(test: &str) -> bool {
-    if std::path::Path::new("/proc/net/ip_vs").exists() {
-        return true;
-    }
-    if std::env::var_os("KPROXY_IPVS_VM").is_some() {
-        panic!("{test}: /proc/net/ip_vs missing inside the IPVS guest");
-    }
-    eprintln!(
-        "{test}: SKIPPED: no /proc/net/ip_vs (this kernel has no IPVS; run scripts/run-ipvs-vm.sh)"
+fn require_ipvs(test: &str) {
+    assert!(
+        std::path::Path::new("/proc/net/ip_vs").exists(),
+        "{test}: no /proc/net/ip_vs: this kernel has no IPVS (run it with scripts/run-ipvs-vm.sh)"
     );
-    false
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -40,9 +33,7 @@ fn ipvsadm_list() -> String {
 
 #[test]
 fn rr_service_with_two_real_servers() {
-    if !ipvs_available("rr_service_with_two_real_servers") {
-        return;
-    }
+    require_ipvs("rr_service_with_two_real_servers");
     let mut sock = IpvsSocket::open().expect("open IPVS netlink socket");
     let (version, tab) = sock.info().expect("GET_INFO");
     eprintln!("IPVS version {:#x}, connection table size {tab}", version);
@@ -114,9 +105,7 @@ fn rr_service_with_two_real_servers() {
 
 #[test]
 fn ipv6_udp_service_and_flush() {
-    if !ipvs_available("ipv6_udp_service_and_flush") {
-        return;
-    }
+    require_ipvs("ipv6_udp_service_and_flush");
     let mut sock = IpvsSocket::open().expect("open IPVS netlink socket");
     let key = ServiceKey::Addr {
         protocol: IPPROTO_UDP,
@@ -136,9 +125,7 @@ fn ipv6_udp_service_and_flush() {
 
 #[test]
 fn many_services_dump() {
-    if !ipvs_available("many_services_dump") {
-        return;
-    }
+    require_ipvs("many_services_dump");
     let mut sock = IpvsSocket::open().expect("open IPVS netlink socket");
     let start = std::time::Instant::now();
     let n = 1000u16;

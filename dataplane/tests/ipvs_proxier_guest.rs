@@ -1,8 +1,9 @@
 //! `IpvsProxier` against a real IPVS kernel: a ClusterIP connection through IPVS to echo
 //! servers in network namespaces, graceful termination, sync times, cleanup.
 //!
-//! The live tests run inside the qemu guest of `scripts/run-ipvs-vm.sh`; on a kernel
-//! without IPVS they skip, and `new_fails_clearly_without_ipvs` checks the start-up error.
+//! Built only with the `ipvs-guest` feature, for the qemu guest of `scripts/run-ipvs-vm.sh`;
+//! a kernel without IPVS fails them (`tests/unsupported_ipvs.rs` checks the start-up error
+//! on such a kernel).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -10,20 +11,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kproxy_dataplane::ipvs::netlink::consts::IPPROTO_TCP;
-use kproxy_dataplane::ipvs::netlink::{IpvsSocket, ServiceKey};
+use kproxy_dataplane::ipvs::netlink::{Destination, IpvsSocket, ServiceKey};
 use kproxy_dataplane::ipvs::proxier::kernel_has_ipvs;
-use kproxy_dataplane::ipvs::{IpvsError, IpvsOptions, IpvsProxier, Scheduler};
+use kproxy_dataplane::ipvs::{IpvsOptions, IpvsProxier, Scheduler};
 use kproxy_dataplane::plan::*;
 
-fn in_guest(test: &str) -> bool {
-    if kernel_has_ipvs() {
-        return true;
-    }
-    if std::env::var_os("KPROXY_IPVS_VM").is_some() {
-        panic!("{test}: no IPVS inside the IPVS guest");
-    }
-    eprintln!("{test}: SKIPPED: this kernel has no IPVS (run scripts/run-ipvs-vm.sh)");
-    false
+fn require_ipvs(test: &str) {
+    assert!(
+        kernel_has_ipvs(),
+        "{test}: this kernel has no IPVS (run it with scripts/run-ipvs-vm.sh)"
+    );
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -106,23 +103,8 @@ fn get(addr: SocketAddr) -> String {
 }
 
 #[test]
-fn new_fails_clearly_without_ipvs() {
-    if kernel_has_ipvs() {
-        eprintln!("new_fails_clearly_without_ipvs: SKIPPED: this kernel has IPVS");
-        return;
-    }
-    let err = IpvsProxier::new(IpvsOptions::default(), [IpFamily::V4])
-        .err()
-        .expect("IPVS proxier without IPVS");
-    assert!(matches!(err, IpvsError::Unsupported(_)), "{err}");
-    assert!(err.to_string().contains("IP_VS"), "{err}");
-}
-
-#[test]
 fn cluster_ip_through_ipvs_with_graceful_termination() {
-    if !in_guest("cluster_ip_through_ipvs_with_graceful_termination") {
-        return;
-    }
+    require_ipvs("cluster_ip_through_ipvs_with_graceful_termination");
     sh(r#"
         sysctl -qw net.ipv4.ip_forward=1
         sysctl -qw net.bridge.bridge-nf-call-iptables=1
@@ -346,9 +328,7 @@ fn setup_pods(prefix: &str, net: u8) {
 
 #[test]
 fn schedulers_sh_and_mh_stick_to_one_backend() {
-    if !in_guest("schedulers_sh_and_mh_stick_to_one_backend") {
-        return;
-    }
+    require_ipvs("schedulers_sh_and_mh_stick_to_one_backend");
     setup_pods("q", 245);
     let vip = ip("10.96.1.10");
     let plan = ProxyPlan {
@@ -380,4 +360,70 @@ fn schedulers_sh_and_mh_stick_to_one_backend() {
         }
         proxier.cleanup(Some(&plan)).expect("cleanup");
     }
+}
+
+/// How many of `n` HTTP requests to `addr` each pod answered.
+fn spread(addr: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut hits = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        *hits.entry(get(addr)).or_insert(0) += 1;
+    }
+    hits
+}
+
+/// `wrr` follows the real servers' weights. kproxy programs weight 1 per endpoint (an
+/// EndpointSlice carries no weights; upstream does the same), so wrr alternates evenly;
+/// weights 3:1 set on the real servers are followed exactly over two cycles; and the next
+/// full sync puts kproxy's weights back, because kproxy owns the servers it programs.
+#[test]
+fn wrr_follows_weights_and_full_sync_restores_them() {
+    require_ipvs("wrr_follows_weights_and_full_sync_restores_them");
+    setup_pods("w", 246);
+    let vip = ip("10.96.2.10");
+    let addr = SocketAddr::new(vip, 80);
+    let plan = ProxyPlan {
+        node: node(),
+        services: vec![service(
+            "weighted",
+            vip,
+            80,
+            &["10.246.0.11:80", "10.246.0.12:80"],
+        )],
+    };
+    let mut proxier = IpvsProxier::new(
+        IpvsOptions {
+            scheduler: Scheduler::Wrr,
+            ..IpvsOptions::default()
+        },
+        [IpFamily::V4],
+    )
+    .expect("IPVS proxier");
+    proxier.sync(&plan, true).expect("sync");
+    let even = std::collections::BTreeMap::from([("w1".to_string(), 4), ("w2".to_string(), 4)]);
+    assert_eq!(spread(addr, 8), even, "equal weights");
+
+    let key = ServiceKey::Addr {
+        protocol: IPPROTO_TCP,
+        addr: vip,
+        port: 80,
+    };
+    let mut sock = IpvsSocket::open().expect("IPVS socket");
+    for dest in sock.destinations(&key).expect("GET_DEST") {
+        let weight = if dest.addr == ip("10.246.0.11") { 3 } else { 1 };
+        sock.set_dest(&key, &Destination { weight, ..dest })
+            .expect("SET_DEST");
+    }
+    let weighted = std::collections::BTreeMap::from([("w1".to_string(), 6), ("w2".to_string(), 2)]);
+    assert_eq!(spread(addr, 8), weighted, "weights 3:1");
+
+    proxier.sync(&plan, true).expect("full sync");
+    let weights: Vec<u32> = sock
+        .destinations(&key)
+        .expect("GET_DEST")
+        .iter()
+        .map(|d| d.weight)
+        .collect();
+    assert_eq!(weights, [1, 1], "full sync restores kproxy's weights");
+    assert_eq!(spread(addr, 8), even, "even again");
+    proxier.cleanup(Some(&plan)).expect("cleanup");
 }

@@ -573,7 +573,10 @@ fn ipvs_vip_does_not_expose_node_ports() -> Result {
         })
     };
     let node_health = sock(c.node_ip(0), 10256);
-    assert!(connect(node_health)?.is_ok(), "health server via the node IP");
+    assert!(
+        connect(node_health)?.is_ok(),
+        "health server via the node IP"
+    );
     let vip_health = sock(ip(10, 96, 0, 10), 10256);
     match connect(vip_health)? {
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}

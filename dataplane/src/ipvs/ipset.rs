@@ -72,11 +72,7 @@ fn ip_port(ip: &IpAddr, p: Protocol, port: u16) -> String {
 
 /// Renders every set's entries for `family`; `nodeport_ips` are the addresses NodePorts
 /// are served on. Empty sets are present (with no entries) so the apply layer creates them.
-pub fn render_ipsets(
-    plan: &ProxyPlan,
-    family: IpFamily,
-    nodeport_ips: &[IpAddr],
-) -> IpsetEntries {
+pub fn render_ipsets(plan: &ProxyPlan, family: IpFamily, nodeport_ips: &[IpAddr]) -> IpsetEntries {
     let mut sets: IpsetEntries = ALL_SETS
         .into_iter()
         .map(|name| (name, BTreeSet::new()))

@@ -235,7 +235,10 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
         .map(|c| format!(":{c} - [0:0]"))
         .collect();
     let mut add = |chain: &str, rule: String| filter.push(format!("-A {chain} {rule}"));
-    add(KUBE_FORWARD, "-m conntrack --ctstate INVALID -j DROP".into());
+    add(
+        KUBE_FORWARD,
+        "-m conntrack --ctstate INVALID -j DROP".into(),
+    );
     add(
         KUBE_FORWARD,
         format!(

@@ -331,11 +331,17 @@ fn source_ranges_health_checks_and_vip_filter() {
         "-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN",
         "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
     ] {
-        assert!(filter.lines().any(|l| l == line), "missing {line}\n{filter}");
+        assert!(
+            filter.lines().any(|l| l == line),
+            "missing {line}\n{filter}"
+        );
     }
     // The allow rules come before the DROP and the RETURNs before the REJECT.
     let at = |needle: &str| filter.find(needle).expect(needle);
-    assert!(at("KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN") < at("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP"));
+    assert!(
+        at("KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN")
+            < at("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP")
+    );
     assert!(at("KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN") < at("-j REJECT"));
     let v6 = render_rules(&p, IpFamily::V6, RuleOptions::default()).expect("v6");
     assert!(v6.contains("--match-set KUBE-6-IPVS-IPS dst -j REJECT"));

@@ -142,9 +142,7 @@ impl Rig {
                         let _ = write!(logs, "\n--- node-{i} ({n} syncs) ---\n{}", tail.join("\n"));
                     }
                 }
-                bail!(
-                    "kproxy did not sync past {since:?} within {timeout:?} (now {now:?}):{logs}"
-                );
+                bail!("kproxy did not sync past {since:?} within {timeout:?} (now {now:?}):{logs}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
