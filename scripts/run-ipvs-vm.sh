@@ -74,7 +74,7 @@ E2E_BIN=""
 if [ -n "$E2E" ]; then
   offline=(); [ $BUILD = 1 ] || offline=(--offline --frozen)
   E2E_BIN=$(cd "$ROOT" && cargo test -p kproxy-netns-tests --features ipvs-guest --test e2e \
-    --no-run "${offline[@]}" --message-format=json | test_exe | head -n1)
+    --no-run "${offline[@]}" --message-format=json | grep '"kind":\["test"\]' | test_exe | head -n1)
   [ -n "$E2E_BIN" ] || { echo "run-ipvs-vm.sh: cargo build of the e2e suite failed" >&2; exit 1; }
 fi
 if [ ${#TESTS[@]} -gt 0 ]; then
