@@ -427,3 +427,89 @@ fn wrr_follows_weights_and_full_sync_restores_them() {
     assert_eq!(spread(addr, 8), even, "even again");
     proxier.cleanup(Some(&plan)).expect("cleanup");
 }
+
+/// Dual stack with every kind of set in use: the IPv6 sets get upstream's `KUBE-6-` names
+/// within the kernel's 31 characters, and a periodic full sync rebuilds each set by swapping
+/// in a filled copy (sets stay referenced by the iptables rules; contents unchanged; no
+/// scratch set left).
+#[test]
+fn dual_stack_sets_survive_full_resync() {
+    require_ipvs("dual_stack_sets_survive_full_resync");
+    let mut node = node();
+    node.ipv6 = Some(FamilyContext {
+        node_ips: vec![ip("fd00::1")],
+        nodeport_addresses: NodePortAddresses::Only(vec![ip("fd00::1")]),
+        local_detector: LocalTrafficDetector::ClusterCidr("fd00:244::/64".parse().expect("cidr")),
+    });
+    let mut v4 = service("lb", ip("10.96.3.10"), 443, &["10.244.3.11:8443"]);
+    v4.load_balancer_ips = vec![ip("203.0.113.9")];
+    v4.load_balancer_source_ranges = vec!["10.0.0.0/24".parse().expect("cidr")];
+    v4.node_port = Some(30443);
+    v4.health_check_node_port = Some(32443);
+    v4.external_policy_local = true;
+    v4.local_endpoints = v4.cluster_endpoints.clone();
+    let mut v6 = service("lb", ip("fd00:96::10"), 443, &["[fd00:244::11]:8443"]);
+    v6.family = IpFamily::V6;
+    v6.load_balancer_ips = vec![ip("2001:db8::9")];
+    v6.load_balancer_source_ranges = vec!["fd00::/64".parse().expect("cidr")];
+    v6.node_port = Some(30443);
+    v6.local_endpoints = v6.cluster_endpoints.clone();
+    let plan = ProxyPlan {
+        node,
+        services: vec![v4, v6],
+    };
+    let iptables = if Command::new("iptables-nft").arg("-V").output().is_ok() {
+        "iptables-nft"
+    } else {
+        "iptables-legacy"
+    };
+    let mut proxier = IpvsProxier::new(
+        IpvsOptions {
+            iptables: Some(iptables.into()),
+            ..IpvsOptions::default()
+        },
+        [IpFamily::V4, IpFamily::V6],
+    )
+    .expect("IPVS proxier");
+    proxier.sync(&plan, true).expect("first sync");
+    let save = || {
+        let out = Command::new("ipset")
+            .arg("save")
+            .output()
+            .expect("ipset save");
+        assert!(out.status.success());
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("add "))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let before = save();
+    for line in [
+        "add KUBE-6-LOAD-BALANCER-SOURCE-CID 2001:db8::9,tcp:443,fd00::/64",
+        "add KUBE-LOAD-BALANCER-SOURCE-CIDR 203.0.113.9,tcp:443,10.0.0.0/24",
+        "add KUBE-LOAD-BALANCER-SOURCE-IP 203.0.113.9,tcp:443,203.0.113.9",
+        "add KUBE-HEALTH-CHECK-NODE-PORT 32443",
+        "add KUBE-6-IPVS-IPS 2001:db8::9",
+    ] {
+        assert!(before.iter().any(|l| l == line), "{line} in {before:#?}");
+    }
+    proxier.sync(&plan, true).expect("full resync");
+    assert_eq!(save(), before, "a full resync keeps every entry");
+    let names = Command::new("ipset")
+        .args(["list", "-n"])
+        .output()
+        .expect("ipset list");
+    assert!(!String::from_utf8_lossy(&names.stdout).contains("KPROXY-SWAP"));
+    let rules = Command::new(format!("{iptables}-save"))
+        .output()
+        .expect("iptables-save");
+    assert!(
+        String::from_utf8_lossy(&rules.stdout)
+            .contains("--match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL"),
+        "rules still reference the swapped sets"
+    );
+    proxier.cleanup(Some(&plan)).expect("cleanup");
+}

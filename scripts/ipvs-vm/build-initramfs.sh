@@ -53,7 +53,7 @@ MODS=${MODS:-"virtio_pci 9p 9pnet_virtio
  nf_conntrack nf_conntrack_netlink nf_nat xt_ipvs
  ip_tables iptable_filter iptable_nat iptable_mangle iptable_raw ip6_tables ip6table_filter ip6table_nat
  xt_statistic xt_comment xt_mark xt_MASQUERADE xt_conntrack xt_addrtype xt_nat xt_multiport
- xt_physdev xt_set xt_tcpudp xt_REDIRECT ipt_REJECT xt_NFLOG
+ xt_physdev xt_set xt_tcpudp xt_REDIRECT ipt_REJECT ip6t_REJECT xt_NFLOG
  ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet
  ip_set_hash_net ip_set_bitmap_port
  nf_tables nft_compat nft_chain_nat nft_ct nft_nat nft_masq nft_numgen nft_hash nft_reject_inet

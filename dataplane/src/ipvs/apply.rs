@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use crate::plan::IpFamily;
 
 use super::diff::{IpvsChanges, IpvsOp, KernelService, KernelState};
+use super::ipset::SWAP_SET;
 use super::netlink::repr::af_of;
 use super::netlink::{IpvsNetlinkError, IpvsSocket, ServiceKey};
 use super::state::DUMMY_INTERFACE;
@@ -224,6 +225,10 @@ pub fn apply_addresses(changes: &IpvsChanges) -> Result<(), IpvsError> {
 pub fn apply_ipsets(input: &str) -> Result<(), IpvsError> {
     if input.is_empty() {
         return Ok(());
+    }
+    if input.contains(&format!("swap {SWAP_SET} ")) {
+        // A scratch set left by a crash mid-restore would make its `create` fail.
+        destroy_ipsets(&[SWAP_SET.to_string()]);
     }
     let err = |detail: String| IpvsError::Ipset { detail };
     let mut child = Command::new("ipset")

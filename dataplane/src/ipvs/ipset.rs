@@ -180,17 +180,39 @@ pub fn set_type(set: &str) -> &'static str {
     }
 }
 
-/// The kernel name of a set: upstream's name for IPv4, `KUBE-6-...` for IPv6.
+/// The longest set name the kernel accepts (`IPSET_MAXNAMELEN` less the NUL).
+pub const MAX_SET_NAME: usize = 31;
+
+/// The scratch set a full sync fills before swapping it with a live one. Only ever exists
+/// during one `ipset restore`; a leftover (a crash mid-restore) is destroyed first.
+pub const SWAP_SET: &str = "KPROXY-SWAP";
+
+/// The kernel name of a set: upstream's name for IPv4, `KUBE-6-...` for IPv6, cut to
+/// [`MAX_SET_NAME`] as upstream does (`KUBE-6-LOAD-BALANCER-SOURCE-CID`).
 pub fn set_name(set: &str, family: IpFamily) -> String {
-    match family {
+    let mut name = match family {
         IpFamily::V4 => set.to_string(),
         IpFamily::V6 => set.replacen("KUBE-", "KUBE-6-", 1),
+    };
+    name.truncate(MAX_SET_NAME);
+    name
+}
+
+fn create_line(name: &str, ty: &str, inet: &str) -> String {
+    if ty == "bitmap:port" {
+        format!("create {name} {ty} range 0-65535 -exist\n")
+    } else {
+        format!("create {name} {ty} family {inet} -exist\n")
     }
 }
 
 /// The `ipset restore` input that creates every set (if missing) and moves its entries
-/// from `current` (what the last sync wrote; `None`: unknown, so flush and refill) to
-/// `wanted`. Returns the text and the number of entry lines.
+/// from `current` (what the last sync wrote) to `wanted`. Returns the text and the number
+/// of entry lines.
+///
+/// With `current` unknown (`None`: a full sync), each set is rebuilt in [`SWAP_SET`] and
+/// swapped in: a set is never seen empty or half-filled by packets (a flush and refill
+/// would, for a moment, stop masquerading and reject new connections to every VIP).
 pub fn restore_input(
     wanted: &IpsetEntries,
     current: Option<&IpsetEntries>,
@@ -206,15 +228,17 @@ pub fn restore_input(
     for (set, entries) in wanted {
         let name = set_name(set, family);
         let ty = set_type(set);
-        if current.is_none() {
-            if ty == "bitmap:port" {
-                out.push_str(&format!("create {name} {ty} range 0-65535 -exist\n"));
-            } else {
-                out.push_str(&format!("create {name} {ty} family {inet} -exist\n"));
+        let Some(current) = current else {
+            out.push_str(&create_line(&name, ty, inet));
+            out.push_str(&create_line(SWAP_SET, ty, inet));
+            for e in entries {
+                out.push_str(&format!("add {SWAP_SET} {e}\n"));
+                lines += 1;
             }
-            out.push_str(&format!("flush {name}\n"));
-        }
-        let have = current.and_then(|c| c.get(set)).unwrap_or(&empty);
+            out.push_str(&format!("swap {SWAP_SET} {name}\ndestroy {SWAP_SET}\n"));
+            continue;
+        };
+        let have = current.get(set).unwrap_or(&empty);
         for e in entries.difference(have) {
             out.push_str(&format!("add {name} {e} -exist\n"));
             lines += 1;

@@ -271,6 +271,7 @@ impl IpvsProxier {
                     .into_iter()
                     .map(move |s| ipset::set_name(s, f.family))
             })
+            .chain([ipset::SWAP_SET.to_string()])
             .collect();
         destroy_ipsets(&sets);
         Ok(deleted)

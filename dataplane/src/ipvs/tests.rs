@@ -214,11 +214,21 @@ fn ipset_restore_full_then_incremental() {
     use super::ipset::{restore_input, set_name};
     let wanted = render(&plan(), IpFamily::V4, &opts(Scheduler::Rr)).expect("v4");
     let (full, lines) = restore_input(&wanted.ipsets, None, IpFamily::V4);
-    assert!(full.contains("create KUBE-CLUSTER-IP hash:ip,port family inet -exist\n"));
     assert!(full.contains("create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist\n"));
-    assert!(full.contains("flush KUBE-CLUSTER-IP\n"));
-    assert!(full.contains("add KUBE-CLUSTER-IP 10.96.0.10,tcp:80 -exist\n"));
     assert!(full.contains("create KUBE-IPVS-IPS hash:ip family inet -exist\n"));
+    // A full sync fills a scratch set and swaps it in: never a flush of a live set.
+    assert!(!full.contains("flush"), "{full}");
+    assert!(
+        full.contains(
+            "create KUBE-CLUSTER-IP hash:ip,port family inet -exist\n\
+             create KPROXY-SWAP hash:ip,port family inet -exist\n\
+             add KPROXY-SWAP 10.96.0.10,tcp:80\n\
+             add KPROXY-SWAP 10.96.0.53,udp:53\n\
+             swap KPROXY-SWAP KUBE-CLUSTER-IP\n\
+             destroy KPROXY-SWAP\n"
+        ),
+        "{full}"
+    );
     // Two cluster IPs, their VIPs, one NodePort, one hairpin entry.
     assert_eq!(lines, 6, "{full}");
     let (same, lines) = restore_input(&wanted.ipsets, Some(&wanted.ipsets), IpFamily::V4);
@@ -236,6 +246,16 @@ fn ipset_restore_full_then_incremental() {
         set_name("KUBE-CLUSTER-IP", IpFamily::V6),
         "KUBE-6-CLUSTER-IP"
     );
+    // The kernel takes at most 31 characters: cut as upstream does.
+    assert_eq!(
+        set_name("KUBE-LOAD-BALANCER-SOURCE-CIDR", IpFamily::V6),
+        "KUBE-6-LOAD-BALANCER-SOURCE-CID"
+    );
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for set in super::ipset::ALL_SETS {
+            assert!(set_name(set, family).len() <= super::ipset::MAX_SET_NAME);
+        }
+    }
 }
 
 #[test]
