@@ -7,6 +7,7 @@
 #   scripts/run-ipvs-vm.sh --test ipvs_guest    # only these dataplane test targets
 #   scripts/run-ipvs-vm.sh --e2e 'ipvs::udp'    # only the e2e tests matching a filter
 #   scripts/run-ipvs-vm.sh --cmd 'ipvsadm -Ln'  # extra shell command(s) run in the guest
+#   scripts/run-ipvs-vm.sh --run 'target/release/deps/sync-X --modes ipvs'  # a host program
 #   scripts/run-ipvs-vm.sh --shell              # interactive shell afterwards (Ctrl-A x)
 #
 # The kernel and initramfs are built once and cached under target/ipvs-vm/ (rebuilt when
@@ -19,7 +20,8 @@
 #   (netns-tests' e2e target, built with --features ipvs-guest, run with FILTER; default
 #   when no --test/--bin/--cmd is given: "ipvs"), --filter F (a test name filter passed to
 #   every other test binary), --bin PATH
-#   (repeatable: an extra host binary to run), --cmd LINE (repeatable), --env NAME=VALUE
+#   (repeatable: an extra host test binary to run), --run 'PATH ARGS' (repeatable: a host
+#   program copied into the guest and run with ARGS), --cmd LINE (repeatable), --env NAME=VALUE
 #   (repeatable: exported in the guest), --no-build,
 #   --timeout SECONDS (default 1200), --smp N (2), --mem MB (1024), --shell, --verbose.
 # Needs: qemu-system-x86 cpio xz-utils busybox-static kmod binutils ipvsadm ipset conntrack
@@ -29,7 +31,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${IPVS_VM_CACHE:-$ROOT/target/ipvs-vm}
 SHARE=$CACHE/share
 TIMEOUT=1200 SMP=2 MEM=1024 SHELL_AFTER=0 BUILD=1 QUIET=quiet
-TESTS=() BINS=() CMDS=() ENVS=() FILTER="" E2E=""
+TESTS=() BINS=() CMDS=() RUNS=() ENVS=() FILTER="" E2E=""
 # Guest waits for kproxy are stretched by this factor (qemu TCG is ~10x slower).
 TIME_SCALE=${KPROXY_TEST_TIME_SCALE:-12}
 while [ $# -gt 0 ]; do
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --test) TESTS+=("$2"); shift;;
     --bin) BINS+=("$2"); shift;;
     --cmd) CMDS+=("$2"); shift;;
+    --run) RUNS+=("$2"); shift;;
     --filter) FILTER="$2"; shift;;
     --e2e) E2E="$2"; shift;;
     --env) ENVS+=("$2"); shift;;
@@ -46,7 +49,7 @@ while [ $# -gt 0 ]; do
     --mem) MEM=$2; shift;;
     --shell) SHELL_AFTER=1;;
     --verbose) QUIET="";;
-    -h|--help) sed -n '2,27p' "$0"; exit 0;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0;;
     *) echo "run-ipvs-vm.sh: unknown option $1" >&2; exit 2;;
   esac; shift
 done
@@ -62,7 +65,8 @@ KERNEL=$(ls "$CACHE"/vmlinux-* 2>/dev/null | head -n1)
 [ -s "$KERNEL" ] || { echo "run-ipvs-vm.sh: no vmlinux in $CACHE" >&2; exit 1; }
 
 # 2. test binaries
-if [ ${#TESTS[@]} -eq 0 ] && [ ${#BINS[@]} -eq 0 ] && [ ${#CMDS[@]} -eq 0 ] && [ -z "$E2E" ]; then
+if [ ${#TESTS[@]} -eq 0 ] && [ ${#BINS[@]} -eq 0 ] && [ ${#CMDS[@]} -eq 0 ] && [ ${#RUNS[@]} -eq 0 ] \
+   && [ -z "$E2E" ]; then
   for f in "$ROOT"/dataplane/tests/ipvs_*.rs; do [ -e "$f" ] && TESTS+=("$(basename "$f" .rs)"); done
   E2E=ipvs
 fi
@@ -110,6 +114,12 @@ EOS
 }
 for b in "${BINS[@]}"; do add_test_bin "$b" ${FILTER:-}; done
 [ -n "$E2E_BIN" ] && add_test_bin "$E2E_BIN" "$E2E"
+for r in "${RUNS[@]}"; do
+  read -r path rargs <<< "$r"
+  [ -x "$path" ] || { echo "run-ipvs-vm.sh: --run $path: not an executable" >&2; exit 2; }
+  cp "$path" "$SHARE/bin/"; copy_libs "$path"
+  CMDS+=("/mnt/host/bin/$(basename "$path") $rargs")
+done
 for c in "${CMDS[@]}"; do
   printf 'echo "IPVSVM-CMD: "%q\n(%s); r=$?; [ $r -ne 0 ] && rc=$r\n' "$c" "$c" >> "$SHARE/run.sh"
 done

@@ -1,4 +1,5 @@
-//! Sync benchmark of nftables and iptables modes (root only).
+//! Sync benchmark of nftables, iptables and IPVS modes (root only; IPVS needs a kernel
+//! with IP_VS: `scripts/bench-sync.sh --ipvs-vm` runs this benchmark in the qemu guest).
 //!
 //! For each mode and size, on a dedicated thread in a fresh network namespace
 //! (`unshare(CLONE_NEWNET)`), builds a synthetic plan of N ClusterIP services × E endpoints
@@ -7,7 +8,7 @@
 //!
 //! ```text
 //! cargo bench -p kproxy-dataplane --bench sync -- [--sizes 1000,10000,50000]
-//!     [--modes nftables,iptables-nft,iptables-legacy] [--endpoints 3] [--partials 5]
+//!     [--modes nftables,iptables-nft,iptables-legacy,ipvs] [--endpoints 3] [--partials 5]
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use kproxy_dataplane::iptables::apply::BackendChoice;
 use kproxy_dataplane::iptables::proxier::IptablesProxier;
+use kproxy_dataplane::ipvs::{IpvsOptions, IpvsProxier};
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::*;
 
@@ -23,6 +25,7 @@ enum Mode {
     Nftables,
     IptablesNft,
     IptablesLegacy,
+    Ipvs,
 }
 
 impl Mode {
@@ -31,6 +34,7 @@ impl Mode {
             "nftables" => Ok(Mode::Nftables),
             "iptables-nft" => Ok(Mode::IptablesNft),
             "iptables-legacy" => Ok(Mode::IptablesLegacy),
+            "ipvs" => Ok(Mode::Ipvs),
             other => Err(format!("unknown mode {other:?}")),
         }
     }
@@ -40,6 +44,7 @@ impl Mode {
             Mode::Nftables => "nftables",
             Mode::IptablesNft => "iptables (nft)",
             Mode::IptablesLegacy => "iptables (legacy)",
+            Mode::Ipvs => "ipvs",
         }
     }
 }
@@ -169,6 +174,7 @@ fn change_one_endpoint(plan: &mut ProxyPlan, i: usize, generation: usize) {
 enum Proxier {
     Nft(NftablesProxier),
     Ipt(IptablesProxier),
+    Ipvs(IpvsProxier),
 }
 
 impl Proxier {
@@ -190,6 +196,16 @@ impl Proxier {
                     .map(Proxier::Ipt)
                     .map_err(|e| e.to_string())
             }
+            // Blocking calls, as in kproxy (which runs them on tokio's blocking pool).
+            Mode::Ipvs => IpvsProxier::new(
+                IpvsOptions {
+                    iptables: Some("iptables-nft".into()),
+                    ..IpvsOptions::default()
+                },
+                families,
+            )
+            .map(Proxier::Ipvs)
+            .map_err(|e| e.to_string()),
         }
     }
 
@@ -198,6 +214,7 @@ impl Proxier {
         match self {
             Proxier::Nft(p) => p.sync(plan, full).await.map_err(|e| e.to_string())?,
             Proxier::Ipt(p) => p.sync(plan, full).await.map_err(|e| e.to_string())?,
+            Proxier::Ipvs(p) => p.sync(plan, full).map_err(|e| e.to_string())?,
         };
         Ok(start.elapsed())
     }

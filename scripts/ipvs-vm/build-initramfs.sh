@@ -57,7 +57,7 @@ MODS=${MODS:-"virtio_pci 9p 9pnet_virtio
  ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet
  ip_set_hash_net ip_set_bitmap_port
  nf_tables nft_compat nft_chain_nat nft_ct nft_nat nft_masq nft_numgen nft_hash nft_reject_inet
- nft_redir nft_fib_inet nft_limit"}
+ nft_redir nft_fib_inet nft_limit nft_reject_ipv4 nft_reject_ipv6"}
 
 mkdir -p "$ROOT"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt/host,lib64,usr/lib/x86_64-linux-gnu,var} \
          "$ROOT/lib/modules/$KVER"
