@@ -72,7 +72,8 @@ if [ ${#TESTS[@]} -eq 0 ] && [ ${#BINS[@]} -eq 0 ] && [ ${#CMDS[@]} -eq 0 ] && [
 fi
 test_exe() { grep '"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4; }
 if [ $BUILD = 1 ]; then
-  (cd "$ROOT" && cargo build -p kproxy) || { echo "run-ipvs-vm.sh: cargo build of kproxy failed" >&2; exit 1; }
+  # The same feature set as test.sh's build, so nothing is rebuilt there.
+  (cd "$ROOT" && cargo build --workspace --all-targets) || { echo "run-ipvs-vm.sh: cargo build of kproxy failed" >&2; exit 1; }
 fi
 E2E_BIN=""
 if [ -n "$E2E" ]; then
