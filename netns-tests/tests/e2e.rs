@@ -430,6 +430,54 @@ fn udp(mode: &str) -> Result {
     Ok(())
 }
 
+/// A UDP flow (one client port, so one conntrack entry) sticks to its endpoint, and when
+/// that endpoint is removed the flow moves to a remaining one within a few datagrams,
+/// although the removed pod still answers: kproxy deletes the flow's conntrack entry
+/// (IPVS: it also removes the real server at once, and `expire_nodest_conn` ends the IPVS
+/// connection; userspace: the forwarder ends flows whose backend is gone). Otherwise the
+/// flow would stay on the removed pod until its conntrack entry expired.
+fn udp_flow_leaves_removed_endpoint(mode: &str) -> Result {
+    use kproxy_netns_tests::rig::udp_ask_from;
+    let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
+    let mut spec = ServiceSpec::new(
+        "dns",
+        ip(10, 96, 0, 53),
+        vec![PortSpec::udp("dns", 53, BACKEND_PORT)],
+    );
+    let endpoints = ["pod-1-0", "pod-2-0"];
+    spec.endpoints = endpoints
+        .iter()
+        .map(|p| c.endpoint(p))
+        .collect::<anyhow::Result<_>>()?;
+    c.apply(&spec)?;
+    let vip = sock(ip(10, 96, 0, 53), 53);
+    const PORT: u16 = 40053;
+    let ask = |c: &Cluster| udp_ask_from(c.pod_ns("pod-0-0")?, PORT, vip);
+    let first = ask(&c)?.pod;
+    for _ in 0..3 {
+        assert_eq!(ask(&c)?.pod, first, "the flow sticks");
+    }
+    let remaining = endpoints
+        .into_iter()
+        .find(|p| *p != first)
+        .ok_or_else(|| anyhow::anyhow!("{first} is not an endpoint"))?;
+    spec.endpoints = vec![c.endpoint(remaining)?];
+    c.apply(&spec)?;
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        // A datagram may be lost while the old flow ends (IPVS drops the packet that finds
+        // its real server gone); a timeout is not a verdict.
+        if let Ok(reply) = ask(&c) {
+            if reply.pod == remaining {
+                return Ok(());
+            }
+            answers.push(reply.pod);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    anyhow::bail!("the flow stayed off {remaining} after {first} was removed: {answers:?}")
+}
+
 /// The DNAT-on-source assertion can fail: with kproxy stopped on node-0 and node-0
 /// routing the service range to node-1 (DNAT moved off the source node), the probe sees
 /// the ClusterIP leave node-0 and reports it.
@@ -539,6 +587,10 @@ macro_rules! suite {
             #[test]
             fn udp() -> super::Result {
                 super::udp(MODE)
+            }
+            #[test]
+            fn udp_flow_leaves_removed_endpoint() -> super::Result {
+                super::udp_flow_leaves_removed_endpoint(MODE)
             }
             #[test]
             fn dnat_off_source_is_detected() -> super::Result {

@@ -51,7 +51,7 @@ use crate::kproxy::KproxyProcess;
 use crate::netns::{Netns, unique_prefix};
 
 pub use cluster::{SYNC_LINES, SYNC_TIMEOUT, sync_timeout};
-pub use udp::{UdpEchoServer, udp_ask, udp_ask_here};
+pub use udp::{UdpEchoServer, udp_ask, udp_ask_from, udp_ask_here};
 
 /// The external client's address on the underlay.
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);

@@ -109,13 +109,23 @@ pub fn udp_ask(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Reply> {
     ns.run_in(move || udp_ask_here(addr))
 }
 
+/// [`udp_ask`] from a fixed local port, so that every ask is the same flow (one conntrack
+/// entry) as long as that lives.
+pub fn udp_ask_from(ns: &Netns, local_port: u16, addr: SocketAddr) -> anyhow::Result<Reply> {
+    ns.run_in(move || ask(local_port, addr))
+}
+
 /// [`udp_ask`] from the current thread's namespace.
 pub fn udp_ask_here(addr: SocketAddr) -> anyhow::Result<Reply> {
+    ask(0, addr)
+}
+
+fn ask(local_port: u16, addr: SocketAddr) -> anyhow::Result<Reply> {
     let local: SocketAddr = match addr {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, local_port).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, local_port).into(),
     };
-    let socket = UdpSocket::bind(local).context("bind udp client")?;
+    let socket = UdpSocket::bind(local).with_context(|| format!("bind udp client {local}"))?;
     let mut buf = [0u8; 2048];
     socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     for _ in 0..ATTEMPTS {
