@@ -158,6 +158,35 @@ pub struct ProxyArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub ipvs_strict_arp: Option<bool>,
 
+    /// Period of full syncs in IPVS mode (see --sync-period). Default: 30s.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_sync_period: Option<String>,
+
+    /// Minimum interval between syncs in IPVS mode (see --min-sync-period). Default: 1s.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_min_sync_period: Option<String>,
+
+    /// Comma-separated CIDRs the IPVS proxier does not touch when cleaning up IPVS rules:
+    /// virtual services on these addresses that kproxy does not program are never deleted
+    /// or changed, by a sync or by --cleanup.
+    #[arg(long, value_name = "CIDR[,CIDR...]")]
+    pub ipvs_exclude_cidrs: Option<String>,
+
+    /// The IPVS timeout of idle established TCP connections, set at start (as
+    /// `ipvsadm --set`), e.g. 900s. 0 leaves the kernel's value. Default: 0.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcp_timeout: Option<String>,
+
+    /// The IPVS timeout of TCP connections after receiving a FIN, set at start, e.g. 120s.
+    /// 0 leaves the kernel's value. Default: 0.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcpfin_timeout: Option<String>,
+
+    /// The IPVS timeout of UDP flows, set at start, e.g. 300s. 0 leaves the kernel's value.
+    /// Default: 0.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_udp_timeout: Option<String>,
+
     /// Userspace mode's load-balancing algorithm: random, rr, wrr, lc, sh or mh (Maglev).
     /// Default: random.
     #[arg(long, value_name = "NAME")]
@@ -259,6 +288,14 @@ pub struct Settings {
     pub ipvs_scheduler: String,
     /// `--ipvs-strict-arp`.
     pub ipvs_strict_arp: bool,
+    /// `--ipvs-exclude-cidrs`.
+    pub ipvs_exclude_cidrs: Vec<IpNet>,
+    /// `--ipvs-tcp-timeout` (whole seconds; zero: leave the kernel's value).
+    pub ipvs_tcp_timeout: Duration,
+    /// `--ipvs-tcpfin-timeout` (whole seconds; zero: leave the kernel's value).
+    pub ipvs_tcp_fin_timeout: Duration,
+    /// `--ipvs-udp-timeout` (whole seconds; zero: leave the kernel's value).
+    pub ipvs_udp_timeout: Duration,
     /// `--userspace-scheduler`.
     pub userspace_scheduler: String,
     /// `--userspace-masquerade-address`.
@@ -332,13 +369,25 @@ impl ProxyArgs {
                 "config mode {other:?} is not supported by this kproxy (supported: iptables, nftables, ipvs, userspace)"
             ),
         };
-        // The config section of the mode in use; the --iptables-* flags are iptables mode's.
+        // The config section of the mode in use and the mode's own period flags
+        // (--iptables-* in iptables mode, --ipvs-* in IPVS mode, as upstream).
         let no_section = crate::config::ModeConfig::default();
-        let (section, mode_flags) = match mode {
-            ProxyMode::Iptables => (&config.iptables, true),
-            ProxyMode::Nftables => (&config.nftables, false),
-            ProxyMode::Ipvs => (&config.ipvs.sync, false),
-            ProxyMode::Userspace => (&no_section, false),
+        let no_flag: Option<String> = None;
+        let (section, section_name, sync_flag, min_sync_flag) = match mode {
+            ProxyMode::Iptables => (
+                &config.iptables,
+                "iptables",
+                ("--iptables-sync-period", &self.iptables_sync_period),
+                ("--iptables-min-sync-period", &self.iptables_min_sync_period),
+            ),
+            ProxyMode::Nftables => (&config.nftables, "nftables", ("", &no_flag), ("", &no_flag)),
+            ProxyMode::Ipvs => (
+                &config.ipvs.sync,
+                "ipvs",
+                ("--ipvs-sync-period", &self.ipvs_sync_period),
+                ("--ipvs-min-sync-period", &self.ipvs_min_sync_period),
+            ),
+            ProxyMode::Userspace => (&no_section, "", ("", &no_flag), ("", &no_flag)),
         };
         let cidr_text = self.cluster_cidr.clone().or(config.cluster_cidr.clone());
         let nodeports: Option<Vec<String>> = self
@@ -355,15 +404,29 @@ impl ProxyArgs {
             .or(section.masquerade_bit)
             .unwrap_or(14);
         anyhow::ensure!(bit <= 31, "--iptables-masquerade-bit {bit} is not in 0-31");
-        let period = |generic: &Option<String>,
-                      flag: &Option<String>,
-                      conf: &Option<String>,
-                      default: Duration| {
-            let mode_flag = flag.as_ref().filter(|_| mode_flags);
-            match generic.as_ref().or(mode_flag).or(conf.as_ref()) {
-                Some(text) => parse_duration(text),
-                None => Ok(default),
-            }
+        let sync_field = format!("{section_name}.syncPeriod in --config");
+        let min_sync_field = format!("{section_name}.minSyncPeriod in --config");
+        let sync_period = duration_setting(
+            &[
+                ("--sync-period", &self.sync_period),
+                sync_flag,
+                (&sync_field, &section.sync_period),
+            ],
+            Duration::from_secs(30),
+        )
+        .map_err(|e| anyhow::anyhow!("sync period: {e}"))?;
+        let min_sync_period = duration_setting(
+            &[
+                ("--min-sync-period", &self.min_sync_period),
+                min_sync_flag,
+                (&min_sync_field, &section.min_sync_period),
+            ],
+            Duration::from_secs(1),
+        )
+        .map_err(|e| anyhow::anyhow!("min sync period: {e}"))?;
+        let ipvs = &config.ipvs;
+        let timeout = |flag: &str, value: &Option<String>, field: &str, conf: &Option<String>| {
+            ipvs_timeout(&[(flag, value), (&format!("{field} in --config"), conf)])
         };
         Ok(Settings {
             mode,
@@ -386,20 +449,8 @@ impl ProxyArgs {
                     .iptables_localhost_nodeports
                     .or(config.iptables.localhost_node_ports)
                     .unwrap_or(true),
-            sync_period: period(
-                &self.sync_period,
-                &self.iptables_sync_period,
-                &section.sync_period,
-                Duration::from_secs(30),
-            )
-            .map_err(|e| anyhow::anyhow!("sync period: {e}"))?,
-            min_sync_period: period(
-                &self.min_sync_period,
-                &self.iptables_min_sync_period,
-                &section.min_sync_period,
-                Duration::from_secs(1),
-            )
-            .map_err(|e| anyhow::anyhow!("min sync period: {e}"))?,
+            sync_period,
+            min_sync_period,
             masquerade_mark: 1 << bit,
             iptables_backend: self.iptables_backend,
             node_port_range: self.service_node_port_range.clone(),
@@ -420,6 +471,32 @@ impl ProxyArgs {
                 .ipvs_strict_arp
                 .or(config.ipvs.strict_arp)
                 .unwrap_or(false),
+            ipvs_exclude_cidrs: match (&self.ipvs_exclude_cidrs, &ipvs.exclude_cidrs) {
+                (Some(flag), _) => parse_exclude_cidrs("--ipvs-exclude-cidrs", flag.split(','))?,
+                (None, Some(list)) => parse_exclude_cidrs(
+                    "ipvs.excludeCIDRs in --config",
+                    list.iter().map(String::as_str),
+                )?,
+                (None, None) => Vec::new(),
+            },
+            ipvs_tcp_timeout: timeout(
+                "--ipvs-tcp-timeout",
+                &self.ipvs_tcp_timeout,
+                "ipvs.tcpTimeout",
+                &ipvs.tcp_timeout,
+            )?,
+            ipvs_tcp_fin_timeout: timeout(
+                "--ipvs-tcpfin-timeout",
+                &self.ipvs_tcpfin_timeout,
+                "ipvs.tcpFinTimeout",
+                &ipvs.tcp_fin_timeout,
+            )?,
+            ipvs_udp_timeout: timeout(
+                "--ipvs-udp-timeout",
+                &self.ipvs_udp_timeout,
+                "ipvs.udpTimeout",
+                &ipvs.udp_timeout,
+            )?,
             userspace_scheduler: self
                 .userspace_scheduler
                 .clone()
@@ -434,6 +511,65 @@ impl ProxyArgs {
             )?,
         })
     }
+}
+
+/// The first given value of `sources` (`(name, value)`, highest precedence first; an
+/// empty name marks a source that does not apply) parsed as a Go duration, else `default`.
+/// Errors name the source and the value.
+fn duration_setting(
+    sources: &[(&str, &Option<String>)],
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    let given = sources
+        .iter()
+        .filter(|(name, _)| !name.is_empty())
+        .find_map(|(name, value)| value.as_ref().map(|v| (*name, v)));
+    match given {
+        Some((name, text)) => parse_duration(text).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+        None => Ok(default),
+    }
+}
+
+/// An IPVS connection timeout (`--ipvs-tcp-timeout` and co.) from the first given of
+/// `sources`: a Go duration, at most `u32::MAX` seconds, cut to whole seconds (as upstream,
+/// which hands the kernel seconds). Zero (the default) leaves the kernel's value.
+fn ipvs_timeout(sources: &[(&str, &Option<String>)]) -> anyhow::Result<Duration> {
+    let duration = duration_setting(sources, Duration::ZERO)?;
+    let name = sources
+        .iter()
+        .find(|(_, v)| v.is_some())
+        .map_or("", |(name, _)| *name);
+    anyhow::ensure!(
+        duration.as_secs() <= u64::from(u32::MAX),
+        "{name}: {duration:?} is too long for an IPVS timeout (at most {} seconds)",
+        u32::MAX
+    );
+    if duration.subsec_nanos() != 0 {
+        tracing::warn!(
+            setting = name,
+            ?duration,
+            "IPVS timeouts are whole seconds: the fraction is dropped"
+        );
+    }
+    Ok(Duration::from_secs(duration.as_secs()))
+}
+
+/// `--ipvs-exclude-cidrs` / `ipvs.excludeCIDRs`: CIDRs only (as upstream's validation);
+/// empty items are skipped. `source` names the flag or field in errors.
+pub fn parse_exclude_cidrs<'a>(
+    source: &str,
+    items: impl IntoIterator<Item = &'a str>,
+) -> anyhow::Result<Vec<IpNet>> {
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>().map(|net| net.trunc()).map_err(|_| {
+                anyhow::anyhow!("{source}: {s:?} is not a CIDR (expected e.g. 10.0.0.0/8)")
+            })
+        })
+        .collect()
 }
 
 /// `--cluster-cidr`: comma-separated, at most one per family.
@@ -579,5 +715,186 @@ mod tests {
             NodePortAddressSpec::Cidrs(c) if c.len() == 2
         ));
         assert!(parse_nodeport_addresses(&v(&["nonsense"])).is_err());
+    }
+
+    /// Settings from `flags` over a config file with `body` (after apiVersion/kind).
+    fn settings_with_config(name: &str, body: &str, flags: &[&str]) -> anyhow::Result<Settings> {
+        let dir = std::env::temp_dir().join(format!("kproxy-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("config.yaml");
+        let text = format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{body}"
+        );
+        std::fs::write(&file, text).expect("write config");
+        let config = file.to_string_lossy().into_owned();
+        let mut argv = vec!["--config", config.as_str()];
+        argv.extend_from_slice(flags);
+        let result = args(&argv).settings();
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    const IPVS_CONFIG: &str = "mode: ipvs\nipvs:\n  syncPeriod: 45s\n  minSyncPeriod: 2s\n  \
+        excludeCIDRs: [192.168.100.0/24, 'fd00:1::/64']\n  tcpTimeout: 900s\n  \
+        tcpFinTimeout: 2m\n  udpTimeout: 0s\niptables:\n  syncPeriod: 1m\n";
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("cidr literal")
+    }
+
+    #[test]
+    fn ipvs_defaults() {
+        let s = args(&["--proxy-mode", "ipvs"])
+            .settings()
+            .expect("settings");
+        assert!(s.ipvs_exclude_cidrs.is_empty());
+        assert_eq!(s.ipvs_tcp_timeout, Duration::ZERO);
+        assert_eq!(s.ipvs_tcp_fin_timeout, Duration::ZERO);
+        assert_eq!(s.ipvs_udp_timeout, Duration::ZERO);
+        assert_eq!(s.sync_period, Duration::from_secs(30));
+        assert_eq!(s.min_sync_period, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn ipvs_config_fields_apply_in_ipvs_mode() {
+        let s = settings_with_config("ipvs-config", IPVS_CONFIG, &[]).expect("settings");
+        assert_eq!(s.mode, ProxyMode::Ipvs);
+        assert_eq!(s.sync_period, Duration::from_secs(45), "ipvs.syncPeriod");
+        assert_eq!(
+            s.min_sync_period,
+            Duration::from_secs(2),
+            "ipvs.minSyncPeriod"
+        );
+        assert_eq!(
+            s.ipvs_exclude_cidrs,
+            vec![net("192.168.100.0/24"), net("fd00:1::/64")]
+        );
+        assert_eq!(s.ipvs_tcp_timeout, Duration::from_secs(900));
+        assert_eq!(s.ipvs_tcp_fin_timeout, Duration::from_secs(120));
+        assert_eq!(s.ipvs_udp_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn ipvs_flags_win_over_ipvs_config_fields() {
+        let s = settings_with_config(
+            "ipvs-flags",
+            IPVS_CONFIG,
+            &[
+                "--ipvs-sync-period",
+                "10s",
+                "--ipvs-min-sync-period",
+                "500ms",
+                "--ipvs-exclude-cidrs",
+                "10.1.0.0/16, 10.2.3.0/24",
+                "--ipvs-tcp-timeout",
+                "1h",
+                "--ipvs-tcpfin-timeout",
+                "30s",
+                "--ipvs-udp-timeout",
+                "300s",
+                "--iptables-sync-period",
+                "5s",
+            ],
+        )
+        .expect("settings");
+        assert_eq!(s.sync_period, Duration::from_secs(10));
+        assert_eq!(s.min_sync_period, Duration::from_millis(500));
+        assert_eq!(
+            s.ipvs_exclude_cidrs,
+            vec![net("10.1.0.0/16"), net("10.2.3.0/24")]
+        );
+        assert_eq!(s.ipvs_tcp_timeout, Duration::from_secs(3600));
+        assert_eq!(s.ipvs_tcp_fin_timeout, Duration::from_secs(30));
+        assert_eq!(s.ipvs_udp_timeout, Duration::from_secs(300));
+        // The generic flag wins over the mode's; an empty list clears the config's.
+        let s = settings_with_config(
+            "ipvs-generic",
+            IPVS_CONFIG,
+            &[
+                "--sync-period",
+                "20s",
+                "--ipvs-sync-period",
+                "10s",
+                "--ipvs-exclude-cidrs=",
+            ],
+        )
+        .expect("settings");
+        assert_eq!(s.sync_period, Duration::from_secs(20));
+        assert!(s.ipvs_exclude_cidrs.is_empty());
+    }
+
+    #[test]
+    fn mode_period_flags_apply_only_in_their_mode() {
+        let s = args(&["--ipvs-sync-period", "10s", "--ipvs-min-sync-period", "3s"])
+            .settings()
+            .expect("settings");
+        assert_eq!(s.mode, ProxyMode::Iptables);
+        assert_eq!(s.sync_period, Duration::from_secs(30));
+        assert_eq!(s.min_sync_period, Duration::from_secs(1));
+        let s = args(&["--proxy-mode", "ipvs", "--iptables-sync-period", "10s"])
+            .settings()
+            .expect("settings");
+        assert_eq!(s.sync_period, Duration::from_secs(30));
+        // In iptables mode the iptables section applies, not the ipvs one.
+        let s = settings_with_config("ipt-mode", IPVS_CONFIG, &["--proxy-mode", "iptables"])
+            .expect("settings");
+        assert_eq!(s.sync_period, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn ipvs_timeouts_are_whole_seconds() {
+        let s = args(&["--ipvs-tcp-timeout", "1500ms", "--ipvs-udp-timeout", "0"])
+            .settings()
+            .expect("settings");
+        assert_eq!(s.ipvs_tcp_timeout, Duration::from_secs(1));
+        assert_eq!(s.ipvs_udp_timeout, Duration::ZERO);
+        let err = args(&["--ipvs-udp-timeout", "2000000h"])
+            .settings()
+            .expect_err("too long");
+        assert!(err.to_string().contains("--ipvs-udp-timeout"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_ipvs_values_naming_flag_and_value() {
+        let cases: [(&[&str], &[&str]); 6] = [
+            (
+                &["--ipvs-exclude-cidrs", "10.0.0.0/8,10.0.0.1"],
+                &["--ipvs-exclude-cidrs", "10.0.0.1"],
+            ),
+            (
+                &["--ipvs-exclude-cidrs", "10.0.0.0/33"],
+                &["--ipvs-exclude-cidrs", "10.0.0.0/33"],
+            ),
+            (
+                &["--ipvs-tcp-timeout", "soon"],
+                &["--ipvs-tcp-timeout", "soon"],
+            ),
+            (
+                &["--ipvs-tcpfin-timeout=-5s"],
+                &["--ipvs-tcpfin-timeout", "-5s"],
+            ),
+            (
+                &["--proxy-mode", "ipvs", "--ipvs-sync-period", "1x"],
+                &["--ipvs-sync-period", "1x"],
+            ),
+            (
+                &["--proxy-mode", "ipvs", "--ipvs-min-sync-period", "later"],
+                &["--ipvs-min-sync-period", "later"],
+            ),
+        ];
+        for (flags, wanted) in cases {
+            let err = args(flags).settings().expect_err("invalid value");
+            for w in wanted {
+                assert!(err.to_string().contains(w), "{flags:?}: {err}");
+            }
+        }
+        let err = settings_with_config("bad-cidr", "ipvs:\n  excludeCIDRs: [nonsense]\n", &[])
+            .expect_err("bad config cidr");
+        assert!(err.to_string().contains("ipvs.excludeCIDRs"), "{err}");
+        assert!(err.to_string().contains("nonsense"), "{err}");
+        let err = settings_with_config("bad-udp", "ipvs:\n  udpTimeout: forever\n", &[])
+            .expect_err("bad config timeout");
+        assert!(err.to_string().contains("ipvs.udpTimeout"), "{err}");
+        assert!(err.to_string().contains("forever"), "{err}");
     }
 }

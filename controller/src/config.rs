@@ -60,6 +60,15 @@ pub struct IpvsConfig {
     /// `strictARP`.
     #[serde(rename = "strictARP")]
     pub strict_arp: Option<bool>,
+    /// `excludeCIDRs`: virtual services on these addresses are left alone.
+    #[serde(rename = "excludeCIDRs")]
+    pub exclude_cidrs: Option<Vec<String>>,
+    /// `tcpTimeout` (Go duration; 0 leaves the kernel's value).
+    pub tcp_timeout: Option<String>,
+    /// `tcpFinTimeout` (Go duration; 0 leaves the kernel's value).
+    pub tcp_fin_timeout: Option<String>,
+    /// `udpTimeout` (Go duration; 0 leaves the kernel's value).
+    pub udp_timeout: Option<String>,
     /// `syncPeriod` and `minSyncPeriod` (masquerade fields are not part of `ipvs:`).
     #[serde(flatten)]
     pub sync: ModeConfig,
@@ -244,6 +253,40 @@ iptables:
             config.metrics_bind_address.as_deref(),
             Some("0.0.0.0:10249")
         );
+    }
+
+    #[test]
+    fn reads_the_ipvs_section() {
+        let text = r#"
+kind: KubeProxyConfiguration
+mode: ipvs
+ipvs:
+  scheduler: wrr
+  strictARP: true
+  syncPeriod: 45s
+  minSyncPeriod: 2s
+  excludeCIDRs: ["192.168.100.0/24", "fd00:1::/64"]
+  tcpTimeout: 900s
+  tcpFinTimeout: 2m
+  udpTimeout: 0s
+"#;
+        let (config, ignored) = KubeProxyConfiguration::parse(text).expect("valid");
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let ipvs = &config.ipvs;
+        assert_eq!(ipvs.scheduler.as_deref(), Some("wrr"));
+        assert_eq!(ipvs.strict_arp, Some(true));
+        assert_eq!(ipvs.sync.sync_period.as_deref(), Some("45s"));
+        assert_eq!(ipvs.sync.min_sync_period.as_deref(), Some("2s"));
+        assert_eq!(
+            ipvs.exclude_cidrs,
+            Some(vec![
+                "192.168.100.0/24".to_owned(),
+                "fd00:1::/64".to_owned()
+            ])
+        );
+        assert_eq!(ipvs.tcp_timeout.as_deref(), Some("900s"));
+        assert_eq!(ipvs.tcp_fin_timeout.as_deref(), Some("2m"));
+        assert_eq!(ipvs.udp_timeout.as_deref(), Some("0s"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use kproxy_dataplane::iptables::apply::{
 };
 use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::iptables::render::{RenderOptions, render as render_iptables};
+use kproxy_dataplane::ipvs::netlink::Timeouts;
 use kproxy_dataplane::ipvs::proxier::{IpvsOptions, IpvsProxier, kernel_has_ipvs};
 use kproxy_dataplane::ipvs::state::{
     RenderOptions as IpvsRenderOptions, Scheduler, render as render_ipvs,
@@ -46,17 +47,46 @@ async fn iptables_binary(settings: &Settings) -> anyhow::Result<(String, bool)> 
     Ok((tool.binary(""), tool.supports_random_fully().await))
 }
 
-async fn ipvs_proxier(settings: &Settings, families: Vec<IpFamily>) -> anyhow::Result<IpvsProxier> {
+/// A connection timeout of `settings` in the seconds the kernel takes (checked when the
+/// settings were merged).
+fn timeout_secs(flag: &str, timeout: Duration) -> anyhow::Result<u32> {
+    u32::try_from(timeout.as_secs())
+        .map_err(|_| anyhow::anyhow!("{flag}: {timeout:?} is too long for an IPVS timeout"))
+}
+
+/// The IPVS connection timeouts of `settings` (0: leave the kernel's value).
+fn ipvs_timeouts(settings: &Settings) -> anyhow::Result<Timeouts> {
+    Ok(Timeouts {
+        tcp: timeout_secs("--ipvs-tcp-timeout", settings.ipvs_tcp_timeout)?,
+        tcp_fin: timeout_secs("--ipvs-tcpfin-timeout", settings.ipvs_tcp_fin_timeout)?,
+        udp: timeout_secs("--ipvs-udp-timeout", settings.ipvs_udp_timeout)?,
+    })
+}
+
+/// The IPVS proxier of `settings` for `families`. `set_timeouts`: apply the
+/// `--ipvs-*-timeout` settings (not when only cleaning up, as upstream's cleanup).
+async fn ipvs_proxier(
+    settings: &Settings,
+    families: Vec<IpFamily>,
+    set_timeouts: bool,
+) -> anyhow::Result<IpvsProxier> {
     let scheduler: Scheduler = settings
         .ipvs_scheduler
         .parse()
         .map_err(|e| anyhow::anyhow!("--ipvs-scheduler: {e}"))?;
     let (iptables, random_fully) = iptables_binary(settings).await?;
+    let timeouts = if set_timeouts {
+        ipvs_timeouts(settings)?
+    } else {
+        Timeouts::default()
+    };
     let opts = IpvsOptions {
         scheduler,
         strict_arp: settings.ipvs_strict_arp,
         iptables: Some(iptables),
         random_fully,
+        exclude_cidrs: settings.ipvs_exclude_cidrs.clone(),
+        timeouts,
     };
     Ok(IpvsProxier::new(opts, families)?)
 }
@@ -84,7 +114,7 @@ impl Dataplane {
                 IptablesProxier::new(settings.iptables_backend, families).await?,
             ),
             ProxyMode::Nftables => Dataplane::Nftables(NftablesProxier::new(families).await?),
-            ProxyMode::Ipvs => Dataplane::Ipvs(Some(ipvs_proxier(settings, families).await?)),
+            ProxyMode::Ipvs => Dataplane::Ipvs(Some(ipvs_proxier(settings, families, true).await?)),
             ProxyMode::Userspace => Dataplane::Userspace(Box::new(
                 UserspaceProxier::new(userspace_config(settings)?, families).await?,
             )),
@@ -246,7 +276,7 @@ pub async fn cleanup_all(settings: &Settings) -> anyhow::Result<Vec<String>> {
         .filter(|f| *f == IpFamily::V4 || ipv6)
         .collect();
     if kernel_has_ipvs() {
-        match ipvs_proxier(settings, v4_and_v6.clone())
+        match ipvs_proxier(settings, v4_and_v6.clone(), false)
             .await
             .and_then(|mut p| Ok(p.cleanup(None)?))
         {

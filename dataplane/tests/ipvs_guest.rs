@@ -8,7 +8,7 @@ use std::process::Command;
 
 use kproxy_dataplane::ipvs::netlink::consts::{IPPROTO_TCP, IPPROTO_UDP, SVC_F_PERSISTENT};
 use kproxy_dataplane::ipvs::netlink::{
-    Destination, IpvsNetlinkError, IpvsSocket, Service, ServiceKey,
+    Destination, IpvsNetlinkError, IpvsSocket, Service, ServiceKey, Timeouts,
 };
 
 fn require_ipvs(test: &str) {
@@ -153,4 +153,80 @@ fn many_services_dump() {
     {
         sock.del_service(&s.key).expect("DEL_SERVICE");
     }
+}
+
+/// `ipvsadm -L --timeout`: `Timeout (tcp tcpfin udp): 900 120 300`, as numbers.
+fn ipvsadm_timeouts() -> Timeouts {
+    let out = Command::new("ipvsadm")
+        .args(["-L", "--timeout"])
+        .output()
+        .expect("run ipvsadm -L --timeout");
+    assert!(out.status.success(), "ipvsadm -L --timeout failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let numbers: Vec<u32> = text
+        .rsplit(':')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number of seconds"))
+        .collect();
+    match numbers.as_slice() {
+        [tcp, tcp_fin, udp] => Timeouts {
+            tcp: *tcp,
+            tcp_fin: *tcp_fin,
+            udp: *udp,
+        },
+        _ => panic!("unexpected ipvsadm -L --timeout output: {text:?}"),
+    }
+}
+
+/// SET_CONFIG / GET_CONFIG: timeouts set over the socket read back over netlink and by
+/// ipvsadm; zeros leave a timeout unchanged; ipvsadm's `--set` is read back by the socket.
+#[test]
+fn timeouts_set_and_read_back() {
+    require_ipvs("timeouts_set_and_read_back");
+    let mut sock = IpvsSocket::open().expect("open IPVS netlink socket");
+    let before = sock.timeouts().expect("GET_CONFIG");
+    eprintln!("kernel timeouts: {before}");
+    assert_eq!(before, ipvsadm_timeouts(), "GET_CONFIG agrees with ipvsadm");
+    assert!(
+        before.tcp > 0 && before.tcp_fin > 0 && before.udp > 0,
+        "{before}"
+    );
+
+    let all = Timeouts {
+        tcp: 1234,
+        tcp_fin: 56,
+        udp: 78,
+    };
+    sock.set_timeouts(&all).expect("SET_CONFIG");
+    assert_eq!(sock.timeouts().expect("GET_CONFIG"), all);
+    assert_eq!(ipvsadm_timeouts(), all);
+
+    let only_udp = Timeouts {
+        udp: 91,
+        ..Timeouts::default()
+    };
+    sock.set_timeouts(&only_udp).expect("SET_CONFIG udp only");
+    let want = Timeouts { udp: 91, ..all };
+    assert_eq!(sock.timeouts().expect("GET_CONFIG"), want);
+    assert_eq!(ipvsadm_timeouts(), want);
+    sock.set_timeouts(&Timeouts::default())
+        .expect("nothing to set");
+    assert_eq!(sock.timeouts().expect("GET_CONFIG"), want);
+
+    let out = Command::new("ipvsadm")
+        .args(["--set", "901", "121", "301"])
+        .output()
+        .expect("run ipvsadm --set");
+    assert!(out.status.success(), "ipvsadm --set failed: {out:?}");
+    let by_ipvsadm = Timeouts {
+        tcp: 901,
+        tcp_fin: 121,
+        udp: 301,
+    };
+    assert_eq!(sock.timeouts().expect("GET_CONFIG"), by_ipvsadm);
+
+    sock.set_timeouts(&before).expect("restore");
+    assert_eq!(sock.timeouts().expect("GET_CONFIG"), before);
 }

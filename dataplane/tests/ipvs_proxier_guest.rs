@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kproxy_dataplane::ipvs::netlink::consts::IPPROTO_TCP;
-use kproxy_dataplane::ipvs::netlink::{Destination, IpvsSocket, ServiceKey};
+use kproxy_dataplane::ipvs::netlink::{Destination, IpvsSocket, Service, ServiceKey, Timeouts};
 use kproxy_dataplane::ipvs::proxier::kernel_has_ipvs;
 use kproxy_dataplane::ipvs::{IpvsOptions, IpvsProxier, Scheduler};
 use kproxy_dataplane::plan::*;
@@ -138,6 +138,7 @@ fn cluster_ip_through_ipvs_with_graceful_termination() {
             strict_arp: true,
             iptables: Some("iptables-nft".into()),
             random_fully: true,
+            ..IpvsOptions::default()
         },
         [IpFamily::V4],
     )
@@ -512,4 +513,145 @@ fn dual_stack_sets_survive_full_resync() {
         "rules still reference the swapped sets"
     );
     proxier.cleanup(Some(&plan)).expect("cleanup");
+}
+
+/// A foreign virtual service (`addr:port`, TCP, one real server), created over netlink.
+fn foreign_service(sock: &mut IpvsSocket, addr: &str, port: u16) -> ServiceKey {
+    let key = ServiceKey::Addr {
+        protocol: IPPROTO_TCP,
+        addr: ip(addr),
+        port,
+    };
+    sock.new_service(&Service::new(key, "wlc"))
+        .expect("NEW_SERVICE (foreign)");
+    sock.new_dest(&key, &Destination::masq(ip("192.0.2.50"), 8080))
+        .expect("NEW_DEST (foreign)");
+    key
+}
+
+/// The kernel's services, as keys.
+fn service_keys(sock: &mut IpvsSocket) -> Vec<ServiceKey> {
+    sock.services()
+        .expect("GET_SERVICE dump")
+        .into_iter()
+        .map(|s| s.key)
+        .collect()
+}
+
+/// A plan with one NodePort service (30080) on the node's NodePort addresses 10.0.0.1 and
+/// 10.0.1.1.
+fn nodeport_plan() -> ProxyPlan {
+    let mut node = node();
+    if let Some(v4) = node.ipv4.as_mut() {
+        v4.node_ips = vec![ip("10.0.0.1"), ip("10.0.1.1")];
+        v4.nodeport_addresses = NodePortAddresses::Only(v4.node_ips.clone());
+    }
+    let mut svc = service("np", ip("10.96.9.10"), 80, &["10.244.9.11:80"]);
+    svc.node_port = Some(30080);
+    ProxyPlan {
+        node,
+        services: vec![svc],
+    }
+}
+
+/// `--ipvs-exclude-cidrs`: a foreign virtual service on a NodePort address inside an
+/// excluded CIDR survives full and partial syncs and cleanup with its real server
+/// untouched, while one on a NodePort address outside it is deleted; without the
+/// exclusion, a sync deletes it too.
+#[test]
+fn exclude_cidrs_protect_foreign_services() {
+    require_ipvs("exclude_cidrs_protect_foreign_services");
+    let mut sock = IpvsSocket::open().expect("socket");
+    sock.flush().expect("flush");
+    let plan = nodeport_plan();
+    let kept = foreign_service(&mut sock, "10.0.0.1", 31999);
+    let removed = foreign_service(&mut sock, "10.0.1.1", 31999);
+    let kept_before = sock.destinations(&kept).expect("dests");
+    let ours = ServiceKey::Addr {
+        protocol: IPPROTO_TCP,
+        addr: ip("10.0.0.1"),
+        port: 30080,
+    };
+    let mut proxier = IpvsProxier::new(
+        IpvsOptions {
+            exclude_cidrs: vec!["10.0.0.0/24".parse().expect("cidr")],
+            ..IpvsOptions::default()
+        },
+        [IpFamily::V4],
+    )
+    .expect("IPVS proxier");
+    proxier.sync(&plan, true).expect("full sync");
+    let keys = service_keys(&mut sock);
+    assert!(
+        keys.contains(&kept),
+        "excluded foreign service kept: {keys:?}"
+    );
+    assert!(
+        !keys.contains(&removed),
+        "foreign service outside the exclusion deleted: {keys:?}"
+    );
+    assert!(
+        keys.contains(&ours),
+        "kproxy's NodePort inside the exclusion programmed: {keys:?}"
+    );
+    proxier.sync(&plan, false).expect("partial sync");
+    proxier.sync(&plan, true).expect("second full sync");
+    assert!(service_keys(&mut sock).contains(&kept));
+    let services = sock.services().expect("dump");
+    let svc = services
+        .iter()
+        .find(|s| s.key == kept)
+        .expect("kept service");
+    assert_eq!(svc.scheduler, "wlc", "excluded service not modified");
+    assert_eq!(sock.destinations(&kept).expect("dests"), kept_before);
+
+    let deleted = proxier.cleanup(Some(&plan)).expect("cleanup");
+    let keys = service_keys(&mut sock);
+    assert_eq!(
+        keys,
+        vec![kept],
+        "cleanup deletes kproxy's ({deleted}), keeps the excluded one"
+    );
+
+    // Without the exclusion the same foreign service is kproxy's to delete.
+    let mut proxier = IpvsProxier::new(IpvsOptions::default(), [IpFamily::V4]).expect("proxier");
+    proxier.sync(&plan, true).expect("full sync");
+    let keys = service_keys(&mut sock);
+    assert!(
+        !keys.contains(&kept),
+        "deleted without --ipvs-exclude-cidrs: {keys:?}"
+    );
+    proxier.cleanup(Some(&plan)).expect("cleanup");
+    sock.flush().expect("flush");
+}
+
+/// `IpvsProxier::new` sets the non-zero `--ipvs-*-timeout` values and leaves the others.
+#[test]
+fn proxier_sets_ipvs_timeouts_at_start() {
+    require_ipvs("proxier_sets_ipvs_timeouts_at_start");
+    let mut sock = IpvsSocket::open().expect("socket");
+    let before = sock.timeouts().expect("GET_CONFIG");
+    let wanted = Timeouts {
+        tcp: 0,
+        tcp_fin: 77,
+        udp: 33,
+    };
+    let proxier = IpvsProxier::new(
+        IpvsOptions {
+            timeouts: wanted,
+            ..IpvsOptions::default()
+        },
+        [IpFamily::V4],
+    )
+    .expect("IPVS proxier");
+    drop(proxier);
+    let after = sock.timeouts().expect("GET_CONFIG");
+    assert_eq!(
+        after,
+        Timeouts {
+            tcp: before.tcp,
+            ..wanted
+        }
+    );
+    sock.set_timeouts(&before).expect("restore");
 }

@@ -1,11 +1,14 @@
 //! The only code of IPVS mode that changes the kernel: reads the virtual services kproxy
-//! owns over netlink, applies [`IpvsChanges`], and binds service addresses to the dummy
-//! interface `kube-ipvs0` with one `ip -batch` per sync.
+//! owns over netlink (minus those `--ipvs-exclude-cidrs` protects), applies
+//! [`IpvsChanges`], and binds service addresses to the dummy interface `kube-ipvs0` with
+//! one `ip -batch` per sync.
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
 
 use crate::plan::IpFamily;
 
@@ -86,6 +89,32 @@ pub fn read_owned(
         );
     }
     Ok(state)
+}
+
+/// Whether the virtual service `key` is on an address inside one of `exclude`
+/// (`--ipvs-exclude-cidrs`). Firewall-mark services have no address and are never excluded.
+pub fn is_excluded(key: &ServiceKey, exclude: &[IpNet]) -> bool {
+    match key {
+        ServiceKey::Addr { addr, .. } => exclude.iter().any(|net| net.contains(addr)),
+        ServiceKey::Fwmark { .. } => false,
+    }
+}
+
+/// Drops from `state` the services on an excluded address that kproxy does not want
+/// (`wanted` says which keys it wants), so that no sync or cleanup deletes or changes them
+/// (`--ipvs-exclude-cidrs`, as upstream's `cleanLegacyService`). Returns how many were
+/// dropped.
+pub fn forget_excluded(
+    state: &mut KernelState,
+    exclude: &[IpNet],
+    wanted: impl Fn(&ServiceKey) -> bool,
+) -> usize {
+    if exclude.is_empty() {
+        return 0;
+    }
+    let before = state.len();
+    state.retain(|key, _| wanted(key) || !is_excluded(key, exclude));
+    before - state.len()
 }
 
 /// Applies every netlink operation; a failed one is logged and does not stop the others.
@@ -258,5 +287,68 @@ pub fn destroy_ipsets(names: &[String]) {
             .args(["destroy", name])
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::netlink::Service;
+    use crate::ipvs::netlink::consts::{AF_INET, IPPROTO_TCP};
+
+    fn key(addr: &str, port: u16) -> ServiceKey {
+        ServiceKey::Addr {
+            protocol: IPPROTO_TCP,
+            addr: addr.parse().expect("address literal"),
+            port,
+        }
+    }
+
+    fn state(keys: &[ServiceKey]) -> KernelState {
+        keys.iter()
+            .map(|k| {
+                let service = Service::new(*k, "rr");
+                let destinations = Vec::new();
+                (
+                    *k,
+                    KernelService {
+                        service,
+                        destinations,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn excluded_services_kproxy_does_not_want_are_forgotten() {
+        let exclude: Vec<IpNet> = vec!["192.168.100.0/24".parse().expect("cidr")];
+        let foreign = key("192.168.100.7", 30080);
+        let wanted = key("192.168.100.1", 30081);
+        let outside = key("10.0.0.1", 30080);
+        let mut s = state(&[foreign, wanted, outside]);
+        assert_eq!(forget_excluded(&mut s, &exclude, |k| *k == wanted), 1);
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), {
+            let mut v = vec![wanted, outside];
+            v.sort();
+            v
+        });
+    }
+
+    #[test]
+    fn nothing_is_forgotten_without_exclusions_or_for_fwmarks() {
+        let mut s = state(&[key("192.168.100.7", 80)]);
+        assert_eq!(forget_excluded(&mut s, &[], |_| false), 0);
+        assert_eq!(s.len(), 1);
+        let all: Vec<IpNet> = vec!["0.0.0.0/0".parse().expect("cidr")];
+        let fwmark = ServiceKey::Fwmark {
+            af: AF_INET,
+            mark: 1,
+        };
+        assert!(!is_excluded(&fwmark, &all));
+        assert!(is_excluded(&key("1.2.3.4", 1), &all));
+        let v6: Vec<IpNet> = vec!["fd00::/8".parse().expect("cidr")];
+        assert!(!is_excluded(&key("1.2.3.4", 1), &v6));
+        assert!(is_excluded(&key("fd00::1", 1), &v6));
     }
 }

@@ -10,16 +10,18 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Instant;
 
+use ipnet::IpNet;
+
 use crate::plan::{IpFamily, ProxyPlan};
 use crate::report::SyncReport;
 
 use super::apply::{
     IpvsError, apply_addresses, apply_ipsets, apply_ops, bound_addresses, delete_dummy_interface,
-    destroy_ipsets, ensure_dummy_interface, read_owned,
+    destroy_ipsets, ensure_dummy_interface, forget_excluded, read_owned,
 };
 use super::diff::{IpvsOp, KernelState, advance, diff};
 use super::ipset::{self, IpsetEntries};
-use super::netlink::{IpvsNetlinkError, IpvsSocket};
+use super::netlink::{IpvsNetlinkError, IpvsSocket, ServiceKey, Timeouts};
 use super::rules::{RuleOptions, apply_rules, cleanup_rules, render_rules};
 use super::state::{IpvsState, RenderOptions, Scheduler, nodeport_ips, render};
 
@@ -37,6 +39,12 @@ pub struct IpvsOptions {
     pub iptables: Option<String>,
     /// `MASQUERADE --random-fully` is supported.
     pub random_fully: bool,
+    /// `--ipvs-exclude-cidrs`: virtual services on these addresses that kproxy does not
+    /// want are never deleted or changed, by a sync or by cleanup.
+    pub exclude_cidrs: Vec<IpNet>,
+    /// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`, `--ipvs-udp-timeout`: set once at
+    /// start (the non-zero ones); a failure is logged, as upstream.
+    pub timeouts: Timeouts,
 }
 
 /// The iptables binary of `family` given the IPv4 one.
@@ -62,6 +70,18 @@ pub fn required_sysctls(opts: &IpvsOptions) -> Vec<(&'static str, &'static str)>
     v
 }
 
+/// Sets the non-zero connection timeouts of `timeouts`; a failure is logged and start-up
+/// goes on (as upstream's `ConfigureTimeouts`).
+fn configure_timeouts(sock: &mut IpvsSocket, timeouts: &Timeouts) {
+    if timeouts.is_unchanged() {
+        return;
+    }
+    match sock.set_timeouts(timeouts) {
+        Ok(()) => tracing::info!(%timeouts, "IPVS connection timeouts set (0: unchanged)"),
+        Err(err) => tracing::error!(%err, "failed to configure IPVS timeouts"),
+    }
+}
+
 /// Whether this thread's network namespace has IPVS (`/proc/net/ip_vs`).
 pub fn kernel_has_ipvs() -> bool {
     Path::new("/proc/thread-self/net/ip_vs").exists() || Path::new("/proc/net/ip_vs").exists()
@@ -74,6 +94,8 @@ pub struct IpvsProxier {
     render: RenderOptions,
     iptables: Option<String>,
     rule_options: RuleOptions,
+    /// `--ipvs-exclude-cidrs`.
+    exclude_cidrs: Vec<IpNet>,
     /// Per family: what the last successful sync left in the kernel.
     written: Vec<FamilyState>,
 }
@@ -108,6 +130,7 @@ impl IpvsProxier {
                 tracing::warn!(sysctl = path, value, %err, "cannot set sysctl");
             }
         }
+        configure_timeouts(&mut sock, &opts.timeouts);
         ensure_dummy_interface()?;
         let families: Vec<IpFamily> = families.into_iter().collect();
         tracing::info!(
@@ -136,7 +159,33 @@ impl IpvsProxier {
                 random_fully: opts.random_fully,
             },
             iptables: opts.iptables,
+            exclude_cidrs: opts.exclude_cidrs,
         })
+    }
+
+    /// Forgets the services of `state` on an address inside `--ipvs-exclude-cidrs` that
+    /// `wanted` does not claim, so that neither a sync nor cleanup touches them.
+    fn leave_excluded(
+        &self,
+        state: &mut KernelState,
+        family: IpFamily,
+        wanted: impl Fn(&ServiceKey) -> bool,
+    ) {
+        let left = forget_excluded(state, &self.exclude_cidrs, wanted);
+        if left > 0 {
+            tracing::debug!(%family, left, "IPVS services inside --ipvs-exclude-cidrs left alone");
+        }
+    }
+
+    /// The keys of the virtual services `plan` wants (none without a plan).
+    fn planned_keys(&self, plan: Option<&ProxyPlan>) -> BTreeSet<ServiceKey> {
+        plan.map(|plan| {
+            self.render(plan)
+                .into_iter()
+                .flat_map(|(_, state)| state.virtual_servers.into_keys())
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Renders what a sync of `plan` would program, per family, touching nothing.
@@ -192,6 +241,8 @@ impl IpvsProxier {
                     read_owned(&mut self.sock, family, &owned)?
                 }
             };
+            let wanted_keys = &wanted.virtual_servers;
+            self.leave_excluded(&mut current, family, |k| wanted_keys.contains_key(k));
             let changes = diff(&wanted, &current, &addresses);
             apply_addresses(&changes)?;
             apply_ops(&mut self.sock, &changes)?;
@@ -237,19 +288,26 @@ impl IpvsProxier {
     }
 
     /// Deletes every virtual service on an address of `kube-ipvs0` or a NodePort address
-    /// of `plan` (when given), then `kube-ipvs0` itself. Returns the services deleted.
+    /// of `plan` (when given) except those inside `--ipvs-exclude-cidrs` that are not
+    /// kproxy's (written by its last sync or wanted by `plan`), then `kube-ipvs0` itself. Returns the services deleted.
     pub fn cleanup(&mut self, plan: Option<&ProxyPlan>) -> Result<usize, IpvsError> {
         let mut deleted = 0;
+        let planned = self.planned_keys(plan);
         for i in 0..self.written.len() {
             let family = self.written[i].family;
-            self.written[i].kernel = None;
+            // kproxy's own services: what its last sync left, and what the plan wants.
+            let written = self.written[i].kernel.take().unwrap_or_default();
             self.written[i].ipsets = None;
             self.written[i].addresses = None;
             let mut owned = bound_addresses(family).unwrap_or_default();
             if let Some(plan) = plan {
                 owned.extend(nodeport_ips(plan, family));
             }
-            for key in read_owned(&mut self.sock, family, &owned)?.keys() {
+            let mut state = read_owned(&mut self.sock, family, &owned)?;
+            self.leave_excluded(&mut state, family, |k| {
+                written.contains_key(k) || planned.contains(k)
+            });
+            for key in state.keys() {
                 self.sock.del_service(key)?;
                 deleted += 1;
             }

@@ -21,6 +21,11 @@ pub const CMD_SET_DEST: u8 = 6;
 pub const CMD_DEL_DEST: u8 = 7;
 /// `IPVS_CMD_GET_DEST`.
 pub const CMD_GET_DEST: u8 = 8;
+/// `IPVS_CMD_SET_CONFIG` (set the connection timeouts; also the command of the kernel's
+/// reply to `GET_CONFIG`).
+pub const CMD_SET_CONFIG: u8 = 12;
+/// `IPVS_CMD_GET_CONFIG` (read the connection timeouts).
+pub const CMD_GET_CONFIG: u8 = 13;
 /// `IPVS_CMD_SET_INFO` (the command of the kernel's reply to `GET_INFO`).
 pub const CMD_SET_INFO: u8 = 14;
 /// `IPVS_CMD_GET_INFO`.
@@ -32,6 +37,13 @@ pub const CMD_FLUSH: u8 = 17;
 pub const CMD_ATTR_SERVICE: u16 = 1;
 /// `IPVS_CMD_ATTR_DEST` (nested destination attributes).
 pub const CMD_ATTR_DEST: u16 = 2;
+
+/// `IPVS_CMD_ATTR_TIMEOUT_TCP` (u32 seconds: established TCP connections).
+pub const CMD_ATTR_TIMEOUT_TCP: u16 = 4;
+/// `IPVS_CMD_ATTR_TIMEOUT_TCP_FIN` (u32 seconds: TCP connections after FIN).
+pub const CMD_ATTR_TIMEOUT_TCP_FIN: u16 = 5;
+/// `IPVS_CMD_ATTR_TIMEOUT_UDP` (u32 seconds: UDP flows).
+pub const CMD_ATTR_TIMEOUT_UDP: u16 = 6;
 
 /// `IPVS_SVC_ATTR_AF` (u16).
 pub const SVC_ATTR_AF: u16 = 1;

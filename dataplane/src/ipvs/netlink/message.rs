@@ -1,5 +1,6 @@
 //! An IPVS generic-netlink message: a command plus its top-level attributes (a nested
-//! service, a nested destination, or the info attributes of a `GET_INFO` reply). This is
+//! service, a nested destination, the connection timeouts of `SET_CONFIG`/`GET_CONFIG`,
+//! or the info attributes of a `GET_INFO` reply). This is
 //! the payload type `F` of `netlink_packet_generic::GenlMessage<F>`.
 
 use netlink_packet_core::{
@@ -30,6 +31,10 @@ pub enum IpvsCmd {
     DelDest,
     /// Dump the destinations of a service.
     GetDest,
+    /// Set the connection timeouts (also the command of the reply to `GetConfig`).
+    SetConfig,
+    /// Read the connection timeouts.
+    GetConfig,
     /// Reply to `GetInfo`.
     SetInfo,
     /// Ask for the IPVS version and connection table size.
@@ -51,6 +56,8 @@ impl From<IpvsCmd> for u8 {
             IpvsCmd::SetDest => CMD_SET_DEST,
             IpvsCmd::DelDest => CMD_DEL_DEST,
             IpvsCmd::GetDest => CMD_GET_DEST,
+            IpvsCmd::SetConfig => CMD_SET_CONFIG,
+            IpvsCmd::GetConfig => CMD_GET_CONFIG,
             IpvsCmd::SetInfo => CMD_SET_INFO,
             IpvsCmd::GetInfo => CMD_GET_INFO,
             IpvsCmd::Flush => CMD_FLUSH,
@@ -70,6 +77,8 @@ impl From<u8> for IpvsCmd {
             CMD_SET_DEST => IpvsCmd::SetDest,
             CMD_DEL_DEST => IpvsCmd::DelDest,
             CMD_GET_DEST => IpvsCmd::GetDest,
+            CMD_SET_CONFIG => IpvsCmd::SetConfig,
+            CMD_GET_CONFIG => IpvsCmd::GetConfig,
             CMD_SET_INFO => IpvsCmd::SetInfo,
             CMD_GET_INFO => IpvsCmd::GetInfo,
             CMD_FLUSH => IpvsCmd::Flush,
@@ -85,6 +94,12 @@ pub enum IpvsAttr {
     Service(Vec<SvcAttr>),
     /// `IPVS_CMD_ATTR_DEST`: the nested attributes of a destination.
     Dest(Vec<DestAttr>),
+    /// `IPVS_CMD_ATTR_TIMEOUT_TCP`: seconds (config messages).
+    TimeoutTcp(u32),
+    /// `IPVS_CMD_ATTR_TIMEOUT_TCP_FIN`: seconds (config messages).
+    TimeoutTcpFin(u32),
+    /// `IPVS_CMD_ATTR_TIMEOUT_UDP`: seconds (config messages).
+    TimeoutUdp(u32),
     /// `IPVS_INFO_ATTR_VERSION` (only in info messages).
     InfoVersion(u32),
     /// `IPVS_INFO_ATTR_CONN_TAB_SIZE` (only in info messages).
@@ -98,7 +113,11 @@ impl Nla for IpvsAttr {
         match self {
             IpvsAttr::Service(a) => attrs_len(a),
             IpvsAttr::Dest(a) => attrs_len(a),
-            IpvsAttr::InfoVersion(_) | IpvsAttr::InfoConnTabSize(_) => 4,
+            IpvsAttr::TimeoutTcp(_)
+            | IpvsAttr::TimeoutTcpFin(_)
+            | IpvsAttr::TimeoutUdp(_)
+            | IpvsAttr::InfoVersion(_)
+            | IpvsAttr::InfoConnTabSize(_) => 4,
             IpvsAttr::Other(nla) => nla.value_len(),
         }
     }
@@ -109,6 +128,9 @@ impl Nla for IpvsAttr {
         match self {
             IpvsAttr::Service(_) => CMD_ATTR_SERVICE | NLA_F_NESTED,
             IpvsAttr::Dest(_) => CMD_ATTR_DEST | NLA_F_NESTED,
+            IpvsAttr::TimeoutTcp(_) => CMD_ATTR_TIMEOUT_TCP,
+            IpvsAttr::TimeoutTcpFin(_) => CMD_ATTR_TIMEOUT_TCP_FIN,
+            IpvsAttr::TimeoutUdp(_) => CMD_ATTR_TIMEOUT_UDP,
             IpvsAttr::InfoVersion(_) => INFO_ATTR_VERSION,
             IpvsAttr::InfoConnTabSize(_) => INFO_ATTR_CONN_TAB_SIZE,
             IpvsAttr::Other(nla) => nla.kind(),
@@ -119,7 +141,11 @@ impl Nla for IpvsAttr {
         match self {
             IpvsAttr::Service(a) => a.as_slice().emit(buf),
             IpvsAttr::Dest(a) => a.as_slice().emit(buf),
-            IpvsAttr::InfoVersion(v) | IpvsAttr::InfoConnTabSize(v) => {
+            IpvsAttr::TimeoutTcp(v)
+            | IpvsAttr::TimeoutTcpFin(v)
+            | IpvsAttr::TimeoutUdp(v)
+            | IpvsAttr::InfoVersion(v)
+            | IpvsAttr::InfoConnTabSize(v) => {
                 let _ = emit_u32(buf, *v);
             }
             IpvsAttr::Other(nla) => nla.emit_value(buf),
@@ -136,6 +162,9 @@ impl IpvsAttr {
             (true, INFO_ATTR_CONN_TAB_SIZE) => IpvsAttr::InfoConnTabSize(parse_u32(v)?),
             (false, CMD_ATTR_SERVICE) => IpvsAttr::Service(parse_nested(v, |n| SvcAttr::parse(n))?),
             (false, CMD_ATTR_DEST) => IpvsAttr::Dest(parse_nested(v, |n| DestAttr::parse(n))?),
+            (false, CMD_ATTR_TIMEOUT_TCP) => IpvsAttr::TimeoutTcp(parse_u32(v)?),
+            (false, CMD_ATTR_TIMEOUT_TCP_FIN) => IpvsAttr::TimeoutTcpFin(parse_u32(v)?),
+            (false, CMD_ATTR_TIMEOUT_UDP) => IpvsAttr::TimeoutUdp(parse_u32(v)?),
             _ => IpvsAttr::Other(DefaultNla::parse(nla)?),
         })
     }

@@ -3,7 +3,8 @@
 //!
 //! - [`consts`]: the numbers of `include/uapi/linux/ip_vs.h`.
 //! - [`attrs`]: the wire level, one enum variant per attribute, lossless both ways.
-//! - [`repr`]: typed [`Service`] / [`Destination`] values and their attribute sets.
+//! - [`repr`]: typed [`Service`] / [`Destination`] / [`Timeouts`] values and their
+//!   attribute sets.
 //! - [`message`]: [`IpvsMessage`], the generic-netlink payload (command + attributes).
 //! - [`socket`]: [`IpvsSocket`], the only code here that talks to the kernel.
 
@@ -14,7 +15,7 @@ pub mod repr;
 pub mod socket;
 
 pub use message::{IpvsAttr, IpvsCmd, IpvsMessage};
-pub use repr::{DestConns, Destination, Service, ServiceKey};
+pub use repr::{DestConns, Destination, Service, ServiceKey, Timeouts};
 pub use socket::{IpvsNetlinkError, IpvsSocket, encode_request};
 #[cfg(test)]
 mod tests;

@@ -300,3 +300,64 @@ impl Destination {
         std::net::SocketAddr::new(self.addr, self.port)
     }
 }
+
+/// The kernel's IPVS connection timeouts, in seconds (`ipvsadm --set tcp tcpfin udp`).
+/// When setting, 0 leaves a timeout unchanged (the kernel ignores zeros too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    /// Established TCP connections (`IPVS_CMD_ATTR_TIMEOUT_TCP`).
+    pub tcp: u32,
+    /// TCP connections after a FIN (`IPVS_CMD_ATTR_TIMEOUT_TCP_FIN`).
+    pub tcp_fin: u32,
+    /// UDP flows (`IPVS_CMD_ATTR_TIMEOUT_UDP`).
+    pub udp: u32,
+}
+
+impl Timeouts {
+    /// Whether every timeout is 0 (nothing to set).
+    pub fn is_unchanged(&self) -> bool {
+        *self == Timeouts::default()
+    }
+
+    /// The top-level attributes of a `SET_CONFIG` request: only the non-zero timeouts.
+    pub fn to_attrs(&self) -> Vec<super::message::IpvsAttr> {
+        use super::message::IpvsAttr;
+        let mut attrs = Vec::new();
+        if self.tcp > 0 {
+            attrs.push(IpvsAttr::TimeoutTcp(self.tcp));
+        }
+        if self.tcp_fin > 0 {
+            attrs.push(IpvsAttr::TimeoutTcpFin(self.tcp_fin));
+        }
+        if self.udp > 0 {
+            attrs.push(IpvsAttr::TimeoutUdp(self.udp));
+        }
+        attrs
+    }
+
+    /// The timeouts in the attributes of a `GET_CONFIG` reply (a missing one reads as 0:
+    /// the kernel leaves out the protocols it was built without).
+    pub fn from_attrs(attrs: &[super::message::IpvsAttr]) -> Timeouts {
+        use super::message::IpvsAttr;
+        let mut t = Timeouts::default();
+        for attr in attrs {
+            match attr {
+                IpvsAttr::TimeoutTcp(v) => t.tcp = *v,
+                IpvsAttr::TimeoutTcpFin(v) => t.tcp_fin = *v,
+                IpvsAttr::TimeoutUdp(v) => t.udp = *v,
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+impl fmt::Display for Timeouts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tcp {}s, tcpfin {}s, udp {}s",
+            self.tcp, self.tcp_fin, self.udp
+        )
+    }
+}

@@ -22,7 +22,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
 use super::consts::IPVS_GENL_NAME;
 use super::message::{IpvsAttr, IpvsCmd, IpvsMessage};
-use super::repr::{Destination, Service, ServiceKey};
+use super::repr::{Destination, Service, ServiceKey, Timeouts};
 
 /// How long one request may wait for its complete answer.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -244,6 +244,28 @@ impl IpvsSocket {
             }
         }
         Ok((version, size))
+    }
+
+    /// The connection timeouts of this network namespace (`GET_CONFIG`).
+    pub fn timeouts(&mut self) -> Result<Timeouts, IpvsNetlinkError> {
+        let replies = self.ipvs(IpvsCmd::GetConfig, vec![], false, || {
+            "IPVS GET_CONFIG (connection timeouts)".into()
+        })?;
+        let attrs: Vec<IpvsAttr> = replies.into_iter().flat_map(|m| m.attrs).collect();
+        Ok(Timeouts::from_attrs(&attrs))
+    }
+
+    /// Sets the non-zero connection timeouts of `timeouts` (`SET_CONFIG`, as
+    /// `ipvsadm --set`); zeros leave the kernel's value unchanged. Nothing is sent when
+    /// every timeout is 0.
+    pub fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<(), IpvsNetlinkError> {
+        if timeouts.is_unchanged() {
+            return Ok(());
+        }
+        self.ipvs(IpvsCmd::SetConfig, timeouts.to_attrs(), false, || {
+            format!("IPVS SET_CONFIG (connection timeouts: {timeouts})")
+        })
+        .map(drop)
     }
 
     /// Every virtual service in this network namespace.

@@ -7,7 +7,7 @@ use netlink_packet_generic::GenlHeader;
 use proptest::prelude::*;
 
 use super::consts::*;
-use super::{Destination, IpvsAttr, IpvsCmd, IpvsMessage, Service, ServiceKey};
+use super::{Destination, IpvsAttr, IpvsCmd, IpvsMessage, Service, ServiceKey, Timeouts};
 
 fn roundtrip(msg: &IpvsMessage) -> IpvsMessage {
     let mut buf = vec![0u8; msg.buffer_len()];
@@ -93,4 +93,56 @@ fn fwmark_key_roundtrip() {
     let svc = Service::new(key, "wrr");
     assert_eq!(Service::from_attrs(&svc.to_attrs()).expect("decode"), svc);
     assert_eq!(key.to_string(), "FWM 16384");
+}
+
+proptest! {
+    #[test]
+    fn config_roundtrip(tcp: u32, tcp_fin: u32, udp: u32, reply: bool) {
+        let timeouts = Timeouts { tcp, tcp_fin, udp };
+        let cmd = if reply { IpvsCmd::SetConfig } else { IpvsCmd::GetConfig };
+        let msg = IpvsMessage::new(cmd, timeouts.to_attrs());
+        let back = roundtrip(&msg);
+        prop_assert_eq!(&back, &msg);
+        prop_assert_eq!(Timeouts::from_attrs(&back.attrs), timeouts);
+    }
+}
+
+#[test]
+fn set_config_sends_only_nonzero_timeouts() {
+    let only_udp = Timeouts {
+        udp: 300,
+        ..Timeouts::default()
+    };
+    assert_eq!(only_udp.to_attrs(), vec![IpvsAttr::TimeoutUdp(300)]);
+    assert!(Timeouts::default().to_attrs().is_empty());
+    assert!(Timeouts::default().is_unchanged());
+    let msg = IpvsMessage::new(IpvsCmd::SetConfig, only_udp.to_attrs());
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut buf);
+    // nla_len 8, nla_type IPVS_CMD_ATTR_TIMEOUT_UDP (6), u32 300 in host order.
+    let mut want = vec![8, 0, 6, 0];
+    want.extend_from_slice(&300u32.to_ne_bytes());
+    assert_eq!(buf, want);
+}
+
+#[test]
+fn config_command_numbers_match_the_uapi_header() {
+    assert_eq!(u8::from(IpvsCmd::SetConfig), 12);
+    assert_eq!(u8::from(IpvsCmd::GetConfig), 13);
+    assert_eq!(IpvsCmd::from(12), IpvsCmd::SetConfig);
+    assert_eq!(IpvsCmd::from(13), IpvsCmd::GetConfig);
+    assert_eq!(IpvsCmd::from(14), IpvsCmd::SetInfo);
+}
+
+#[test]
+fn timeout_attrs_are_not_read_from_info_replies() {
+    // In a GET_INFO reply, attribute 4 is not a timeout (the info attribute space).
+    let mut buf = vec![8, 0, 4, 0];
+    buf.extend_from_slice(&7u32.to_ne_bytes());
+    let header = GenlHeader {
+        cmd: CMD_SET_INFO,
+        version: IPVS_GENL_VERSION,
+    };
+    let msg = IpvsMessage::parse_with_param(&buf, header).expect("decode");
+    assert!(matches!(msg.attrs.as_slice(), [IpvsAttr::Other(_)]));
 }
