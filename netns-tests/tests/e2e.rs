@@ -760,24 +760,31 @@ fn a_burst_of_changes_gives_a_few_syncs() -> Result {
     Ok(())
 }
 
-/// An external flush of kproxy's rules (iptables `-F`/`-X` of nat, or deleting the nft
-/// table) is noticed by the canary and repaired within seconds, well before the 30 s
-/// periodic full sync.
+/// An external flush of kproxy's rules (iptables `-F`/`-X` of nat, deleting the nft
+/// table, `ipvsadm -C`) is noticed by the canary and repaired within seconds, well before
+/// the 30 s periodic full sync. The service is probed through node-0 twice: its ClusterIP
+/// from a pod, and its NodePort from outside (with the endpoint on node-1, it needs
+/// masquerading); the flush must break at least one of them.
 fn flush_is_repaired(mode: &str, flush: &[&[&str]]) -> Result {
     let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
-    c.apply(&web(vec![c.endpoint("pod-1-0")?]))?;
+    let mut spec = web(vec![c.endpoint("pod-1-0")?]);
+    spec.service_type = ServiceType::NodePort;
+    spec.ports = vec![PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30080)];
+    c.apply(&spec)?;
     let vip = sock(ip(10, 96, 0, 10), 80);
-    assert_eq!(c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 2).failures, 0);
+    let node_port = sock(c.node_ip(0), 30080);
+    let failures = |c: &Cluster| -> anyhow::Result<usize> {
+        Ok(c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 1).failures
+            + c.tcp_hits(&c.rig.external, node_port, 1).failures)
+    };
+    assert_eq!(failures(&c)?, 0);
     for command in flush {
         c.rig.node_ns(0).exec(command[0], &command[1..])?;
     }
     let flushed = Instant::now();
-    assert!(
-        c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 1).failures > 0,
-        "the flush broke the service on node-0"
-    );
+    assert!(failures(&c)? > 0, "the flush broke the service on node-0");
     loop {
-        if c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 1).failures == 0 {
+        if failures(&c)? == 0 {
             break;
         }
         anyhow::ensure!(
@@ -804,4 +811,22 @@ fn iptables_flush_is_repaired() -> Result {
 #[test]
 fn nftables_table_deletion_is_repaired() -> Result {
     flush_is_repaired("nftables", &[&["nft", "delete", "table", "ip", "kproxy"]])
+}
+
+#[cfg(feature = "ipvs-guest")]
+#[test]
+fn ipvs_clear_is_repaired() -> Result {
+    flush_is_repaired("ipvs", &[&["ipvsadm", "-C"]])
+}
+
+#[cfg(feature = "ipvs-guest")]
+#[test]
+fn ipvs_nat_flush_is_repaired() -> Result {
+    flush_is_repaired(
+        "ipvs",
+        &[
+            &["iptables", "-t", "nat", "-F"],
+            &["iptables", "-t", "nat", "-X"],
+        ],
+    )
 }

@@ -6,10 +6,12 @@
 //! - [`ipset`]: the ipset entries the iptables side matches on, pure.
 //! - [`diff`]: wanted state vs. kernel state → netlink operations (graceful termination).
 //! - [`rules`]: the small fixed iptables ruleset (masquerade, hairpin, forward).
+//! - [`canary`]: the check between syncs that notices an external wipe.
 //! - [`apply`]: the only code that changes the kernel (netlink, `ip -batch`).
 //! - [`proxier`]: [`IpvsProxier`], per-family sync state tying the above together.
 
 pub mod apply;
+pub mod canary;
 pub mod diff;
 pub mod ipset;
 pub mod netlink;

@@ -19,6 +19,7 @@ use super::apply::{
     IpvsError, apply_addresses, apply_ipsets, apply_ops, bound_addresses, delete_dummy_interface,
     destroy_ipsets, ensure_dummy_interface, forget_excluded, read_owned,
 };
+use super::canary::IpvsCanary;
 use super::diff::{IpvsOp, KernelState, advance, diff};
 use super::ipset::{self, IpsetEntries};
 use super::netlink::{IpvsNetlinkError, IpvsSocket, ServiceKey, Timeouts};
@@ -274,6 +275,22 @@ impl IpvsProxier {
             self.written[i].addresses = Some(now_bound);
         }
         Ok(reports)
+    }
+
+    /// What the canary should look for, after the last sync: per family one virtual server
+    /// it left, `kube-ipvs0` when it bound addresses, and the fixed iptables chains.
+    pub fn canary(&self) -> IpvsCanary {
+        let mut canary = IpvsCanary::default();
+        for state in &self.written {
+            if let Some(key) = state.kernel.as_ref().and_then(|k| k.keys().next()) {
+                canary.probes.push(*key);
+            }
+            canary.dummy_interface |= state.addresses.as_ref().is_some_and(|a| !a.is_empty());
+            if let (Some(v4), Some(_)) = (&self.iptables, &state.rules) {
+                canary.iptables.push(iptables_for(v4, state.family));
+            }
+        }
+        canary
     }
 
     /// Re-reads the destinations of services with a draining (weight 0) real server, so

@@ -31,6 +31,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_REPLY_MESSAGES: usize = 1 << 20;
 const RECV_BUF_LEN: usize = 1 << 18;
 const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
 
 /// An IPVS netlink failure, naming the request it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -282,6 +283,31 @@ impl IpvsSocket {
                 })
             })
             .collect()
+    }
+
+    /// One virtual service, `None` when the kernel has none with this key (`GET_SERVICE`
+    /// without a dump: a single round trip, whatever the number of services).
+    pub fn service(&mut self, key: &ServiceKey) -> Result<Option<Service>, IpvsNetlinkError> {
+        let what = format!("IPVS GET_SERVICE of {key}");
+        let attrs = vec![IpvsAttr::Service(key.to_attrs())];
+        let replies = match self.ipvs(IpvsCmd::GetService, attrs, false, || what.clone()) {
+            Err(IpvsNetlinkError::Kernel { source, .. })
+                if matches!(source.raw_os_error(), Some(ESRCH | ENOENT)) =>
+            {
+                return Ok(None);
+            }
+            other => other?,
+        };
+        replies
+            .iter()
+            .find_map(IpvsMessage::service_attrs)
+            .map(|attrs| {
+                Service::from_attrs(attrs).map_err(|source| IpvsNetlinkError::Decode {
+                    what: what.clone(),
+                    source,
+                })
+            })
+            .transpose()
     }
 
     /// Adds a virtual service.
