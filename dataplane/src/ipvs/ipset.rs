@@ -70,13 +70,18 @@ fn ip_port(ip: &IpAddr, p: Protocol, port: u16) -> String {
     format!("{ip},{}:{port}", p.as_lower())
 }
 
+/// Every set kproxy owns, without entries.
+pub fn empty_sets() -> IpsetEntries {
+    ALL_SETS
+        .into_iter()
+        .map(|name| (name, BTreeSet::new()))
+        .collect()
+}
+
 /// Renders every set's entries for `family`; `nodeport_ips` are the addresses NodePorts
 /// are served on. Empty sets are present (with no entries) so the apply layer creates them.
 pub fn render_ipsets(plan: &ProxyPlan, family: IpFamily, nodeport_ips: &[IpAddr]) -> IpsetEntries {
-    let mut sets: IpsetEntries = ALL_SETS
-        .into_iter()
-        .map(|name| (name, BTreeSet::new()))
-        .collect();
+    let mut sets = empty_sets();
     let own_ips = plan
         .node
         .family(family)
@@ -88,7 +93,8 @@ pub fn render_ipsets(plan: &ProxyPlan, family: IpFamily, nodeport_ips: &[IpAddr]
     sets
 }
 
-fn render_service(
+/// Adds one service port's entries to `sets`; `own_ips` are the node's addresses.
+pub(super) fn render_service(
     svc: &ServicePortPlan,
     nodeport_ips: &[IpAddr],
     own_ips: &[IpAddr],

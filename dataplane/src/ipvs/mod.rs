@@ -4,6 +4,7 @@
 //! - [`netlink`]: the IPVS generic-netlink message layer and socket.
 //! - [`state`]: `ProxyPlan` → [`state::IpvsState`] (virtual servers, bound addresses), pure.
 //! - [`ipset`]: the ipset entries the iptables side matches on, pure.
+//! - [`incremental`]: the same state, re-rendering only the service ports that changed.
 //! - [`diff`]: wanted state vs. kernel state → netlink operations (graceful termination).
 //! - [`rules`]: the small fixed iptables ruleset (masquerade, hairpin, forward).
 //! - [`canary`]: the check between syncs that notices an external wipe.
@@ -13,6 +14,7 @@
 pub mod apply;
 pub mod canary;
 pub mod diff;
+pub mod incremental;
 pub mod ipset;
 pub mod netlink;
 pub mod proxier;

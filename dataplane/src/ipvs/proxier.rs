@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 
-use crate::plan::{IpFamily, ProxyPlan};
+use crate::plan::{IpFamily, NodeContext, ProxyPlan};
 use crate::report::SyncReport;
 
 use super::apply::{
@@ -21,6 +21,7 @@ use super::apply::{
 };
 use super::canary::IpvsCanary;
 use super::diff::{IpvsOp, KernelState, advance, diff};
+use super::incremental::IncrementalRender;
 use super::ipset::{self, IpsetEntries};
 use super::netlink::{IpvsNetlinkError, IpvsSocket, ServiceKey, Timeouts};
 use super::rules::{RuleOptions, apply_rules, cleanup_rules, render_rules};
@@ -46,6 +47,34 @@ pub struct IpvsOptions {
     /// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`, `--ipvs-udp-timeout`: set once at
     /// start (the non-zero ones); a failure is logged, as upstream.
     pub timeouts: Timeouts,
+}
+
+/// Brings the kernel's sets from `cached` (what the last sync wrote; `None`: unknown, so
+/// every set is rebuilt) to `wanted`, comparing only the sets in `changed` when `cached`
+/// is known. Returns what the kernel now holds and the number of entry lines written.
+fn sync_ipsets(
+    wanted: &IpvsState,
+    cached: Option<IpsetEntries>,
+    changed: &BTreeSet<&'static str>,
+    family: IpFamily,
+) -> Result<(IpsetEntries, usize), IpvsError> {
+    match cached {
+        Some(mut sets) => {
+            let part: IpsetEntries = changed
+                .iter()
+                .filter_map(|set| Some((*set, wanted.ipsets.get(set)?.clone())))
+                .collect();
+            let (input, lines) = ipset::restore_input(&part, Some(&sets), family);
+            apply_ipsets(&input)?;
+            sets.extend(part);
+            Ok((sets, lines))
+        }
+        None => {
+            let (input, lines) = ipset::restore_input(&wanted.ipsets, None, family);
+            apply_ipsets(&input)?;
+            Ok((wanted.ipsets.clone(), lines))
+        }
+    }
 }
 
 /// The iptables binary of `family` given the IPv4 one.
@@ -105,9 +134,12 @@ struct FamilyState {
     family: IpFamily,
     kernel: Option<KernelState>,
     ipsets: Option<IpsetEntries>,
-    rules: Option<String>,
+    /// The fixed ruleset the last sync wrote, and the node it was rendered for.
+    rules: Option<(NodeContext, String)>,
     /// Addresses on `kube-ipvs0` after the last sync.
     addresses: Option<BTreeSet<IpAddr>>,
+    /// The wanted state of the last plan, updated per changed service port.
+    renderer: IncrementalRender,
 }
 
 impl IpvsProxier {
@@ -134,6 +166,9 @@ impl IpvsProxier {
         configure_timeouts(&mut sock, &opts.timeouts);
         ensure_dummy_interface()?;
         let families: Vec<IpFamily> = families.into_iter().collect();
+        let render_options = RenderOptions {
+            scheduler: opts.scheduler,
+        };
         tracing::info!(
             version = format!("{}.{}.{}", version >> 16, (version >> 8) & 0xff, version & 0xff),
             scheduler = %opts.scheduler,
@@ -145,6 +180,7 @@ impl IpvsProxier {
             written: families
                 .iter()
                 .map(|f| FamilyState {
+                    renderer: IncrementalRender::new(*f, render_options.clone()),
                     family: *f,
                     kernel: None,
                     ipsets: None,
@@ -153,9 +189,7 @@ impl IpvsProxier {
                 })
                 .collect(),
             families,
-            render: RenderOptions {
-                scheduler: opts.scheduler,
-            },
+            render: render_options,
             rule_options: RuleOptions {
                 random_fully: opts.random_fully,
             },
@@ -205,26 +239,35 @@ impl IpvsProxier {
         for i in 0..self.written.len() {
             let start = Instant::now();
             let family = self.written[i].family;
-            let wanted = render(plan, family, &self.render).unwrap_or_default();
+            // Taken out for the sync (a failed sync leaves a fresh one: the next render is
+            // then a full one).
+            let fresh = IncrementalRender::new(family, self.render.clone());
+            let mut renderer = std::mem::replace(&mut self.written[i].renderer, fresh);
+            let nothing = IpvsState::default();
+            let served = renderer.render(plan).is_some();
+            let changed_sets = renderer.take_changed_sets();
+            let wanted = if served { renderer.state() } else { &nothing };
             let cached = self.written[i].kernel.take().filter(|_| !full);
             let cached_sets = self.written[i].ipsets.take().filter(|_| cached.is_some());
             let full = cached.is_none();
-            let (ipset_input, ipset_lines) =
-                ipset::restore_input(&wanted.ipsets, cached_sets.as_ref(), family);
-            apply_ipsets(&ipset_input)?;
-            self.written[i].ipsets = Some(wanted.ipsets.clone());
+            let (sets, ipset_lines) = sync_ipsets(wanted, cached_sets, &changed_sets, family)?;
+            self.written[i].ipsets = Some(sets);
             let cached_rules = self.written[i].rules.take().filter(|_| !full);
             let mut rules_written = 0;
-            if let (Some(v4), Some(text)) = (
-                &self.iptables,
-                render_rules(plan, family, self.rule_options),
-            ) {
-                if cached_rules.as_deref() != Some(text.as_str()) {
-                    apply_rules(&iptables_for(v4, family), &text)?;
-                    rules_written = text.lines().filter(|l| l.starts_with("-A")).count();
-                }
-                self.written[i].rules = Some(text);
-            }
+            // The ruleset depends on the node only: rendered again when that changed.
+            let rules = match (cached_rules, &self.iptables) {
+                (Some((node, text)), _) if node == plan.node => Some(text),
+                (_, Some(v4)) => match render_rules(plan, family, self.rule_options) {
+                    Some(text) => {
+                        apply_rules(&iptables_for(v4, family), &text)?;
+                        rules_written = text.lines().filter(|l| l.starts_with("-A")).count();
+                        Some(text)
+                    }
+                    None => None,
+                },
+                (_, None) => None,
+            };
+            self.written[i].rules = rules.map(|text| (plan.node.clone(), text));
             let cached_addresses = self.written[i].addresses.take().filter(|_| !full);
             let addresses = match cached_addresses {
                 Some(a) => a,
@@ -244,7 +287,7 @@ impl IpvsProxier {
             };
             let wanted_keys = &wanted.virtual_servers;
             self.leave_excluded(&mut current, family, |k| wanted_keys.contains_key(k));
-            let changes = diff(&wanted, &current, &addresses);
+            let changes = diff(wanted, &current, &addresses);
             apply_addresses(&changes)?;
             apply_ops(&mut self.sock, &changes)?;
             advance(&mut current, &changes.ops);
@@ -273,6 +316,7 @@ impl IpvsProxier {
                 now_bound.remove(ip);
             }
             self.written[i].addresses = Some(now_bound);
+            self.written[i].renderer = renderer;
         }
         Ok(reports)
     }

@@ -170,7 +170,9 @@ fn real_servers(endpoints: &[Endpoint]) -> BTreeMap<SocketAddr, u32> {
     endpoints.iter().map(|ep| (ep.addr, 1)).collect()
 }
 
-fn render_service(
+/// Adds one service port's virtual servers and bound addresses to `state` (a later
+/// virtual server with the same key replaces an earlier one).
+pub(super) fn render_service(
     svc: &ServicePortPlan,
     node_ips: &[IpAddr],
     opts: &RenderOptions,
