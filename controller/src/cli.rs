@@ -327,6 +327,14 @@ impl Settings {
             "manifests": self.manifests.as_ref().map(|p| p.display().to_string()),
             "kubeconfig": self.kubeconfig.as_ref().map(|p| p.display().to_string()),
             "master": self.master,
+            "ipvs": {
+                "scheduler": self.ipvs_scheduler,
+                "strictARP": self.ipvs_strict_arp,
+                "excludeCIDRs": self.ipvs_exclude_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "tcpTimeout": format!("{:?}", self.ipvs_tcp_timeout),
+                "tcpFinTimeout": format!("{:?}", self.ipvs_tcp_fin_timeout),
+                "udpTimeout": format!("{:?}", self.ipvs_udp_timeout),
+            },
         })
     }
 }
@@ -772,6 +780,14 @@ mod tests {
         assert_eq!(s.ipvs_tcp_timeout, Duration::from_secs(900));
         assert_eq!(s.ipvs_tcp_fin_timeout, Duration::from_secs(120));
         assert_eq!(s.ipvs_udp_timeout, Duration::ZERO);
+        // /configz shows them.
+        let ipvs = &s.to_json()["ipvs"];
+        assert_eq!(
+            ipvs["excludeCIDRs"],
+            serde_json::json!(["192.168.100.0/24", "fd00:1::/64"])
+        );
+        assert_eq!(ipvs["tcpFinTimeout"], "120s");
+        assert_eq!(ipvs["scheduler"], "rr");
     }
 
     #[test]
