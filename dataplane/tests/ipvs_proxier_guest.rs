@@ -655,3 +655,43 @@ fn proxier_sets_ipvs_timeouts_at_start() {
     );
     sock.set_timeouts(&before).expect("restore");
 }
+
+/// A load-balancer IP whose source ranges exclude the node is not reachable from the node
+/// itself (IPVS schedules the node's own connections in OUTPUT, so only upstream's
+/// `KUBE-IPVS-OUT-FILTER` stops them), and is once the ranges include the node; the
+/// ClusterIP works throughout.
+#[test]
+fn load_balancer_source_ranges_apply_to_the_node_itself() {
+    require_ipvs("load_balancer_source_ranges_apply_to_the_node_itself");
+    setup_pods("l", 247);
+    let mut svc = service(
+        "guarded",
+        ip("10.96.5.10"),
+        80,
+        &["10.247.0.11:80", "10.247.0.12:80"],
+    );
+    svc.load_balancer_ips = vec![ip("203.0.113.45")];
+    svc.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().expect("cidr")];
+    let mut plan = ProxyPlan {
+        node: node(),
+        services: vec![svc],
+    };
+    let mut proxier = IpvsProxier::new(
+        IpvsOptions {
+            iptables: Some("iptables-nft".into()),
+            ..IpvsOptions::default()
+        },
+        [IpFamily::V4],
+    )
+    .expect("IPVS proxier");
+    proxier.sync(&plan, true).expect("sync");
+    let lb = SocketAddr::new(ip("203.0.113.45"), 80);
+    let reaches =
+        |addr: SocketAddr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok();
+    assert!(reaches(SocketAddr::new(ip("10.96.5.10"), 80)), "ClusterIP");
+    assert!(!reaches(lb), "the node is outside the source ranges");
+    plan.services[0].load_balancer_source_ranges = vec!["10.0.0.0/24".parse().expect("cidr")];
+    proxier.sync(&plan, false).expect("partial sync");
+    assert!(reaches(lb), "the node is inside the source ranges");
+    proxier.cleanup(Some(&plan)).expect("cleanup");
+}

@@ -24,7 +24,9 @@ use super::diff::{IpvsOp, KernelState, advance, diff};
 use super::incremental::IncrementalRender;
 use super::ipset::{self, IpsetEntries};
 use super::netlink::{IpvsNetlinkError, IpvsSocket, ServiceKey, Timeouts};
-use super::rules::{RuleOptions, apply_rules, cleanup_rules, render_rules};
+use super::rules::{
+    NoNodeAccess, RuleOptions, apply_rules, cleanup_rules, no_node_access, render_rules,
+};
 use super::state::{IpvsState, RenderOptions, Scheduler, nodeport_ips, render};
 
 /// IPVS-mode settings.
@@ -48,6 +50,9 @@ pub struct IpvsOptions {
     /// start (the non-zero ones); a failure is logged, as upstream.
     pub timeouts: Timeouts,
 }
+
+/// What the IPVS-mode ruleset is rendered from.
+type RulesInput = (NodeContext, Vec<NoNodeAccess>);
 
 /// Brings the kernel's sets from `cached` (what the last sync wrote; `None`: unknown, so
 /// every set is rebuilt) to `wanted`, comparing only the sets in `changed` when `cached`
@@ -134,8 +139,8 @@ struct FamilyState {
     family: IpFamily,
     kernel: Option<KernelState>,
     ipsets: Option<IpsetEntries>,
-    /// The fixed ruleset the last sync wrote, and the node it was rendered for.
-    rules: Option<(NodeContext, String)>,
+    /// The ruleset the last sync wrote, and what it was rendered from.
+    rules: Option<(RulesInput, String)>,
     /// Addresses on `kube-ipvs0` after the last sync.
     addresses: Option<BTreeSet<IpAddr>>,
     /// The wanted state of the last plan, updated per changed service port.
@@ -254,9 +259,11 @@ impl IpvsProxier {
             self.written[i].ipsets = Some(sets);
             let cached_rules = self.written[i].rules.take().filter(|_| !full);
             let mut rules_written = 0;
-            // The ruleset depends on the node only: rendered again when that changed.
+            // The ruleset depends on the node and the load-balancer IPs the node may not
+            // reach only: rendered again when those changed.
+            let input = (plan.node.clone(), no_node_access(plan, family));
             let rules = match (cached_rules, &self.iptables) {
-                (Some((node, text)), _) if node == plan.node => Some(text),
+                (Some((was, text)), _) if was == input => Some(text),
                 (_, Some(v4)) => match render_rules(plan, family, self.rule_options) {
                     Some(text) => {
                         apply_rules(&iptables_for(v4, family), &text)?;
@@ -267,7 +274,7 @@ impl IpvsProxier {
                 },
                 (_, None) => None,
             };
-            self.written[i].rules = rules.map(|text| (plan.node.clone(), text));
+            self.written[i].rules = rules.map(|text| (input, text));
             let cached_addresses = self.written[i].addresses.take().filter(|_| !full);
             let addresses = match cached_addresses {
                 Some(a) => a,

@@ -1,13 +1,15 @@
 //! The small fixed iptables ruleset of IPVS mode (upstream's `writeIptablesRules`, nat and
-//! filter): per-service data lives in the ipsets, so the rules do not grow with services.
+//! filter): per-service data lives in the ipsets, so the rules do not grow with services,
+//! except one DROP per load-balancer IP the node itself may not reach ([`no_node_access`]).
 //! [`render_rules`] is pure and returns `iptables-restore --noflush` input that rewrites
 //! kproxy's IPVS chains; [`JUMPS`] are the rules in built-in chains that lead into them.
 //! [`apply_rules`] runs the tools.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-use crate::plan::{IpFamily, LocalTrafficDetector, ProxyPlan};
+use crate::plan::{IpFamily, LocalTrafficDetector, Protocol, ProxyPlan};
 
 use super::apply::IpvsError;
 use super::ipset::{self, set_name};
@@ -32,6 +34,9 @@ pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
 pub const KUBE_SOURCE_RANGES_FIREWALL: &str = "KUBE-SOURCE-RANGES-FIREWALL";
 /// filter: rejects new connections to a VIP on a port no service uses.
 pub const KUBE_IPVS_FILTER: &str = "KUBE-IPVS-FILTER";
+/// filter: drops the node's own connections to a load-balancer IP whose source ranges
+/// exclude the node (IPVS schedules them in OUTPUT, so they never reach INPUT's firewall).
+pub const KUBE_IPVS_OUT_FILTER: &str = "KUBE-IPVS-OUT-FILTER";
 
 /// The nat chains kproxy's IPVS mode owns.
 const NAT_CHAINS: [&str; 5] = [
@@ -42,21 +47,21 @@ const NAT_CHAINS: [&str; 5] = [
     KUBE_MARK_MASQ,
 ];
 /// The filter chains kproxy's IPVS mode owns.
-const FILTER_CHAINS: [&str; 5] = [
+const FILTER_CHAINS: [&str; 6] = [
     KUBE_FORWARD,
     KUBE_NODE_PORT_FILTER,
     KUBE_PROXY_FIREWALL,
     KUBE_SOURCE_RANGES_FIREWALL,
     KUBE_IPVS_FILTER,
+    KUBE_IPVS_OUT_FILTER,
 ];
 
 /// A rule in a built-in chain jumping into one of kproxy's IPVS chains:
 /// `(table, built-in chain, comment, target)`.
 pub type Jump = (&'static str, &'static str, &'static str, &'static str);
 
-/// Upstream's IPVS-mode jump rules (without the OUTPUT filter for load-balancer IPs the node
-/// may not reach, see [`render_rules`]).
-pub const JUMPS: [Jump; 8] = [
+/// Upstream's IPVS-mode jump rules.
+pub const JUMPS: [Jump; 9] = [
     (
         "nat",
         "PREROUTING",
@@ -100,7 +105,41 @@ pub const JUMPS: [Jump; 8] = [
         "kubernetes ipvs access filter",
         KUBE_IPVS_FILTER,
     ),
+    (
+        "filter",
+        "OUTPUT",
+        "kubernetes ipvs access filter",
+        KUBE_IPVS_OUT_FILTER,
+    ),
 ];
+
+/// A load-balancer IP and port the node itself may not reach: its service has source
+/// ranges, none of which holds a node address.
+pub type NoNodeAccess = (IpAddr, Protocol, u16);
+
+/// Every [`NoNodeAccess`] of `family` in `plan`, in plan order: the only part of the
+/// ruleset that depends on services.
+pub fn no_node_access(plan: &ProxyPlan, family: IpFamily) -> Vec<NoNodeAccess> {
+    let node_ips = plan
+        .node
+        .family(family)
+        .map(|ctx| ctx.node_ips.as_slice())
+        .unwrap_or_default();
+    plan.services_of(family)
+        .filter(|svc| {
+            !svc.load_balancer_source_ranges.is_empty()
+                && !svc
+                    .load_balancer_source_ranges
+                    .iter()
+                    .any(|net| node_ips.iter().any(|ip| net.contains(ip)))
+        })
+        .flat_map(|svc| {
+            svc.load_balancer_ips
+                .iter()
+                .map(move |ip| (*ip, svc.name.protocol, svc.port))
+        })
+        .collect()
+}
 
 /// Options of the ruleset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,9 +151,6 @@ pub struct RuleOptions {
 /// The `iptables-restore --noflush` input for `family`: declares (and so flushes) every
 /// IPVS chain kproxy owns and writes its rules. `None` when the node does not serve the
 /// family.
-///
-/// Left out of upstream's set: `KUBE-IPVS-OUT-FILTER`, which drops the node's own
-/// requests to a load-balancer IP whose source ranges exclude the node.
 pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Option<String> {
     let ctx = plan.node.family(family)?;
     let mark = plan.node.masquerade_mark;
@@ -299,6 +335,16 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
             set(ipset::KUBE_IPVS_IPS)
         ),
     );
+    // A connection from the node to a local VIP has the VIP as its source.
+    for (ip, protocol, port) in no_node_access(plan, family) {
+        add(
+            KUBE_IPVS_OUT_FILTER,
+            format!(
+                "-s {ip} -m ipvs --vaddr {ip} --vproto {} -m ipvs --vport {port} -j DROP",
+                protocol.as_lower()
+            ),
+        );
+    }
     let mut out = String::from("*nat\n");
     for line in nat.iter() {
         out.push_str(line);
@@ -317,7 +363,7 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
 /// jump rules are gone).
 pub fn cleanup_input() -> String {
     let mut out = String::new();
-    for (table, chains) in [("nat", &NAT_CHAINS), ("filter", &FILTER_CHAINS)] {
+    for (table, chains) in [("nat", &NAT_CHAINS[..]), ("filter", &FILTER_CHAINS[..])] {
         out.push_str(&format!("*{table}\n"));
         for c in chains {
             out.push_str(&format!(":{c} - [0:0]\n"));

@@ -339,8 +339,20 @@ fn source_ranges_health_checks_and_vip_filter() {
         .expect("v4")
         .ipsets;
     assert!(sets[KUBE_LOAD_BALANCER_SOURCE_IP].is_empty());
+    // ... and the node's own connections to the VIP (scheduled by IPVS in OUTPUT, before
+    // INPUT's firewall) are dropped.
+    let excluded = render_rules(&q, IpFamily::V4, RuleOptions::default()).expect("v4");
+    assert!(
+        excluded.lines().any(|l| l
+            == "-A KUBE-IPVS-OUT-FILTER -s 203.0.113.7 -m ipvs --vaddr 203.0.113.7 --vproto tcp -m ipvs --vport 443 -j DROP"),
+        "{excluded}"
+    );
 
     let text = render_rules(&p, IpFamily::V4, RuleOptions::default()).expect("v4");
+    assert!(
+        !text.contains("-A KUBE-IPVS-OUT-FILTER"),
+        "the node is allowed"
+    );
     let filter = text.split("*filter\n").nth(1).expect("filter table");
     for line in [
         ":KUBE-PROXY-FIREWALL - [0:0]",
