@@ -6,7 +6,8 @@
 //! - [`ipset`]: the ipset entries the iptables side matches on, pure.
 //! - [`incremental`]: the same state, re-rendering only the service ports that changed.
 //! - [`diff`]: wanted state vs. kernel state → netlink operations (graceful termination).
-//! - [`rules`]: the small fixed iptables ruleset (masquerade, hairpin, forward).
+//! - [`rules`]: the small iptables ruleset (masquerade, hairpin, forward, source ranges,
+//!   the VIP access filters).
 //! - [`canary`]: the check between syncs that notices an external wipe.
 //! - [`apply`]: the only code that changes the kernel (netlink, `ip -batch`).
 //! - [`proxier`]: [`IpvsProxier`], per-family sync state tying the above together.

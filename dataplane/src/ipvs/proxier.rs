@@ -1,8 +1,11 @@
-//! The IPVS-mode sync engine: per IP family, render the plan, diff it against the
-//! kernel's virtual services (read over netlink on a full sync, the last sync's result
-//! otherwise, refreshed for draining real servers), and apply the difference.
+//! The IPVS-mode sync engine: per IP family, render the plan (incrementally: only the
+//! service ports that changed), diff it against the kernel's virtual services (read over
+//! netlink on a full sync, the last sync's result otherwise, refreshed for draining real
+//! servers), and apply the difference; on a partial sync only the ipsets that changed are
+//! compared, and the ruleset is written only when its inputs changed.
 //!
-//! After any failure the cached state is dropped, so the next sync re-reads the kernel.
+//! After any failure the cached state (and the renderer's) is dropped, so the next sync
+//! re-reads the kernel and renders everything.
 //! Calls block briefly on netlink and `ip`; run them off an async executor's hot path.
 
 use std::collections::BTreeSet;
