@@ -11,7 +11,6 @@
 //!     [--modes nftables,iptables-nft,iptables-legacy,ipvs] [--endpoints 3] [--partials 5]
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use kproxy_dataplane::iptables::apply::BackendChoice;
@@ -19,6 +18,11 @@ use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::ipvs::{IpvsOptions, IpvsProxier};
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::*;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{synthetic_endpoint, synthetic_plan};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
@@ -92,74 +96,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn v4(base: Ipv4Addr, offset: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(u32::from(base) + offset as u32))
-}
-
-fn endpoint(service: usize, j: usize, per_service: usize, generation: usize) -> Endpoint {
-    let pod = v4(
-        Ipv4Addr::new(10, 128, 0, 0),
-        service * per_service + j + generation * 3_000_000,
-    );
-    Endpoint {
-        addr: SocketAddr::new(pod, 8080),
-        is_local: false,
-        ready: true,
-        serving: true,
-        terminating: false,
-    }
-}
-
-/// N services × E endpoints; the first 2000 have a NodePort.
-fn synthetic_plan(n: usize, per_service: usize) -> ProxyPlan {
-    let services = (0..n)
-        .map(|i| {
-            let eps: Vec<Endpoint> = (0..per_service)
-                .map(|j| endpoint(i, j, per_service, 0))
-                .collect();
-            ServicePortPlan {
-                name: ServicePortName {
-                    namespace: format!("ns{}", i / 100),
-                    name: format!("svc{i}"),
-                    port: "http".into(),
-                    protocol: Protocol::Tcp,
-                },
-                family: IpFamily::V4,
-                cluster_ip: v4(Ipv4Addr::new(172, 16, 0, 0), i + 1),
-                port: 80,
-                node_port: (i < 2000).then(|| 30000 + i as u16),
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                session_affinity_timeout: None,
-                external_policy_local: false,
-                internal_policy_local: false,
-                health_check_node_port: None,
-                has_any_endpoints: !eps.is_empty(),
-                cluster_endpoints: eps,
-                local_endpoints: vec![],
-            }
-        })
-        .collect();
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "bench".into(),
-            ipv4: Some(FamilyContext {
-                node_ips: vec!["192.168.0.10".parse().expect("ip")],
-                nodeport_addresses: NodePortAddresses::All,
-                local_detector: LocalTrafficDetector::ClusterCidr(
-                    "10.128.0.0/9".parse().expect("cidr"),
-                ),
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 0x4000,
-            localhost_nodeports: false,
-        },
-        services,
-    }
-}
-
 /// Replaces endpoint 1 of service `i` with a fresh address.
 fn change_one_endpoint(plan: &mut ProxyPlan, i: usize, generation: usize) {
     let per_service = plan.services[i].cluster_endpoints.len();
@@ -167,7 +103,7 @@ fn change_one_endpoint(plan: &mut ProxyPlan, i: usize, generation: usize) {
         .cluster_endpoints
         .get_mut(1 % per_service.max(1))
     {
-        *ep = endpoint(i, 1, per_service, generation);
+        *ep = synthetic_endpoint(i, 1, per_service, generation);
     }
 }
 

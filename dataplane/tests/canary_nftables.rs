@@ -5,76 +5,13 @@
 //! proxier in-process on a thread that `setns`'d into its own network namespace (deleted
 //! on drop).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::*;
 use kproxy_dataplane::report::SyncReport;
 
 mod support;
 
-use support::{Netns, block_on, require_root};
-
-fn v4(base: Ipv4Addr, offset: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(u32::from(base) + offset as u32))
-}
-
-/// `n` ClusterIP services (172.16.0.1, ...) × 3 endpoints; the first 2000 with a NodePort
-/// (the sync bench's synthetic plan).
-fn plan(n: usize) -> ProxyPlan {
-    let services = (0..n)
-        .map(|i| {
-            let eps: Vec<Endpoint> = (0..3)
-                .map(|j| Endpoint {
-                    addr: SocketAddr::new(v4(Ipv4Addr::new(10, 128, 0, 0), i * 3 + j), 8080),
-                    is_local: false,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                })
-                .collect();
-            ServicePortPlan {
-                name: ServicePortName {
-                    namespace: format!("ns{}", i / 100),
-                    name: format!("svc{i}"),
-                    port: "http".into(),
-                    protocol: Protocol::Tcp,
-                },
-                family: IpFamily::V4,
-                cluster_ip: v4(Ipv4Addr::new(172, 16, 0, 0), i + 1),
-                port: 80,
-                node_port: (i < 2000).then(|| 30000 + i as u16),
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                session_affinity_timeout: None,
-                external_policy_local: false,
-                internal_policy_local: false,
-                health_check_node_port: None,
-                has_any_endpoints: true,
-                cluster_endpoints: eps,
-                local_endpoints: vec![],
-            }
-        })
-        .collect();
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "node".into(),
-            ipv4: Some(FamilyContext {
-                node_ips: vec!["192.168.0.10".parse().expect("ip")],
-                nodeport_addresses: NodePortAddresses::All,
-                local_detector: LocalTrafficDetector::ClusterCidr(
-                    "10.128.0.0/9".parse().expect("cidr"),
-                ),
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 0x4000,
-            localhost_nodeports: false,
-        },
-        services,
-    }
-}
+use support::{Netns, block_on, require_root, synthetic_plan};
 
 fn new_proxier(node: &Netns) -> NftablesProxier {
     node.run(|| block_on(NftablesProxier::new([IpFamily::V4])).expect("nftables works"))
@@ -133,7 +70,7 @@ fn canary_detects_deleted_kproxy_table_and_full_sync_repairs() {
     let proxier = new_proxier(&node);
     let (proxier, intact) = canary_intact(&node, proxier);
     assert!(intact, "nothing synced yet: nothing to miss");
-    let plan = plan(3);
+    let plan = synthetic_plan(3, 3);
     let (proxier, report) = sync(&node, proxier, &plan, true);
     assert!(report.full);
     assert_eq!(
@@ -200,7 +137,7 @@ fn canary_detects_flushed_ruleset_and_full_sync_repairs() {
     require_root();
     let node = Netns::new("nf");
     let proxier = new_proxier(&node);
-    let plan = plan(3);
+    let plan = synthetic_plan(3, 3);
     let (proxier, _) = sync(&node, proxier, &plan, true);
     let listed = node.exec(&["nft", "list", "table", "ip", "kproxy"]);
     let (proxier, intact) = canary_intact(&node, proxier);
