@@ -146,12 +146,14 @@ pub fn apply_ops(sock: &mut IpvsSocket, changes: &IpvsChanges) -> Result<(), Ipv
     }
 }
 
-fn run_ip(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, IpvsError> {
-    let err = |detail: String| IpvsError::Link {
-        what: what.to_string(),
-        detail,
-    };
-    let mut child = Command::new("ip")
+/// Runs `binary args`, writing `stdin` to it when given, and collects its output; the
+/// error says why it could not run. Every tool IPVS mode drives goes through here.
+pub(super) fn run_tool(
+    binary: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<std::process::Output, String> {
+    let mut child = Command::new(binary)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -161,16 +163,29 @@ fn run_ip(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, Ipvs
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| err(format!("cannot run ip: {e}")))?;
+        .map_err(|e| format!("cannot run {binary}: {e}"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
-            .map_err(|e| err(format!("writing to ip: {e}")))?;
+            .map_err(|e| format!("writing to {binary}: {e}"))?;
     }
-    let out = child
+    child
         .wait_with_output()
-        .map_err(|e| err(format!("waiting for ip: {e}")))?;
+        .map_err(|e| format!("waiting for {binary}: {e}"))
+}
+
+/// The stderr of a failed run, for an error message.
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+fn run_ip(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, IpvsError> {
+    let err = |detail: String| IpvsError::Link {
+        what: what.to_string(),
+        detail,
+    };
+    let out = run_tool("ip", args, stdin).map_err(err)?;
     if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(err(stderr_of(&out)));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -260,22 +275,9 @@ pub fn apply_ipsets(input: &str) -> Result<(), IpvsError> {
         destroy_ipsets(&[SWAP_SET.to_string()]);
     }
     let err = |detail: String| IpvsError::Ipset { detail };
-    let mut child = Command::new("ipset")
-        .arg("restore")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(format!("cannot run ipset: {e}")))?;
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| err(format!("writing to ipset: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(format!("waiting for ipset: {e}")))?;
+    let out = run_tool("ipset", &["restore"], Some(input)).map_err(err)?;
     if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(err(stderr_of(&out)));
     }
     Ok(())
 }

@@ -12,8 +12,7 @@
 //!
 //! [`IpvsProxier::canary`]: super::IpvsProxier::canary
 
-use std::process::{Command, Stdio};
-
+use super::apply::run_tool;
 use super::netlink::{IpvsSocket, ServiceKey};
 use super::rules::{KUBE_FORWARD, KUBE_SERVICES};
 use super::state::DUMMY_INTERFACE;
@@ -86,12 +85,8 @@ fn interface_exists(name: &str) -> bool {
 /// `true` only when `iptables -S CHAIN` answered that the chain does not exist (exit
 /// status 1); a busy lock (status 4) or a missing binary is not a verdict.
 fn chain_missing(iptables: &str, table: &str, chain: &str) -> bool {
-    Command::new(iptables)
-        .args(["-w", "5", "-t", table, "-S", chain])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.code() == Some(1))
+    run_tool(iptables, &["-w", "5", "-t", table, "-S", chain], None)
+        .is_ok_and(|out| out.status.code() == Some(1))
 }
 
 #[cfg(test)]

@@ -5,13 +5,11 @@
 //! kproxy's IPVS chains; [`JUMPS`] are the rules in built-in chains that lead into them.
 //! [`apply_rules`] runs the tools.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use crate::plan::{IpFamily, LocalTrafficDetector, Protocol, ProxyPlan};
 
-use super::apply::IpvsError;
+use super::apply::{IpvsError, run_tool};
 use super::ipset::{self, set_name};
 
 /// nat: service traffic classification (marks for masquerade).
@@ -402,22 +400,8 @@ fn run(bin: &str, args: &[String], stdin: Option<&str>) -> Result<bool, IpvsErro
         command: format!("{bin} {}", args.join(" ")),
         detail,
     };
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(e.to_string()))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
-    }
-    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_tool(bin, &args, stdin).map_err(err)?;
     if stdin.is_some() && !out.status.success() {
         return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }

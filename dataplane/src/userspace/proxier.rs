@@ -423,23 +423,9 @@ async fn ip_batch(family: IpFamily, input: &str) -> Result<(), UserspaceError> {
         args: format!("{fam} -force -batch -"),
         detail,
     };
-    let mut child = tokio::process::Command::new("ip")
-        .args([fam, "-force", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(e.to_string()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|e| err(e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
+    let out = piped("ip", &[fam, "-force", "-batch", "-"], input)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(err)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     // `ip -batch` reports "Command failed -:N" per failing line; keep failures of lines
     // that add or replace.
@@ -512,29 +498,32 @@ async fn remove_nodeports(family: IpFamily) {
     }
 }
 
-/// Runs `binary args` with `input` on stdin; an error names the command and its stderr.
-async fn run_with_input(binary: &str, args: &[&str], input: &str) -> Result<(), UserspaceError> {
-    let err = |detail: String| UserspaceError::Tool {
-        command: format!("{binary} {}", args.join(" ")),
-        detail,
-    };
+/// Runs `binary args` with `input` on stdin and collects its output (stderr piped,
+/// stdout discarded); the error is why it could not run.
+async fn piped(binary: &str, args: &[&str], input: &str) -> Result<std::process::Output, String> {
     let mut child = tokio::process::Command::new(binary)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(input.as_bytes())
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    child.wait_with_output().await.map_err(|e| e.to_string())
+}
+
+/// Runs `binary args` with `input` on stdin; an error names the command and its stderr.
+async fn run_with_input(binary: &str, args: &[&str], input: &str) -> Result<(), UserspaceError> {
+    let err = |detail: String| UserspaceError::Tool {
+        command: format!("{binary} {}", args.join(" ")),
+        detail,
+    };
+    let out = piped(binary, args, input).await.map_err(err)?;
     if out.status.success() {
         Ok(())
     } else {
