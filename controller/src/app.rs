@@ -10,9 +10,7 @@ use crate::node::node_name;
 use crate::servers::{self, Metrics, ProxyHealth};
 use std::time::{Duration, Instant};
 
-use crate::source::{
-    ConnectOptions, KubeSource, Loaded, ManifestWatcher, ValidationOptions, load_manifests,
-};
+use crate::source::{ConnectOptions, KubeSource, Loaded, ManifestWatcher, ValidationOptions};
 use crate::sync::{self, ObjectSource, log_reports, plan_for, report_problems};
 
 /// Runs the command line.
@@ -43,11 +41,13 @@ const API_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Opens the object source (`--manifests`, else the Kubernetes API) and returns its first
 /// complete view. A manifest path that cannot be read is an error; the API is waited for
-/// (at most `api_timeout`, forever with `None`), warning every 30 s.
+/// (at most `api_timeout`, forever with `None`), warning every 30 s. `watch`: the source
+/// will be watched for changes afterwards (a manifest tree then gets file events).
 async fn open_source(
     settings: &Settings,
     node: &str,
     api_timeout: Option<Duration>,
+    watch: bool,
 ) -> anyhow::Result<(Loaded, ObjectSource)> {
     if let Some(path) = &settings.manifests {
         anyhow::ensure!(
@@ -55,9 +55,14 @@ async fn open_source(
             "--manifests {}: no such file or directory",
             path.display()
         );
-        let loaded = load_manifests(path, &validation_options(settings));
-        report_problems(&loaded);
-        let watcher = ManifestWatcher::new(path.clone(), validation_options(settings));
+        let opts = validation_options(settings);
+        let mut watcher = if watch {
+            ManifestWatcher::new(path.clone(), opts)
+        } else {
+            ManifestWatcher::polling(path.clone(), opts)
+        };
+        let loaded = watcher.poll().unwrap_or_default().into_loaded();
+        report_loaded(&loaded);
         return Ok((loaded, ObjectSource::Manifests(watcher)));
     }
     let opts = ConnectOptions {
@@ -84,8 +89,21 @@ async fn open_source(
         }
     }
     let loaded = api.load();
-    report_problems(&loaded);
+    report_loaded(&loaded);
     Ok((loaded, ObjectSource::Api(api)))
+}
+
+/// Logs the problems of a first load and what it holds.
+fn report_loaded(loaded: &Loaded) {
+    report_problems(&loaded.problems);
+    let snapshot = &loaded.snapshot;
+    tracing::info!(
+        services = snapshot.services().len(),
+        endpoint_slices = snapshot.endpoint_slices().len(),
+        nodes = snapshot.nodes().len(),
+        problems = loaded.problems.len(),
+        "objects loaded"
+    );
 }
 
 async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -94,7 +112,7 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
         "--once does not apply to userspace mode: it forwards packets itself, so it must keep running"
     );
     let name = node_name(settings.hostname_override.as_deref())?;
-    let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT)).await?;
+    let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let mut dataplane = Dataplane::new(settings, plan.node.families().collect()).await?;
     let reports = dataplane
@@ -113,7 +131,7 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
 
 async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let name = node_name(settings.hostname_override.as_deref())?;
-    let (loaded, source) = open_source(settings, &name, None).await?;
+    let (loaded, source) = open_source(settings, &name, None, true).await?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let families: Vec<IpFamily> = plan.node.families().collect();
     tracing::info!(node = %name, mode = settings.mode.name(), families = ?families, "starting kproxy");
@@ -129,7 +147,15 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         settings.to_json(),
     )?;
     let observers = sync::Observers { health, metrics };
-    sync::run(settings, &name, source, dataplane, observers).await?;
+    sync::run(
+        settings,
+        &name,
+        source,
+        loaded.snapshot,
+        dataplane,
+        observers,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -143,7 +169,7 @@ async fn cleanup(settings: &Settings) -> anyhow::Result<ExitCode> {
 async fn render_command(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     let name = node_name(settings.hostname_override.as_deref())?;
-    let (loaded, _) = open_source(&settings, &name, Some(API_SYNC_TIMEOUT)).await?;
+    let (loaded, _) = open_source(&settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
     let plan = plan_for(&settings, &name, &loaded.snapshot)?;
     for (title, text) in render(&settings, &plan).await? {
         println!("# {title} of a full sync (node {name})");

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use kproxy_dataplane::plan::{IpFamily, Protocol};
@@ -181,25 +182,169 @@ impl NodeInfo {
     }
 }
 
-/// Everything the sources know, keyed for the planner.
+/// One change to the objects a source knows: the new validated value of an object, or
+/// `None` when it is gone (deleted, or no longer valid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectChange {
+    /// A Service was added, changed or removed.
+    Service(ObjectKey, Option<Arc<Service>>),
+    /// An EndpointSlice was added, changed or removed.
+    EndpointSlice(ObjectKey, Option<Arc<EndpointSlice>>),
+    /// A Node was added, changed or removed.
+    Node(String, Option<Arc<NodeInfo>>),
+}
+
+/// What applying changes to a [`Snapshot`] touched: the input of an incremental re-plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Services whose own object or one of whose EndpointSlices changed.
+    pub services: BTreeSet<ObjectKey>,
+    /// Nodes whose object changed.
+    pub nodes: BTreeSet<String>,
+    /// How many Service objects changed (for metrics).
+    pub service_objects: usize,
+    /// The EndpointSlices whose object changed (added, changed or removed).
+    pub slice_objects: BTreeSet<ObjectKey>,
+}
+
+impl Touched {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.nodes.is_empty()
+    }
+
+    /// Adds what `other` touched.
+    pub fn merge(&mut self, other: Touched) {
+        self.services.extend(other.services);
+        self.nodes.extend(other.nodes);
+        self.service_objects += other.service_objects;
+        self.slice_objects.extend(other.slice_objects);
+    }
+}
+
+/// The indexed store of everything the sources know: Services, EndpointSlices (also
+/// indexed by the Service they belong to, so that the planner reads one Service's slices
+/// without scanning the others) and Nodes. Changed only through [`Snapshot::apply`],
+/// which keeps the index true and says which Services a change touched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Services by namespace/name.
-    pub services: BTreeMap<ObjectKey, Service>,
-    /// EndpointSlices by their own namespace/name.
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
-    /// Nodes by name.
-    pub nodes: BTreeMap<String, NodeInfo>,
+    services: BTreeMap<ObjectKey, Arc<Service>>,
+    endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    /// Slice keys by the Service they name.
+    slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    nodes: BTreeMap<String, Arc<NodeInfo>>,
 }
 
 impl Snapshot {
-    /// The slices of one Service, in slice-name order.
+    /// A snapshot holding exactly these objects (later ones of the same key win).
+    pub fn from_objects(
+        services: impl IntoIterator<Item = Service>,
+        slices: impl IntoIterator<Item = EndpointSlice>,
+        nodes: impl IntoIterator<Item = NodeInfo>,
+    ) -> Self {
+        let mut snapshot = Snapshot::default();
+        let changes = services
+            .into_iter()
+            .map(|s| ObjectChange::Service(s.key.clone(), Some(Arc::new(s))))
+            .chain(
+                slices
+                    .into_iter()
+                    .map(|s| ObjectChange::EndpointSlice(s.key.clone(), Some(Arc::new(s)))),
+            )
+            .chain(
+                nodes
+                    .into_iter()
+                    .map(|n| ObjectChange::Node(n.name.clone(), Some(Arc::new(n)))),
+            );
+        snapshot.apply(changes);
+        snapshot
+    }
+
+    /// Services by namespace/name.
+    pub fn services(&self) -> &BTreeMap<ObjectKey, Arc<Service>> {
+        &self.services
+    }
+
+    /// EndpointSlices by their own namespace/name.
+    pub fn endpoint_slices(&self) -> &BTreeMap<ObjectKey, Arc<EndpointSlice>> {
+        &self.endpoint_slices
+    }
+
+    /// Nodes by name.
+    pub fn nodes(&self) -> &BTreeMap<String, Arc<NodeInfo>> {
+        &self.nodes
+    }
+
+    /// The slices of one Service, in slice-name order (an index lookup, no scan).
     pub fn slices_of<'a>(
         &'a self,
-        service: &'a ObjectKey,
+        service: &ObjectKey,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        self.endpoint_slices
-            .values()
-            .filter(move |s| &s.service == service)
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.endpoint_slices.get(key).map(|s| &**s))
+    }
+
+    /// Applies changes; returns what they touched. A change that leaves an object as it
+    /// was touches nothing.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = ObjectChange>) -> Touched {
+        let mut touched = Touched::default();
+        for change in changes {
+            match change {
+                ObjectChange::Service(key, new) => {
+                    let old = match new {
+                        Some(svc) => self.services.insert(key.clone(), svc),
+                        None => self.services.remove(&key),
+                    };
+                    if old.as_ref() != self.services.get(&key) {
+                        touched.service_objects += 1;
+                        touched.services.insert(key);
+                    }
+                }
+                ObjectChange::EndpointSlice(key, new) => self.apply_slice(key, new, &mut touched),
+                ObjectChange::Node(name, new) => {
+                    let old = match new {
+                        Some(node) => self.nodes.insert(name.clone(), node),
+                        None => self.nodes.remove(&name),
+                    };
+                    if old.as_ref() != self.nodes.get(&name) {
+                        touched.nodes.insert(name);
+                    }
+                }
+            }
+        }
+        touched
+    }
+
+    fn apply_slice(
+        &mut self,
+        key: ObjectKey,
+        new: Option<Arc<EndpointSlice>>,
+        touched: &mut Touched,
+    ) {
+        if self.endpoint_slices.get(&key) == new.as_ref() {
+            return;
+        }
+        if let Some(old) = self.endpoint_slices.remove(&key) {
+            if let Some(keys) = self.slices_by_service.get_mut(&old.service) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    self.slices_by_service.remove(&old.service);
+                }
+            }
+            touched.services.insert(old.service.clone());
+        }
+        touched.slice_objects.insert(key.clone());
+        let Some(slice) = new else {
+            return;
+        };
+        touched.services.insert(slice.service.clone());
+        self.slices_by_service
+            .entry(slice.service.clone())
+            .or_default()
+            .insert(key.clone());
+        self.endpoint_slices.insert(key, slice);
     }
 }

@@ -1,36 +1,58 @@
-//! The sync loop: watch the source, plan, and hand plans to the dataplane.
+//! The sync loop: apply what the source reports to the store, re-plan what it touched,
+//! and hand the plan and its one delta to the dataplane.
 //!
-//! - A change is synced once `--iptables-min-sync-period` has passed since the last sync,
-//!   so a burst of changes becomes one sync.
-//! - Every `--iptables-sync-period` the sync is a full one (rewrites every kproxy chain,
-//!   removes stale ones, repairs jump rules), and so is the first sync and any sync after a
-//!   failure; a failed sync is retried with a backoff capped at the sync period.
+//! - The loop sleeps until the source reports a change (inotify, a watch event) or the
+//!   schedule has something due; a change is synced once `--iptables-min-sync-period`
+//!   has passed since the last sync, so a burst of changes becomes one sync.
+//! - The store says which Services a change touched; the [`Planner`] re-plans only those
+//!   and returns the [`PlanDelta`] that the conntrack clean-up and the metrics consume.
+//! - As upstream (`proxyutil.FullSyncPeriod`), a full sync (rewrites every kproxy chain,
+//!   removes stale ones, repairs jump rules) runs at start, after any failure, after the
+//!   canary found the rules flushed, and once every [`FULL_SYNC_PERIOD`]; every
+//!   `--iptables-sync-period` a partial sync re-reads the node's addresses. A pending
+//!   change always goes first: it never waits behind a periodic rewrite.
+//! - A failed sync is retried (fully) with a backoff capped at the sync period.
 //! - After every sync the health-check NodePorts are updated from the same plan, and
 //!   kproxy's own health (`/healthz`) and metrics learn what was queued and applied.
 //! - Every few seconds the mode's canary is checked; if kproxy's rules were flushed from
 //!   outside, the next sync (due at once) is a full one.
-//! - A source that disappears (the manifest path is gone) keeps the last good snapshot
-//!   programmed instead of removing every service.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use kproxy_dataplane::conntrack;
-use kproxy_dataplane::plan::IpFamily;
-use kproxy_dataplane::plan::ProxyPlan;
+use kproxy_dataplane::plan::{IpFamily, PlanDelta, ProxyPlan};
 use kproxy_dataplane::report::SyncReport;
 
 use crate::cli::Settings;
 use crate::dataplane::Dataplane;
 use crate::healthcheck::ServiceHealthServer;
-use crate::model::{ObjectKey, Snapshot};
+use crate::model::{ObjectKey, Snapshot, Touched};
 use crate::node::{HostAddresses, node_context};
-use crate::planner;
+use crate::planner::{self, Planner};
 use crate::servers::{Metrics, ProxyHealth};
-use crate::source::{KubeSource, Loaded, ManifestWatcher};
+use crate::source::{KubeSource, ManifestProblem, ManifestWatcher, SourceUpdate};
 
-/// How often the manifest source is polled.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a full sync rewrites everything although nothing asked for one (upstream's
+/// `proxyutil.FullSyncPeriod`): partial syncs keep the rules right in between, and a full
+/// rewrite at 10k Services takes tens of seconds with iptables-nft.
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+
+/// The longest the loop sleeps without looking at its health and canary.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// This node's context (reads the host's addresses) and zone for the planner.
+fn node_inputs(
+    settings: &Settings,
+    node_name: &str,
+    snapshot: &Snapshot,
+) -> anyhow::Result<(kproxy_dataplane::plan::NodeContext, Option<String>)> {
+    let host = HostAddresses::read()
+        .map_err(|e| anyhow::anyhow!("cannot read this host's addresses: {e}"))?;
+    let node = snapshot.nodes().get(node_name).map(|n| &**n);
+    let ctx = node_context(settings, node_name, node, &host);
+    Ok((ctx, node.and_then(|n| n.zone()).map(str::to_owned)))
+}
 
 /// Plans this node's rules from a snapshot (reads the host's addresses).
 pub fn plan_for(
@@ -38,25 +60,15 @@ pub fn plan_for(
     node_name: &str,
     snapshot: &Snapshot,
 ) -> anyhow::Result<ProxyPlan> {
-    let host = HostAddresses::read()
-        .map_err(|e| anyhow::anyhow!("cannot read this host's addresses: {e}"))?;
-    let node = snapshot.nodes.get(node_name);
-    let ctx = node_context(settings, node_name, node, &host);
-    Ok(planner::plan(snapshot, &ctx, node.and_then(|n| n.zone())))
+    let (ctx, zone) = node_inputs(settings, node_name, snapshot)?;
+    Ok(planner::plan(snapshot, &ctx, zone.as_deref()))
 }
 
-/// Logs every problem of a load (each names its file, document and object).
-pub fn report_problems(loaded: &Loaded) {
-    for problem in &loaded.problems {
+/// Logs problems (each names its file, document and object).
+pub fn report_problems(problems: &[ManifestProblem]) {
+    for problem in problems {
         tracing::warn!("skipped: {problem}");
     }
-    tracing::info!(
-        services = loaded.snapshot.services.len(),
-        endpoint_slices = loaded.snapshot.endpoint_slices.len(),
-        nodes = loaded.snapshot.nodes.len(),
-        problems = loaded.problems.len(),
-        "objects loaded"
-    );
 }
 
 /// Logs what a sync did.
@@ -91,18 +103,40 @@ impl Schedule {
         }
     }
 
-    /// `Some(full)` when a sync is due now.
+    /// The earliest time a sync may start (min-sync-period and retry backoff).
+    fn earliest(&self) -> Option<Instant> {
+        let debounce = self.last_sync.map(|t| t + self.min_sync_period);
+        debounce.max(self.retry_at)
+    }
+
+    /// `Some(full)` when a sync is due now. A pending change goes first as a partial
+    /// sync even when the periodic full sync is due too; that one follows.
     fn due(&self, now: Instant) -> Option<bool> {
-        let full_due = self.need_full
-            || self
-                .last_full
-                .is_none_or(|t| now.duration_since(t) >= self.sync_period);
-        let wanted = self.dirty || full_due;
-        let debounced = self
-            .last_sync
-            .is_none_or(|t| now.duration_since(t) >= self.min_sync_period);
-        let retry_ok = self.retry_at.is_none_or(|t| now >= t);
-        (wanted && debounced && retry_ok).then_some(full_due)
+        if self.earliest().is_some_and(|t| now < t) {
+            return None;
+        }
+        let elapsed =
+            |t: Option<Instant>, period| t.is_none_or(|t| now.duration_since(t) >= period);
+        if self.need_full {
+            Some(true)
+        } else if self.dirty {
+            Some(false)
+        } else if elapsed(self.last_full, FULL_SYNC_PERIOD) {
+            Some(true)
+        } else if elapsed(self.last_sync, self.sync_period) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// When the loop should look again if nothing wakes it.
+    fn next_check(&self, now: Instant) -> Instant {
+        let mut next = now + HOUSEKEEPING;
+        if self.dirty || self.need_full {
+            next = next.min(self.earliest().unwrap_or(now).max(now));
+        }
+        next
     }
 
     fn succeeded(&mut self, now: Instant, full: bool) {
@@ -135,20 +169,6 @@ pub struct Observers {
     pub metrics: Metrics,
 }
 
-/// How many Services and EndpointSlices differ between two snapshots (added, removed or
-/// changed).
-pub fn count_changes(old: &Snapshot, new: &Snapshot) -> (usize, usize) {
-    fn diff<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
-        let changed_or_removed = a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).count();
-        let added = b.keys().filter(|k| !a.contains_key(*k)).count();
-        changed_or_removed + added
-    }
-    (
-        diff(&old.services, &new.services),
-        diff(&old.endpoint_slices, &new.endpoint_slices),
-    )
-}
-
 /// Network programming latency: from an EndpointSlice's
 /// `endpoints.kubernetes.io/last-change-trigger-time` to the sync that made it live,
 /// observed once per trigger. Triggers from before kproxy started are skipped (their
@@ -156,6 +176,8 @@ pub fn count_changes(old: &Snapshot, new: &Snapshot) -> (usize, usize) {
 struct ProgrammingLatency {
     started: SystemTime,
     observed: HashMap<ObjectKey, SystemTime>,
+    /// Slices changed since the last successful sync.
+    pending: BTreeSet<ObjectKey>,
 }
 
 impl ProgrammingLatency {
@@ -163,22 +185,30 @@ impl ProgrammingLatency {
         ProgrammingLatency {
             started: SystemTime::now(),
             observed: HashMap::new(),
+            pending: BTreeSet::new(),
         }
+    }
+
+    /// Notes slices that changed (their triggers count once a sync succeeds).
+    fn changed(&mut self, slices: &BTreeSet<ObjectKey>) {
+        self.pending.extend(slices.iter().cloned());
     }
 
     /// Called after a successful sync of `snapshot`.
     fn observe(&mut self, snapshot: &Snapshot, metrics: &Metrics) {
         let now = SystemTime::now();
-        self.observed
-            .retain(|key, _| snapshot.endpoint_slices.contains_key(key));
-        for (key, slice) in &snapshot.endpoint_slices {
+        for key in std::mem::take(&mut self.pending) {
+            let Some(slice) = snapshot.endpoint_slices().get(&key) else {
+                self.observed.remove(&key);
+                continue;
+            };
             let Some(trigger) = slice.last_change_trigger_time else {
                 continue;
             };
-            if trigger < self.started || self.observed.get(key) == Some(&trigger) {
+            if trigger < self.started || self.observed.get(&key) == Some(&trigger) {
                 continue;
             }
-            self.observed.insert(key.clone(), trigger);
+            self.observed.insert(key, trigger);
             if let Ok(latency) = now.duration_since(trigger) {
                 metrics.observe_programming_latency(slice.family, latency);
             }
@@ -188,12 +218,18 @@ impl ProgrammingLatency {
 
 /// Deletes conntrack entries of UDP/SCTP flows still pointing at endpoints the plan no
 /// longer has (or at nothing, for services that just got endpoints), so those clients are
-/// not black-holed; skipped when nothing relevant changed since the last clean-up. A
-/// failure is logged and retried on the next sync; it never fails the sync.
-fn clean_conntrack(plan: &ProxyPlan, last_cleaned: &mut Option<ProxyPlan>, metrics: &Metrics) {
+/// not black-holed. Runs for a family only when the delta changed a UDP/SCTP service port
+/// of it, the node changed, or the last clean-up failed (`retry`). A failure is logged and
+/// retried on the next sync; it never fails the sync.
+fn clean_conntrack(plan: &ProxyPlan, delta: &PlanDelta, retry: &mut bool, metrics: &Metrics) {
     let mut ok = true;
     for family in plan.node.families() {
-        if !conntrack::cleanup_needed(last_cleaned.as_ref(), plan, family) {
+        let touched = delta
+            .added
+            .iter()
+            .chain(&delta.changed)
+            .any(|(name, f)| *f == family && conntrack::filter::is_cleaned(name.protocol));
+        if !(*retry || delta.node_changed || touched) {
             continue;
         }
         match conntrack::cleanup_stale(plan, family) {
@@ -209,25 +245,31 @@ fn clean_conntrack(plan: &ProxyPlan, last_cleaned: &mut Option<ProxyPlan>, metri
             }
         }
     }
-    if ok {
-        *last_cleaned = Some(plan.clone());
-    }
+    *retry = !ok;
 }
 
 /// Where Services, EndpointSlices and the Node come from.
 pub enum ObjectSource {
-    /// A manifest file or directory, polled.
+    /// A manifest file or directory, watched with inotify.
     Manifests(ManifestWatcher),
     /// The Kubernetes API (list + watch).
     Api(KubeSource),
 }
 
 impl ObjectSource {
-    /// A new snapshot if anything changed since the last call.
-    pub fn poll(&mut self) -> Option<Loaded> {
+    /// The changes since the last call, if any.
+    pub fn poll(&mut self) -> Option<SourceUpdate> {
         match self {
             ObjectSource::Manifests(w) => w.poll(),
             ObjectSource::Api(s) => s.poll(),
+        }
+    }
+
+    /// Resolves when the source may have something new.
+    pub async fn changed(&self) {
+        match self {
+            ObjectSource::Manifests(w) => w.changed().await,
+            ObjectSource::Api(s) => s.changed().await,
         }
     }
 
@@ -239,58 +281,83 @@ impl ObjectSource {
         }
     }
 
-    /// The manifest path disappeared: keep the last rules rather than remove everything.
-    fn gone(&self) -> bool {
-        matches!(self, ObjectSource::Manifests(w) if !w.path().exists())
-    }
-
     /// This Node is being deleted (it then fails /healthz, as upstream).
     fn node_being_deleted(&self) -> bool {
         matches!(self, ObjectSource::Api(s) if s.node_being_deleted())
     }
 }
 
-/// Runs until SIGINT or SIGTERM. The rules stay in place when kproxy exits, as with
-/// kube-proxy: a restart must not interrupt traffic.
+/// The sync loop's state besides the dataplane: the store, the planner and what is
+/// pending for the next sync.
+struct Pipeline {
+    snapshot: Snapshot,
+    planner: Option<Planner>,
+    /// Services touched since the last plan.
+    touched: BTreeSet<ObjectKey>,
+    /// What changed in the plan since the last successful sync.
+    delta: PlanDelta,
+}
+
+impl Pipeline {
+    /// Re-plans what changed, adding its delta to the one since the last successful sync.
+    fn replan(&mut self, settings: &Settings, node_name: &str) -> anyhow::Result<()> {
+        let (ctx, zone) = node_inputs(settings, node_name, &self.snapshot)?;
+        let touched = std::mem::take(&mut self.touched);
+        let delta = match &mut self.planner {
+            Some(planner) => planner.update(&self.snapshot, &touched, &ctx, zone.as_deref()),
+            None => {
+                let (planner, delta) = Planner::new(&self.snapshot, &ctx, zone.as_deref());
+                self.planner = Some(planner);
+                delta
+            }
+        };
+        self.delta.merge(delta);
+        Ok(())
+    }
+}
+
+/// Runs until SIGINT or SIGTERM, starting from `snapshot` (the source's first complete
+/// view). The rules stay in place when kproxy exits, as with kube-proxy: a restart must
+/// not interrupt traffic.
 pub async fn run(
     settings: &Settings,
     node_name: &str,
     mut source: ObjectSource,
+    snapshot: Snapshot,
     mut dataplane: Dataplane,
     observers: Observers,
 ) -> anyhow::Result<()> {
     let Observers { health, metrics } = observers;
     let mut schedule = Schedule::new(settings);
     let mut service_health = ServiceHealthServer::new();
-    let mut snapshot = Snapshot::default();
+    let mut pipeline = Pipeline {
+        snapshot,
+        planner: None,
+        touched: BTreeSet::new(),
+        delta: PlanDelta::default(),
+    };
     let mut families: Vec<IpFamily> = Vec::new();
     let mut latencies = ProgrammingLatency::new();
     let canary_period = dataplane.canary_period();
     let mut last_canary = Instant::now();
-    // The plan whose stale UDP/SCTP conntrack entries were last cleaned.
-    let mut last_cleaned: Option<ProxyPlan> = None;
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conntrack_retry = true;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        let wake = schedule.next_check(Instant::now());
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = source.changed() => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
-        if let Some(loaded) = source.poll() {
-            if !source.gone() {
-                report_problems(&loaded);
-                let (services, slices) = count_changes(&snapshot, &loaded.snapshot);
-                metrics.record_changes(services as u64, slices as u64);
-                for f in &families {
-                    health.queued_update(*f);
-                    metrics.set_queued_now(*f);
-                }
-                snapshot = loaded.snapshot;
+        if let Some(update) = source.poll() {
+            report_problems(&update.problems);
+            let touched = pipeline.snapshot.apply(update.changes);
+            note_changes(&touched, &families, &health, &metrics);
+            if !touched.is_empty() {
+                latencies.changed(&touched.slice_objects);
+                pipeline.touched.extend(touched.services);
                 schedule.dirty = true;
-            } else {
-                tracing::warn!("manifest path is gone: keeping the last rules");
             }
         }
         health.sync_node(source.node_being_deleted(), std::iter::empty::<&str>());
@@ -310,13 +377,13 @@ pub async fn run(
         let Some(full) = schedule.due(now) else {
             continue;
         };
-        let plan = match plan_for(settings, node_name, &snapshot) {
-            Ok(plan) => plan,
-            Err(err) => {
-                tracing::error!("cannot plan, retrying: {err:#}");
-                schedule.failed(now);
-                continue;
-            }
+        if let Err(err) = pipeline.replan(settings, node_name) {
+            tracing::error!("cannot plan, retrying: {err:#}");
+            schedule.failed(now);
+            continue;
+        }
+        let Some(plan) = pipeline.planner.as_ref().map(Planner::plan) else {
+            continue;
         };
         if families.is_empty() {
             // As upstream's SyncLoop: stamp "updated" at start and queue the first sync, so
@@ -328,8 +395,8 @@ pub async fn run(
                 metrics.set_queued_now(*f);
             }
         }
-        metrics.record_no_local_endpoints(&plan);
-        match dataplane.sync(&plan, full).await {
+        metrics.record_no_local_endpoints(plan);
+        match dataplane.sync(plan, full).await {
             Ok(reports) => {
                 log_reports(&reports);
                 schedule.succeeded(now, full);
@@ -337,10 +404,12 @@ pub async fn run(
                     health.updated(r.family);
                 }
                 metrics.record_syncs(&reports);
-                latencies.observe(&snapshot, &metrics);
+                latencies.observe(&pipeline.snapshot, &metrics);
                 if dataplane.uses_kernel_nat() {
-                    clean_conntrack(&plan, &mut last_cleaned, &metrics);
+                    clean_conntrack(plan, &pipeline.delta, &mut conntrack_retry, &metrics);
                 }
+                service_health.sync(plan, health.is_healthy());
+                pipeline.delta = PlanDelta::default();
             }
             Err(err) => {
                 tracing::error!("sync failed, retrying with a full sync: {err:#}");
@@ -348,12 +417,27 @@ pub async fn run(
                 for f in &families {
                     metrics.record_failure(*f, full);
                 }
+                service_health.sync(plan, health.is_healthy());
             }
         }
-        service_health.sync(&plan, health.is_healthy());
     }
     tracing::info!("exiting; rules stay in place");
     Ok(())
+}
+
+/// Tells health and metrics that changes arrived and are queued.
+fn note_changes(touched: &Touched, families: &[IpFamily], health: &ProxyHealth, metrics: &Metrics) {
+    if touched.is_empty() {
+        return;
+    }
+    metrics.record_changes(
+        touched.service_objects as u64,
+        touched.slice_objects.len() as u64,
+    );
+    for f in families {
+        health.queued_update(*f);
+        metrics.set_queued_now(*f);
+    }
 }
 
 #[cfg(test)]
@@ -407,11 +491,47 @@ mod tests {
     }
 
     #[test]
-    fn sync_period_forces_a_full_sync() {
+    fn sync_period_syncs_partially_and_the_full_sync_period_fully() {
         let mut s = schedule();
         let t0 = Instant::now();
         s.succeeded(t0, true);
-        assert_eq!(s.due(t0 + Duration::from_secs(30)), Some(true));
+        assert_eq!(s.due(t0 + Duration::from_secs(29)), None);
+        assert_eq!(s.due(t0 + Duration::from_secs(30)), Some(false));
+        s.succeeded(t0 + Duration::from_secs(30), false);
+        assert_eq!(s.due(t0 + FULL_SYNC_PERIOD), Some(true));
+    }
+
+    #[test]
+    fn a_change_never_waits_behind_a_periodic_full_sync() {
+        let mut s = schedule();
+        let t0 = Instant::now();
+        s.succeeded(t0, true);
+        s.dirty = true;
+        let later = t0 + FULL_SYNC_PERIOD;
+        assert_eq!(s.due(later), Some(false), "the change first, partially");
+        s.succeeded(later, false);
+        assert_eq!(
+            s.due(later + Duration::from_secs(1)),
+            Some(true),
+            "then the full one"
+        );
+    }
+
+    #[test]
+    fn the_loop_wakes_when_a_debounced_change_is_due() {
+        let mut s = schedule();
+        let t0 = Instant::now();
+        s.succeeded(t0, true);
+        assert_eq!(s.next_check(t0), t0 + HOUSEKEEPING);
+        s.dirty = true;
+        let at = t0 + Duration::from_millis(200);
+        assert_eq!(
+            s.next_check(at),
+            t0 + Duration::from_secs(1),
+            "at min-sync-period"
+        );
+        let late = t0 + Duration::from_secs(5);
+        assert_eq!(s.next_check(late), late, "at once when already allowed");
     }
 
     #[test]
@@ -432,21 +552,20 @@ mod latency_tests {
     use crate::model::EndpointSlice;
     use kproxy_dataplane::plan::IpFamily;
 
+    fn key() -> ObjectKey {
+        ObjectKey::new("ns", "web-1")
+    }
+
     fn snapshot(trigger: Option<SystemTime>) -> Snapshot {
-        let mut s = Snapshot::default();
-        let key = ObjectKey::new("ns", "web-1");
-        s.endpoint_slices.insert(
-            key.clone(),
-            EndpointSlice {
-                key,
-                service: ObjectKey::new("ns", "web"),
-                family: IpFamily::V4,
-                ports: vec![],
-                endpoints: vec![],
-                last_change_trigger_time: trigger,
-            },
-        );
-        s
+        let slice = EndpointSlice {
+            key: key(),
+            service: ObjectKey::new("ns", "web"),
+            family: IpFamily::V4,
+            ports: vec![],
+            endpoints: vec![],
+            last_change_trigger_time: trigger,
+        };
+        Snapshot::from_objects([], [slice], [])
     }
 
     fn observations(metrics: &Metrics) -> u64 {
@@ -461,6 +580,8 @@ mod latency_tests {
     fn observes_each_trigger_once_and_skips_old_ones() {
         let metrics = Metrics::new(crate::cli::ProxyMode::Iptables);
         let mut latency = ProgrammingLatency::new();
+        let changed = BTreeSet::from([key()]);
+        latency.changed(&changed);
         latency.observe(
             &snapshot(Some(latency.started - Duration::from_secs(5))),
             &metrics,
@@ -471,10 +592,19 @@ mod latency_tests {
             "a trigger from before the start is skipped"
         );
         let t = SystemTime::now();
+        latency.changed(&changed);
         latency.observe(&snapshot(Some(t)), &metrics);
+        latency.changed(&changed);
         latency.observe(&snapshot(Some(t)), &metrics);
         assert_eq!(observations(&metrics), 1, "once per trigger");
         std::thread::sleep(Duration::from_millis(2));
+        latency.observe(&snapshot(Some(SystemTime::now())), &metrics);
+        assert_eq!(
+            observations(&metrics),
+            1,
+            "only slices that changed are looked at"
+        );
+        latency.changed(&changed);
         latency.observe(&snapshot(Some(SystemTime::now())), &metrics);
         assert_eq!(observations(&metrics), 2, "a new trigger is observed");
     }

@@ -304,3 +304,120 @@ impl ProxyPlan {
         self.services.iter().filter(move |s| s.family == family)
     }
 }
+
+/// Identifies one entry of a [`ProxyPlan`]: a service port in one family.
+pub type PlanKey = (ServicePortName, IpFamily);
+
+impl ServicePortPlan {
+    /// The key of this entry.
+    pub fn key(&self) -> PlanKey {
+        (self.name.clone(), self.family)
+    }
+}
+
+/// What changed from one plan to the next, computed once per sync by the planner and
+/// handed to everything that reacts to changes (backends, conntrack clean-up, metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanDelta {
+    /// The node context changed (every rule may depend on it).
+    pub node_changed: bool,
+    /// Entries that are new.
+    pub added: BTreeSet<PlanKey>,
+    /// Entries whose plan changed.
+    pub changed: BTreeSet<PlanKey>,
+    /// Entries that are gone.
+    pub removed: BTreeSet<PlanKey>,
+}
+
+impl PlanDelta {
+    /// The delta between two plans, comparing every entry (what an incremental planner's
+    /// delta must equal).
+    pub fn between(old: &ProxyPlan, new: &ProxyPlan) -> PlanDelta {
+        let mut delta = PlanDelta {
+            node_changed: old.node != new.node,
+            ..PlanDelta::default()
+        };
+        delta.add_entries(&old.services, &new.services);
+        delta
+    }
+
+    /// Adds the differences between two sorted runs of entries (`old` replaced by `new`).
+    pub fn add_entries(&mut self, old: &[ServicePortPlan], new: &[ServicePortPlan]) {
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            let order = match (old.get(i), new.get(j)) {
+                (Some(a), Some(b)) => (&a.name, a.family).cmp(&(&b.name, b.family)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, _) => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    self.removed.insert(old[i].key());
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    self.added.insert(new[j].key());
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if old[i] != new[j] {
+                        self.changed.insert(new[j].key());
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+    }
+
+    /// A delta that adds every entry of `plan` (the first plan).
+    pub fn everything(plan: &ProxyPlan) -> PlanDelta {
+        PlanDelta {
+            node_changed: true,
+            added: plan.services.iter().map(ServicePortPlan::key).collect(),
+            ..PlanDelta::default()
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.node_changed
+            && self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+    }
+
+    /// How many entries were added, changed or removed.
+    pub fn len(&self) -> usize {
+        self.added.len() + self.changed.len() + self.removed.len()
+    }
+
+    /// Every key the delta names, in one iterator.
+    pub fn keys(&self) -> impl Iterator<Item = &PlanKey> {
+        self.added.iter().chain(&self.changed).chain(&self.removed)
+    }
+
+    /// Adds what a later delta changed (so that a sync that could not consume a delta
+    /// hands both to the next one).
+    pub fn merge(&mut self, later: PlanDelta) {
+        self.node_changed |= later.node_changed;
+        for key in later.removed {
+            if !self.added.remove(&key) {
+                self.changed.remove(&key);
+                self.removed.insert(key);
+            }
+        }
+        for key in later.added {
+            if self.removed.remove(&key) {
+                self.changed.insert(key);
+            } else {
+                self.added.insert(key);
+            }
+        }
+        for key in later.changed {
+            if !self.added.contains(&key) {
+                self.changed.insert(key);
+            }
+        }
+    }
+}

@@ -30,9 +30,8 @@ pub(super) struct PortQuery<'a> {
 pub(super) fn gather<'a>(snapshot: &'a Snapshot, query: PortQuery<'_>) -> Vec<Candidate<'a>> {
     let mut by_addr: BTreeMap<SocketAddr, Candidate<'a>> = BTreeMap::new();
     let slices = snapshot
-        .endpoint_slices
-        .values()
-        .filter(|s| &s.service == query.service && s.family == query.family);
+        .slices_of(query.service)
+        .filter(|s| s.family == query.family);
     for slice in slices {
         for target_port in matching_ports(slice, query.port) {
             for ep in slice

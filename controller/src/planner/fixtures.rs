@@ -149,11 +149,7 @@ impl EpExt for SliceEndpoint {
 
 /// A snapshot of these Services and slices.
 pub fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Snapshot {
-    Snapshot {
-        services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),
-        endpoint_slices: slices.into_iter().map(|s| (s.key.clone(), s)).collect(),
-        nodes: Default::default(),
-    }
+    Snapshot::from_objects(services, slices, [])
 }
 
 /// Plans for a dual-stack node in [`ZONE`] and returns the only service port plan.

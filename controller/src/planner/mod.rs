@@ -5,6 +5,11 @@
 //! (slice/port matching, de-duplication) and which of them this node may use (upstream's
 //! `CategorizeEndpoints`: ready first, serving+terminating fallback, topology hints,
 //! external and internal traffic policy Local). It is pure and never fails.
+//!
+//! [`Planner`] keeps the last plan and re-plans only the Services a change touched (their
+//! own object or one of their EndpointSlices), or everything when the node changed; each
+//! update returns the one [`PlanDelta`] the rest of the sync consumes. A property test
+//! shows that any sequence of updates gives the plan [`plan`] gives from scratch.
 
 mod categorize;
 mod endpoints;
@@ -21,25 +26,120 @@ mod tests_matching;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kproxy_dataplane::plan::{IpFamily, NodeContext, ProxyPlan, ServicePortName, ServicePortPlan};
+use std::collections::BTreeSet;
+
+use kproxy_dataplane::plan::{
+    IpFamily, NodeContext, PlanDelta, ProxyPlan, ServicePortName, ServicePortPlan,
+};
 
 use self::categorize::{EndpointUse, Locality, categorize};
 use self::endpoints::{PortQuery, gather};
-use crate::model::{Service, ServicePortSpec, Snapshot};
+use crate::model::{ObjectKey, Service, ServicePortSpec, Snapshot};
 
 /// Plans what this node programs. Pure: same inputs, same output.
 pub fn plan(snapshot: &Snapshot, node: &NodeContext, zone: Option<&str>) -> ProxyPlan {
-    let mut services: Vec<ServicePortPlan> = snapshot
-        .services
+    let services: Vec<ServicePortPlan> = snapshot
+        .services()
         .values()
-        .filter(|svc| is_programmed(svc))
-        .flat_map(|svc| plan_service(snapshot, svc, node, zone))
+        .flat_map(|svc| service_entries(snapshot, svc, node, zone))
         .collect();
-    services.sort_by(|a, b| (&a.name, a.family).cmp(&(&b.name, b.family)));
+    debug_assert!(services.is_sorted_by(|a, b| entry_order(a) <= entry_order(b)));
     ProxyPlan {
         node: node.clone(),
         services,
     }
+}
+
+/// The plan of this node, kept between syncs and updated by re-planning only the Services
+/// that changed.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    plan: ProxyPlan,
+    zone: Option<String>,
+}
+
+impl Planner {
+    /// Plans everything; the delta adds every entry.
+    pub fn new(
+        snapshot: &Snapshot,
+        node: &NodeContext,
+        zone: Option<&str>,
+    ) -> (Planner, PlanDelta) {
+        let plan = plan(snapshot, node, zone);
+        let delta = PlanDelta::everything(&plan);
+        let planner = Planner {
+            plan,
+            zone: zone.map(str::to_owned),
+        };
+        (planner, delta)
+    }
+
+    /// The current plan.
+    pub fn plan(&self) -> &ProxyPlan {
+        &self.plan
+    }
+
+    /// Re-plans the Services in `touched` (their object or one of their slices changed),
+    /// or every Service when the node context or zone changed, and returns what changed.
+    pub fn update(
+        &mut self,
+        snapshot: &Snapshot,
+        touched: &BTreeSet<ObjectKey>,
+        node: &NodeContext,
+        zone: Option<&str>,
+    ) -> PlanDelta {
+        if self.plan.node != *node || self.zone.as_deref() != zone {
+            let next = plan(snapshot, node, zone);
+            let delta = PlanDelta::between(&self.plan, &next);
+            self.plan = next;
+            self.zone = zone.map(str::to_owned);
+            return delta;
+        }
+        let mut delta = PlanDelta::default();
+        for key in touched {
+            let fresh: Vec<ServicePortPlan> = snapshot
+                .services()
+                .get(key)
+                .map(|svc| service_entries(snapshot, svc, node, zone))
+                .unwrap_or_default();
+            let range = entries_of(&self.plan.services, key);
+            delta.add_entries(&self.plan.services[range.clone()], &fresh);
+            self.plan.services.splice(range, fresh);
+        }
+        delta
+    }
+}
+
+/// The sort order of plan entries: by service port name, then family.
+fn entry_order(e: &ServicePortPlan) -> (&ServicePortName, IpFamily) {
+    (&e.name, e.family)
+}
+
+/// The index range of the entries of one Service in a sorted entry list (all ports of a
+/// Service sort together, because a port name sorts by namespace and name first).
+fn entries_of(entries: &[ServicePortPlan], key: &ObjectKey) -> std::ops::Range<usize> {
+    fn of(e: &ServicePortPlan) -> (&str, &str) {
+        (&e.name.namespace, &e.name.name)
+    }
+    let wanted = (key.namespace.as_str(), key.name.as_str());
+    let start = entries.partition_point(|e| of(e) < wanted);
+    let end = start + entries[start..].partition_point(|e| of(e) == wanted);
+    start..end
+}
+
+/// The sorted plan entries of one Service (none when kproxy does not program it).
+fn service_entries(
+    snapshot: &Snapshot,
+    svc: &Service,
+    node: &NodeContext,
+    zone: Option<&str>,
+) -> Vec<ServicePortPlan> {
+    if !is_programmed(svc) {
+        return Vec::new();
+    }
+    let mut entries = plan_service(snapshot, svc, node, zone);
+    entries.sort_by(|a, b| entry_order(a).cmp(&entry_order(b)));
+    entries
 }
 
 /// Whether kproxy programs the Service; logs why not.

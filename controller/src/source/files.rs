@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -63,13 +62,53 @@ fn read_sources_limited(path: &Path, limit: u64) -> Vec<SourceFile> {
 
 /// A manifest file found under the path (or a file or directory that could not be read),
 /// with its metadata: what a walk learns without reading any content.
-struct Found {
-    path: PathBuf,
-    meta: Result<fs::Metadata, ProblemKind>,
+pub(crate) struct Found {
+    /// The file (or the directory that could not be listed).
+    pub path: PathBuf,
+    /// Its metadata (links followed), or why it could not be read.
+    pub meta: Result<fs::Metadata, ProblemKind>,
+}
+
+impl Found {
+    /// What a stat says about the file's content: a changed value means the content may
+    /// have changed (same size, modification time and inode can still hide an in-place
+    /// edit within one timestamp tick, which a file event or a content check catches).
+    pub fn stat(&self) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        match &self.meta {
+            Ok(meta) => FileStat::Seen {
+                len: meta.len(),
+                modified: meta.modified().ok(),
+                inode: (meta.dev(), meta.ino()),
+            },
+            Err(problem) => FileStat::Failed(problem.to_string()),
+        }
+    }
+
+    /// Reads the file (or returns the problem found while walking).
+    pub fn read(&self) -> SourceFile {
+        match &self.meta {
+            Ok(_) => read_file(&self.path, MAX_FILE_BYTES),
+            Err(problem) => SourceFile::failed(&self.path, problem.clone()),
+        }
+    }
+}
+
+/// See [`Found::stat`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FileStat {
+    /// Size, modification time and (device, inode).
+    Seen {
+        len: u64,
+        modified: Option<std::time::SystemTime>,
+        inode: (u64, u64),
+    },
+    /// Why it could not be read.
+    Failed(String),
 }
 
 /// Every manifest file at or under `path`, sorted by path.
-fn manifest_paths(path: &Path) -> Vec<Found> {
+pub(crate) fn manifest_paths(path: &Path) -> Vec<Found> {
     match fs::metadata(path) {
         Err(e) => vec![Found {
             path: path.to_path_buf(),
@@ -86,39 +125,6 @@ fn manifest_paths(path: &Path) -> Vec<Found> {
             meta: Ok(meta),
         }],
     }
-}
-
-/// A hash of the paths, sizes and modification times (ns) of the manifest files at or
-/// under `path`: cheap to compute on every poll, and it changes with every edit that goes
-/// through the file system (an edit keeping size and a nanosecond mtime is caught by the
-/// watcher's periodic content check).
-pub(crate) fn stat_fingerprint(path: &Path) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    for found in manifest_paths(path) {
-        found.path.hash(&mut hasher);
-        match &found.meta {
-            Ok(meta) => {
-                meta.len().hash(&mut hasher);
-                meta.modified().ok().hash(&mut hasher);
-            }
-            Err(problem) => problem.to_string().hash(&mut hasher),
-        }
-    }
-    hasher.finish()
-}
-
-/// A hash of the paths and contents of `files`, to notice any change.
-pub(crate) fn fingerprint(files: &[SourceFile]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    files.len().hash(&mut hasher);
-    for file in files {
-        file.path.hash(&mut hasher);
-        match &file.content {
-            Ok(text) => (0u8, text).hash(&mut hasher),
-            Err(problem) => (1u8, problem.to_string()).hash(&mut hasher),
-        }
-    }
-    hasher.finish()
 }
 
 fn walk(dir: &Path, visited: &mut HashSet<PathBuf>, found: &mut Vec<Found>) {
@@ -298,21 +304,5 @@ mod tests {
         std::os::unix::fs::symlink(".", dir.path().join("loop")).expect("link");
         let files = read_sources(dir.path());
         assert_eq!(names(&files, dir.path()), ["svc.yaml"]);
-    }
-
-    #[test]
-    fn fingerprint_follows_paths_and_contents() {
-        let file = |path: &str, text: &str| SourceFile {
-            path: PathBuf::from(path),
-            content: Ok(text.to_string()),
-        };
-        let base = fingerprint(&[file("a.yaml", "x")]);
-        assert_eq!(base, fingerprint(&[file("a.yaml", "x")]));
-        assert_ne!(base, fingerprint(&[file("a.yaml", "y")]));
-        assert_ne!(base, fingerprint(&[file("b.yaml", "x")]));
-        assert_ne!(
-            base,
-            fingerprint(&[file("a.yaml", "x"), file("b.yaml", "")])
-        );
     }
 }

@@ -8,7 +8,6 @@
 //! namespace and name, the first in path order wins even when it is invalid (so that the
 //! second never silently stands in for a broken first); the second is reported.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -18,11 +17,12 @@ use serde_json::{Map, Value};
 
 use super::documents::{parse_json, parse_yaml, split_documents};
 use super::files::{SourceFile, read_sources};
+use super::manifest_set::ManifestSet;
 use super::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
 use super::validate::{
     DEFAULT_NAMESPACE, ValidationOptions, validate_endpoint_slice, validate_node, validate_service,
 };
-use crate::model::{ObjectKey, Snapshot};
+use crate::model::{self, ObjectChange, ObjectKey, Snapshot};
 
 /// What a load produced: the valid objects, and every problem met on the way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +31,28 @@ pub struct Loaded {
     pub snapshot: Snapshot,
     /// The skipped files, documents and objects, in the order met. The caller logs them.
     pub problems: Vec<ManifestProblem>,
+}
+
+/// What a source reports when something changed since its last report: the objects that
+/// changed, and the problems found in what it read again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceUpdate {
+    /// New values of changed objects (`None`: gone or no longer valid).
+    pub changes: Vec<ObjectChange>,
+    /// Problems of the files, documents and objects read for this update.
+    pub problems: Vec<ManifestProblem>,
+}
+
+impl SourceUpdate {
+    /// A whole load as the update that builds it from nothing.
+    pub fn into_loaded(self) -> Loaded {
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(self.changes);
+        Loaded {
+            snapshot,
+            problems: self.problems,
+        }
+    }
 }
 
 /// Loads the manifest file at `path`, or every manifest file under the directory at `path`
@@ -45,15 +67,78 @@ pub fn load_manifests(path: &Path, opts: &ValidationOptions) -> Loaded {
 
 /// Loads files already read.
 pub(crate) fn load_sources(files: &[SourceFile], opts: &ValidationOptions) -> Loaded {
+    let mut set = ManifestSet::default();
+    let files = files
+        .iter()
+        .map(|file| (file.path.clone(), Some(file_entries(file, opts))));
+    set.update(files).into_loaded()
+}
+
+/// A validated object kproxy uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Validated {
+    Service(std::sync::Arc<model::Service>),
+    EndpointSlice(std::sync::Arc<model::EndpointSlice>),
+    Node(std::sync::Arc<model::NodeInfo>),
+}
+
+/// The change that makes `object` hold `value` (`None`: gone).
+pub(crate) fn change_of(object: &ObjectRef, value: Option<&Validated>) -> ObjectChange {
+    let key = object.key.clone();
+    match object.kind {
+        ObjectKind::Service => ObjectChange::Service(
+            key,
+            match value {
+                Some(Validated::Service(s)) => Some(s.clone()),
+                _ => None,
+            },
+        ),
+        ObjectKind::EndpointSlice => ObjectChange::EndpointSlice(
+            key,
+            match value {
+                Some(Validated::EndpointSlice(s)) => Some(s.clone()),
+                _ => None,
+            },
+        ),
+        ObjectKind::Node => ObjectChange::Node(
+            key.name,
+            match value {
+                Some(Validated::Node(n)) => Some(n.clone()),
+                _ => None,
+            },
+        ),
+    }
+}
+
+/// One thing found in a manifest file: a document-level problem (`object: None`), or an
+/// object with its validated value (`Ok(None)` for a valid object kproxy does not use,
+/// such as an FQDN slice) or what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// Where it is.
+    pub location: ManifestLocation,
+    /// The object, when the document got that far.
+    pub object: Option<ObjectRef>,
+    /// The object's validated value, or the problem.
+    pub outcome: Result<Option<Validated>, ProblemKind>,
+}
+
+impl Entry {
+    /// The object this entry claims: a named object (an unnamed one claims nothing; it is
+    /// reported as invalid).
+    pub fn claim(&self) -> Option<&ObjectRef> {
+        self.object.as_ref().filter(|o| !o.key.name.is_empty())
+    }
+}
+
+/// Parses and validates every document of one file, in order.
+pub(crate) fn file_entries(file: &SourceFile, opts: &ValidationOptions) -> Vec<Entry> {
     let mut collector = Collector {
         opts,
-        loaded: Loaded::default(),
-        seen: HashMap::new(),
+        entries: Vec::new(),
     };
-    for file in files {
-        collector.add_file(file);
-    }
-    collector.loaded
+    collector.add_file(file);
+    collector.entries
 }
 
 /// `apiVersion` and `kind`.
@@ -84,12 +169,10 @@ fn handling(api_version: &str, kind: &str) -> Handling {
     }
 }
 
-/// Accumulates the snapshot and problems of one load.
+/// Accumulates the entries of one file.
 struct Collector<'a> {
     opts: &'a ValidationOptions,
-    loaded: Loaded,
-    /// Where each object seen so far was first found.
-    seen: HashMap<ObjectRef, ManifestLocation>,
+    entries: Vec<Entry>,
 }
 
 impl Collector<'_> {
@@ -169,43 +252,12 @@ impl Collector<'_> {
             kind,
             key: key_of(&value, kind),
         };
-        if !object.key.name.is_empty() {
-            if let Some(first) = self.seen.get(&object) {
-                let problem = ProblemKind::Duplicate {
-                    first: first.clone(),
-                };
-                return self.problem(location, Some(object), problem);
-            }
-            self.seen.insert(object.clone(), location.clone());
-        }
-        if let Err(problem) = self.decode_and_insert(kind, value) {
-            self.problem(location, Some(object), problem);
-        }
-    }
-
-    /// Decodes, validates and inserts one object.
-    fn decode_and_insert(&mut self, kind: ObjectKind, value: Value) -> Result<(), ProblemKind> {
-        let snapshot = &mut self.loaded.snapshot;
-        match kind {
-            ObjectKind::Service => {
-                let service = validate_service(&decode::<Service>(value)?, self.opts);
-                let service = service.map_err(ProblemKind::Invalid)?;
-                snapshot.services.insert(service.key.clone(), service);
-            }
-            ObjectKind::EndpointSlice => {
-                let slice = decode::<EndpointSlice>(value)?;
-                let slice = validate_endpoint_slice(&slice, self.opts);
-                if let Some(slice) = slice.map_err(ProblemKind::Invalid)? {
-                    snapshot.endpoint_slices.insert(slice.key.clone(), slice);
-                }
-            }
-            ObjectKind::Node => {
-                let node = validate_node(&decode::<Node>(value)?, self.opts);
-                let node = node.map_err(ProblemKind::Invalid)?;
-                snapshot.nodes.insert(node.name.clone(), node);
-            }
-        }
-        Ok(())
+        let outcome = validated(kind, value, self.opts);
+        self.entries.push(Entry {
+            location,
+            object: Some(object),
+            outcome,
+        });
     }
 
     fn problem(
@@ -214,12 +266,41 @@ impl Collector<'_> {
         object: Option<ObjectRef>,
         kind: ProblemKind,
     ) {
-        self.loaded.problems.push(ManifestProblem {
+        self.entries.push(Entry {
             location,
             object,
-            kind,
+            outcome: Err(kind),
         });
     }
+}
+
+/// Decodes and validates one object.
+fn validated(
+    kind: ObjectKind,
+    value: Value,
+    opts: &ValidationOptions,
+) -> Result<Option<Validated>, ProblemKind> {
+    use std::sync::Arc;
+    Ok(match kind {
+        ObjectKind::Service => {
+            let service = validate_service(&decode::<Service>(value)?, opts);
+            Some(Validated::Service(Arc::new(
+                service.map_err(ProblemKind::Invalid)?,
+            )))
+        }
+        ObjectKind::EndpointSlice => {
+            let slice = validate_endpoint_slice(&decode::<EndpointSlice>(value)?, opts);
+            slice
+                .map_err(ProblemKind::Invalid)?
+                .map(|s| Validated::EndpointSlice(Arc::new(s)))
+        }
+        ObjectKind::Node => {
+            let node = validate_node(&decode::<Node>(value)?, opts);
+            Some(Validated::Node(Arc::new(
+                node.map_err(ProblemKind::Invalid)?,
+            )))
+        }
+    })
 }
 
 /// `apiVersion` and `kind` of an object, filling in a typed List's item type when the item

@@ -8,6 +8,7 @@
 mod documents;
 mod files;
 pub mod kube;
+mod manifest_set;
 mod manifests;
 mod problem;
 #[cfg(test)]
@@ -18,7 +19,7 @@ mod watcher;
 pub use self::documents::MAX_DOCUMENT_BYTES;
 pub use self::files::MAX_FILE_BYTES;
 pub use self::kube::{ConnectError, ConnectOptions, KubeSource};
-pub use self::manifests::{Loaded, load_manifests};
+pub use self::manifests::{Loaded, SourceUpdate, load_manifests};
 pub use self::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
 pub use self::validate::{
     DEFAULT_NAMESPACE, FieldError, ValidationOptions, validate_endpoint_slice, validate_node,

@@ -35,7 +35,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use self::snapshot::API_LOCATION;
 use self::snapshot::ValidationCache;
 use self::watch::Progress;
-use super::manifests::Loaded;
+use super::manifests::{Loaded, SourceUpdate};
 use super::problem::ObjectKind;
 use super::validate::ValidationOptions;
 use crate::model::SERVICE_PROXY_NAME_LABEL;
@@ -221,9 +221,14 @@ impl KubeSource {
         self.progress.all_synced()
     }
 
-    /// A freshly validated snapshot of the stores if they are synced and changed since the
-    /// last load (or this is the first load); `None` otherwise. Never blocks.
-    pub fn poll(&mut self) -> Option<Loaded> {
+    /// Resolves when a watch delivered something (a change, or the end of a list).
+    pub async fn changed(&self) {
+        self.progress.wait().await
+    }
+
+    /// The changes since the last poll (everything on the first) if the stores are synced
+    /// and changed; `None` otherwise. Never blocks.
+    pub fn poll(&mut self) -> Option<SourceUpdate> {
         if !self.synced() {
             return None;
         }
@@ -233,18 +238,19 @@ impl KubeSource {
             return None;
         }
         self.last = Some(changes);
-        Some(self.load())
-    }
-
-    /// Validates the current content of the stores (objects unchanged since the last
-    /// load are not validated again).
-    pub fn load(&mut self) -> Loaded {
-        self.cache.load(
+        Some(self.cache.update(
             &self.opts,
             &self.services.state(),
             &self.endpoint_slices.state(),
             &self.nodes.state(),
-        )
+        ))
+    }
+
+    /// Everything the stores hold now, validated (for commands that sync once).
+    pub fn load(&mut self) -> Loaded {
+        self.last = None;
+        self.cache = ValidationCache::default();
+        self.poll().unwrap_or_default().into_loaded()
     }
 }
 

@@ -1,10 +1,9 @@
-//! Validating the reflector stores into a [`Loaded`], reusing the result for every object
-//! whose `resourceVersion` did not change since the last load.
+//! Validating the reflector stores into the changes since the last look, reusing the
+//! result for every object whose `resourceVersion` did not change.
 //!
-//! Any change reloads the whole view (the sync loop wants a complete [`Snapshot`]), so on a
-//! large cluster most objects are the same as last time; their validated form is kept by
-//! kind, namespace/name and resource version, and only new or changed objects go through
-//! the `validate_*` functions again.
+//! Each look walks the stores (cheap `Arc` clones), but validates only new or changed
+//! objects, and reports only those and the deleted ones, as the changes the sync loop
+//! applies to its store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use ::kube::Resource;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::super::manifests::Loaded;
+use super::super::manifests::{SourceUpdate, Validated, change_of};
 use super::super::problem::{
     ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind,
 };
@@ -23,91 +22,79 @@ use super::super::validate::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::model::{self, NodeInfo, Snapshot};
-
 /// The location problems of API objects are reported at.
 pub const API_LOCATION: &str = "kubernetes API";
 
-/// The validated form of one object.
-#[derive(Debug, Clone)]
-enum Validated {
-    Service(model::Service),
-    /// `None` for a slice kproxy does not use (address type FQDN).
-    EndpointSlice(Option<model::EndpointSlice>),
-    Node(NodeInfo),
-    Invalid(ManifestProblem),
-}
+/// The validation outcome of one object: its value (`None` for a valid object kproxy does
+/// not use, such as an FQDN slice), or its problem.
+type Outcome = Result<Option<Validated>, Box<ManifestProblem>>;
 
 /// Validated objects by kind and key, with the resource version they were validated at.
 #[derive(Debug, Default)]
 pub(super) struct ValidationCache {
-    entries: HashMap<ObjectRef, (String, Validated)>,
+    entries: HashMap<ObjectRef, (Option<String>, Outcome)>,
 }
 
 impl ValidationCache {
-    /// Validates the objects of the three stores into a snapshot and its problems (in
-    /// kind, then namespace/name order), and forgets the objects that are gone.
-    pub(super) fn load(
+    /// The changes since the last call (everything on the first): new, changed (by
+    /// resource version) and deleted objects of the three stores, with the problems of
+    /// the objects validated this time.
+    pub(super) fn update(
         &mut self,
         opts: &ValidationOptions,
         services: &[Arc<Service>],
         endpoint_slices: &[Arc<EndpointSlice>],
         nodes: &[Arc<Node>],
-    ) -> Loaded {
+    ) -> SourceUpdate {
         let mut old = std::mem::take(&mut self.entries);
-        let mut validated = Vec::with_capacity(services.len() + endpoint_slices.len() + 1);
+        let mut update = SourceUpdate::default();
         for s in services {
             let kind = ObjectKind::Service;
-            validated.push(self.validated(&mut old, kind, &s.metadata, || service(s, opts)));
+            self.refresh(&mut old, &mut update, kind, &s.metadata, || {
+                service(s, opts)
+            });
         }
         for s in endpoint_slices {
             let kind = ObjectKind::EndpointSlice;
-            validated.push(self.validated(&mut old, kind, &s.metadata, || slice(s, opts)));
+            self.refresh(&mut old, &mut update, kind, &s.metadata, || slice(s, opts));
         }
         for n in nodes {
             let kind = ObjectKind::Node;
-            validated.push(self.validated(&mut old, kind, &n.metadata, || node(n, opts)));
+            self.refresh(&mut old, &mut update, kind, &n.metadata, || node(n, opts));
         }
-        validated.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut loaded = Loaded::default();
-        let snapshot: &mut Snapshot = &mut loaded.snapshot;
-        for (_, value) in validated {
-            match value {
-                Validated::Service(s) => {
-                    snapshot.services.insert(s.key.clone(), s);
-                }
-                Validated::EndpointSlice(Some(s)) => {
-                    snapshot.endpoint_slices.insert(s.key.clone(), s);
-                }
-                Validated::EndpointSlice(None) => {}
-                Validated::Node(n) => {
-                    snapshot.nodes.insert(n.name.clone(), n);
-                }
-                Validated::Invalid(problem) => loaded.problems.push(problem),
-            }
+        for gone in old.into_keys() {
+            update.changes.push(change_of(&gone, None));
         }
-        loaded
+        update.problems.sort_by(|a, b| a.object.cmp(&b.object));
+        update
     }
 
-    /// The validated form of one object: from `old` if validated at the same resource
-    /// version, else from `validate`. Kept for the next load when the version is known.
-    fn validated(
+    /// Keeps the cached outcome of one object if validated at the same resource version,
+    /// else validates it and records the change and its problem.
+    fn refresh(
         &mut self,
-        old: &mut HashMap<ObjectRef, (String, Validated)>,
+        old: &mut HashMap<ObjectRef, (Option<String>, Outcome)>,
+        update: &mut SourceUpdate,
         kind: ObjectKind,
         meta: &ObjectMeta,
-        validate: impl FnOnce() -> Validated,
-    ) -> (ObjectRef, Validated) {
+        validate: impl FnOnce() -> Outcome,
+    ) {
         let key = object_ref(kind, meta);
         let version = meta.resource_version.clone().filter(|v| !v.is_empty());
-        let value = match (old.remove(&key), &version) {
-            (Some((cached, value)), Some(version)) if &cached == version => value,
-            _ => validate(),
-        };
-        if let Some(version) = version {
-            self.entries.insert(key.clone(), (version, value.clone()));
+        let cached = old.remove(&key);
+        if let Some(cached) = cached.filter(|(v, _)| version.is_some() && *v == version) {
+            self.entries.insert(key, cached);
+            return;
         }
-        (key, value)
+        let outcome = validate();
+        update.changes.push(change_of(
+            &key,
+            outcome.as_ref().ok().and_then(Option::as_ref),
+        ));
+        if let Err(problem) = &outcome {
+            update.problems.push((**problem).clone());
+        }
+        self.entries.insert(key, (version, outcome));
     }
 
     /// How many objects are cached.
@@ -124,32 +111,36 @@ fn object_ref(kind: ObjectKind, meta: &ObjectMeta) -> ObjectRef {
     }
 }
 
-fn invalid<K: Resource>(kind: ObjectKind, object: &K, errors: Vec<FieldError>) -> Validated {
-    Validated::Invalid(ManifestProblem::of_object(
+fn invalid<K: Resource>(
+    kind: ObjectKind,
+    object: &K,
+    errors: Vec<FieldError>,
+) -> Box<ManifestProblem> {
+    Box::new(ManifestProblem::of_object(
         ManifestLocation::file(API_LOCATION),
         object_ref(kind, object.meta()),
         ProblemKind::Invalid(errors),
     ))
 }
 
-fn service(s: &Service, opts: &ValidationOptions) -> Validated {
+fn service(s: &Service, opts: &ValidationOptions) -> Outcome {
     match validate_service(s, opts) {
-        Ok(v) => Validated::Service(v),
-        Err(errors) => invalid(ObjectKind::Service, s, errors),
+        Ok(v) => Ok(Some(Validated::Service(Arc::new(v)))),
+        Err(errors) => Err(invalid(ObjectKind::Service, s, errors)),
     }
 }
 
-fn slice(s: &EndpointSlice, opts: &ValidationOptions) -> Validated {
+fn slice(s: &EndpointSlice, opts: &ValidationOptions) -> Outcome {
     match validate_endpoint_slice(s, opts) {
-        Ok(v) => Validated::EndpointSlice(v),
-        Err(errors) => invalid(ObjectKind::EndpointSlice, s, errors),
+        Ok(v) => Ok(v.map(|v| Validated::EndpointSlice(Arc::new(v)))),
+        Err(errors) => Err(invalid(ObjectKind::EndpointSlice, s, errors)),
     }
 }
 
-fn node(n: &Node, opts: &ValidationOptions) -> Validated {
+fn node(n: &Node, opts: &ValidationOptions) -> Outcome {
     match validate_node(n, opts) {
-        Ok(v) => Validated::Node(v),
-        Err(errors) => invalid(ObjectKind::Node, n, errors),
+        Ok(v) => Ok(Some(Validated::Node(Arc::new(v)))),
+        Err(errors) => Err(invalid(ObjectKind::Node, n, errors)),
     }
 }
 
@@ -158,7 +149,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::ObjectKey;
+    use crate::model::{ObjectKey, Snapshot};
 
     fn service(name: &str, version: &str, cluster_ip: &str) -> Arc<Service> {
         let value = json!({
@@ -172,42 +163,49 @@ mod tests {
         Arc::new(serde_json::from_value(value).expect("a Service"))
     }
 
-    fn load(cache: &mut ValidationCache, services: &[Arc<Service>]) -> Loaded {
-        cache.load(&ValidationOptions::default(), services, &[], &[])
+    fn load(cache: &mut ValidationCache, services: &[Arc<Service>]) -> SourceUpdate {
+        cache.update(&ValidationOptions::default(), services, &[], &[])
     }
 
     #[test]
-    fn reuses_results_by_resource_version_and_forgets_deleted_objects() {
+    fn reports_only_new_changed_and_deleted_objects() {
         let mut cache = ValidationCache::default();
-        let opts = ValidationOptions::default();
+        let mut store = Snapshot::default();
         let web = service("web", "5", "10.96.0.10");
         let bad = service("bad", "6", "10.96.0.300");
-        let loaded = load(&mut cache, &[web.clone(), bad.clone()]);
-        assert_eq!(loaded.snapshot.services.len(), 1);
-        assert_eq!(loaded.problems.len(), 1);
+        let first = load(&mut cache, &[web.clone(), bad.clone()]);
+        assert_eq!(first.changes.len(), 2, "web, and bad as absent");
+        assert_eq!(first.problems.len(), 1);
         assert_eq!(
-            loaded.problems[0].object.as_ref().map(|o| o.key.clone()),
+            first.problems[0].object.as_ref().map(|o| o.key.clone()),
             Some(ObjectKey::new("shop", "bad"))
         );
+        store.apply(first.changes);
+        assert_eq!(store.services().len(), 1);
         assert_eq!(cache.len(), 2);
-        // Same version: the cached result stands even for a (test-only) different body.
+        // Same version: nothing to report, even for a (test-only) different body.
         let same_version = service("web", "5", "10.96.0.99");
-        let loaded = load(&mut cache, &[same_version, bad]);
-        let ip = loaded.snapshot.services[&ObjectKey::new("shop", "web")].cluster_ips[0];
-        assert_eq!(ip.to_string(), "10.96.0.10");
-        // A new version is validated again; a deleted object leaves the cache.
-        let loaded = cache.load(&opts, &[service("web", "7", "10.96.0.99")], &[], &[]);
-        let ip = loaded.snapshot.services[&ObjectKey::new("shop", "web")].cluster_ips[0];
+        let quiet = load(&mut cache, &[same_version, bad]);
+        assert_eq!(quiet, SourceUpdate::default());
+        // A new version is validated again; a deleted object is reported gone.
+        let next = load(&mut cache, &[service("web", "7", "10.96.0.99")]);
+        assert_eq!(next.changes.len(), 2, "web changed, bad deleted");
+        assert!(next.problems.is_empty());
+        store.apply(next.changes);
+        let ip = store.services()[&ObjectKey::new("shop", "web")].cluster_ips[0];
         assert_eq!(ip.to_string(), "10.96.0.99");
-        assert!(loaded.problems.is_empty());
         assert_eq!(cache.len(), 1);
     }
 
     #[test]
-    fn objects_without_a_version_are_not_cached() {
+    fn objects_without_a_version_are_validated_every_time() {
         let mut cache = ValidationCache::default();
-        let loaded = load(&mut cache, &[service("web", "", "10.96.0.10")]);
-        assert_eq!(loaded.snapshot.services.len(), 1);
-        assert_eq!(cache.len(), 0);
+        let web = service("web", "", "10.96.0.10");
+        assert_eq!(
+            load(&mut cache, std::slice::from_ref(&web)).changes.len(),
+            1
+        );
+        assert_eq!(load(&mut cache, &[web]).changes.len(), 1);
+        assert_eq!(load(&mut cache, &[]).changes.len(), 1, "deleted");
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::test_server::{Collection, GoneMode, TestApiServer};
 use super::*;
-use crate::model::ObjectKey;
+use crate::model::{ObjectKey, Snapshot};
 use crate::source::test_support::TestDir;
 
 /// The longest any condition is waited for (the watcher's first retry is 0.8 s).
@@ -80,12 +80,47 @@ fn client(server: &TestApiServer) -> Client {
     Client::try_from(::kube::Config::new(url)).expect("client")
 }
 
-fn source(server: &TestApiServer) -> KubeSource {
-    KubeSource::start(client(server), NODE, ValidationOptions::default())
+fn source(server: &TestApiServer) -> Mirrored {
+    Mirrored::from(KubeSource::start(
+        client(server),
+        NODE,
+        ValidationOptions::default(),
+    ))
+}
+
+/// A source and the snapshot its updates build, as the sync loop keeps it.
+struct Mirrored {
+    source: KubeSource,
+    snapshot: Snapshot,
+}
+
+impl From<KubeSource> for Mirrored {
+    fn from(source: KubeSource) -> Self {
+        Mirrored {
+            source,
+            snapshot: Snapshot::default(),
+        }
+    }
+}
+
+impl Mirrored {
+    /// The whole view after the next update, with that update's problems.
+    fn poll(&mut self) -> Option<Loaded> {
+        let update = self.source.poll()?;
+        self.snapshot.apply(update.changes);
+        Some(Loaded {
+            snapshot: self.snapshot.clone(),
+            problems: update.problems,
+        })
+    }
+
+    fn synced(&self) -> bool {
+        self.source.synced()
+    }
 }
 
 /// Polls as the sync loop does (every 50 ms) until a load satisfies `done`.
-async fn poll_until(source: &mut KubeSource, what: &str, done: impl Fn(&Loaded) -> bool) -> Loaded {
+async fn poll_until(source: &mut Mirrored, what: &str, done: impl Fn(&Loaded) -> bool) -> Loaded {
     let deadline = Instant::now() + WAIT;
     let mut last = None;
     loop {
@@ -125,11 +160,11 @@ fn web() -> ObjectKey {
 }
 
 fn web_port(loaded: &Loaded) -> Option<u16> {
-    Some(loaded.snapshot.services.get(&web())?.ports.first()?.port)
+    Some(loaded.snapshot.services().get(&web())?.ports.first()?.port)
 }
 
 fn slice_count(loaded: &Loaded) -> usize {
-    loaded.snapshot.endpoint_slices.len()
+    loaded.snapshot.endpoint_slices().len()
 }
 
 #[tokio::test]
@@ -158,19 +193,19 @@ async fn initial_sync_yields_the_selected_objects() {
     assert!(source.synced());
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
     let snapshot = &loaded.snapshot;
-    assert_eq!(snapshot.services.keys().collect::<Vec<_>>(), [&web()]);
+    assert_eq!(snapshot.services().keys().collect::<Vec<_>>(), [&web()]);
     assert_eq!(
-        snapshot.services[&web()].cluster_ips,
+        snapshot.services()[&web()].cluster_ips,
         ["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
     );
-    let slices: Vec<_> = snapshot.endpoint_slices.keys().collect();
+    let slices: Vec<_> = snapshot.endpoint_slices().keys().collect();
     assert_eq!(slices, [&ObjectKey::new("shop", "web-abc")]);
     assert_eq!(
-        snapshot.endpoint_slices.values().next().unwrap().service,
+        snapshot.endpoint_slices().values().next().unwrap().service,
         web()
     );
-    assert_eq!(snapshot.nodes.keys().collect::<Vec<_>>(), [NODE]);
-    assert_eq!(snapshot.nodes[NODE].zone(), Some("zone-a"));
+    assert_eq!(snapshot.nodes().keys().collect::<Vec<_>>(), [NODE]);
+    assert_eq!(snapshot.nodes()[NODE].zone(), Some("zone-a"));
     assert_eq!(source.poll(), None, "quiet until something changes");
 
     // The requests are kube-proxy's: selectors on every list and watch, bookmarks asked for.
@@ -211,7 +246,7 @@ async fn watch_events_show_up_in_the_next_poll() {
     );
     let loaded = poll_until(&mut source, "the MODIFIED slice", |l| {
         l.snapshot
-            .endpoint_slices
+            .endpoint_slices()
             .values()
             .any(|s| s.endpoints.len() == 2)
     })
@@ -222,7 +257,7 @@ async fn watch_events_show_up_in_the_next_poll() {
         service("shop", "api", "10.96.0.12", 443),
     );
     poll_until(&mut source, "the ADDED service", |l| {
-        l.snapshot.services.len() == 2
+        l.snapshot.services().len() == 2
     })
     .await;
     server.delete(Collection::Services, "shop", "web");
@@ -230,13 +265,13 @@ async fn watch_events_show_up_in_the_next_poll() {
         web_port(l).is_none()
     })
     .await;
-    assert_eq!(loaded.snapshot.services.len(), 1);
+    assert_eq!(loaded.snapshot.services().len(), 1);
     server.apply(
         Collection::Nodes,
         labelled(node(NODE, "192.168.0.10"), "role", "edge"),
     );
     poll_until(&mut source, "the MODIFIED node", |l| {
-        l.snapshot.nodes[NODE]
+        l.snapshot.nodes()[NODE]
             .labels
             .get("role")
             .map(String::as_str)
@@ -303,7 +338,7 @@ async fn gone_forces_a_relist(mode: GoneMode) {
     })
     .await;
     assert!(
-        loaded.snapshot.nodes.contains_key(NODE),
+        loaded.snapshot.nodes().contains_key(NODE),
         "the node store was kept"
     );
     assert!(server.count(Collection::Services, false) >= 2, "relisted");
@@ -391,16 +426,17 @@ async fn a_bad_object_is_reported_and_the_others_come_through() {
         problems[1].starts_with("kubernetes API: EndpointSlice shop/bad-1: "),
         "{problems:#?}"
     );
-    // Fixing it clears the problem.
+    // Fixing it brings the Service in; a problem is reported once per object version, so
+    // the unchanged bad slice is not reported again.
     server.apply(
         Collection::Services,
         service("shop", "bad", "10.96.0.30", 80),
     );
     let loaded = poll_until(&mut source, "the fixed service", |l| {
-        l.snapshot.services.len() == 2
+        l.snapshot.services().len() == 2
     })
     .await;
-    assert_eq!(loaded.problems.len(), 1);
+    assert_eq!(loaded.problems, []);
 }
 
 #[tokio::test]
@@ -418,9 +454,11 @@ async fn connects_through_a_kubeconfig_file_or_master() {
         kubeconfig: Some(path),
         master: None,
     };
-    let mut source = KubeSource::connect(&options, NODE, ValidationOptions::default())
-        .await
-        .expect("connect");
+    let mut source = Mirrored::from(
+        KubeSource::connect(&options, NODE, ValidationOptions::default())
+            .await
+            .expect("connect"),
+    );
     poll_until(&mut source, "the lists through a kubeconfig", |l| {
         web_port(l) == Some(80)
     })
@@ -429,9 +467,11 @@ async fn connects_through_a_kubeconfig_file_or_master() {
         kubeconfig: None,
         master: Some(server.url()),
     };
-    let mut source = KubeSource::connect(&options, NODE, ValidationOptions::default())
-        .await
-        .expect("connect");
+    let mut source = Mirrored::from(
+        KubeSource::connect(&options, NODE, ValidationOptions::default())
+            .await
+            .expect("connect"),
+    );
     poll_until(&mut source, "the lists through --master", |l| {
         web_port(l) == Some(80)
     })
@@ -462,12 +502,16 @@ async fn an_unreachable_server_is_retried_not_fatal() {
         server.url()
     };
     let client = Client::try_from(::kube::Config::new(url.parse().unwrap())).unwrap();
-    let mut source = KubeSource::start(client, NODE, ValidationOptions::default());
+    let mut source = Mirrored::from(KubeSource::start(
+        client,
+        NODE,
+        ValidationOptions::default(),
+    ));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(!source.synced());
     assert_eq!(source.poll(), None);
     assert!(
-        source.tasks.iter().all(|t| !t.is_finished()),
+        source.source.tasks.iter().all(|t| !t.is_finished()),
         "the watches keep retrying"
     );
 }

@@ -33,6 +33,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub(super) struct Progress {
     changes: AtomicU64,
     synced: [AtomicBool; 3],
+    /// Wakes the sync loop.
+    wake: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -61,6 +63,12 @@ impl Progress {
 
     fn changed(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Resolves after the next change (or at once if one happened since the last wait).
+    pub(super) async fn wait(&self) {
+        self.wake.notified().await
     }
 
     fn mark_synced(&self, kind: ObjectKind) {

@@ -84,9 +84,9 @@ fn a_broken_document_does_not_hide_the_others() {
     let text = format!("{SERVICE}---\nkind: Service\nspec: [1, 2\n---\n{SLICE}---\n{NODE}");
     let path = dir.write("web.yaml", &text);
     let loaded = load(&path);
-    assert!(loaded.snapshot.services.contains_key(&service_key()));
-    assert_eq!(loaded.snapshot.endpoint_slices.len(), 1);
-    assert!(loaded.snapshot.nodes.contains_key("node-a"));
+    assert!(loaded.snapshot.services().contains_key(&service_key()));
+    assert_eq!(loaded.snapshot.endpoint_slices().len(), 1);
+    assert!(loaded.snapshot.nodes().contains_key("node-a"));
     assert_eq!(loaded.problems.len(), 1, "{:?}", shown(&loaded));
     let problem = &loaded.problems[0];
     assert_eq!(problem.location, ManifestLocation::document(&path, 2));
@@ -114,8 +114,8 @@ fn invalid_objects_are_reported_with_file_document_and_name() {
             path.display()
         )]
     );
-    assert!(loaded.snapshot.services.is_empty());
-    assert_eq!(loaded.snapshot.nodes.len(), 1);
+    assert!(loaded.snapshot.services().is_empty());
+    assert_eq!(loaded.snapshot.nodes().len(), 1);
 }
 
 #[test]
@@ -154,8 +154,8 @@ fn lists_expand_to_their_items() {
     );
     let path = dir.write("all.yaml", &list);
     let loaded = load(&path);
-    assert!(loaded.snapshot.services.contains_key(&service_key()));
-    assert_eq!(loaded.snapshot.endpoint_slices.len(), 1);
+    assert!(loaded.snapshot.services().contains_key(&service_key()));
+    assert_eq!(loaded.snapshot.endpoint_slices().len(), 1);
     assert_eq!(
         shown(&loaded),
         [format!(
@@ -178,7 +178,7 @@ fn typed_lists_give_their_items_a_type() {
     );
     dir.write("bad.yaml", "apiVersion: v1\nkind: ServiceList\nitems: {}\n");
     let loaded = load(dir.path());
-    assert!(loaded.snapshot.nodes.contains_key("node-b"));
+    assert!(loaded.snapshot.nodes().contains_key("node-b"));
     assert_eq!(
         shown(&loaded),
         [format!(
@@ -249,7 +249,7 @@ fn duplicates_keep_the_first_and_name_both_places() {
     let other_namespace = SERVICE.replace("namespace: default", "namespace: shop");
     dir.write("c.yaml", &other_namespace);
     let loaded = load(dir.path());
-    let kept = &loaded.snapshot.services[&service_key()];
+    let kept = &loaded.snapshot.services()[&service_key()];
     assert_eq!(
         kept.cluster_ips,
         ["10.96.12.34".parse::<std::net::IpAddr>().expect("ip")]
@@ -257,7 +257,7 @@ fn duplicates_keep_the_first_and_name_both_places() {
     assert!(
         loaded
             .snapshot
-            .services
+            .services()
             .contains_key(&ObjectKey::new("shop", "web"))
     );
     assert_eq!(
@@ -284,7 +284,7 @@ fn a_service_and_its_slice_may_share_a_name() {
     let path = dir.write("web.yaml", &format!("{SERVICE}---\n{slice}"));
     let loaded = load(&path);
     assert!(loaded.problems.is_empty(), "{:?}", shown(&loaded));
-    assert_eq!(loaded.snapshot.endpoint_slices.len(), 1);
+    assert_eq!(loaded.snapshot.endpoint_slices().len(), 1);
 }
 
 #[test]
@@ -296,8 +296,8 @@ fn oversize_documents_are_rejected_and_the_others_load() {
     );
     let path = dir.write("big.yaml", &format!("{SERVICE}---\n{big}---\n{NODE}"));
     let loaded = load(&path);
-    assert_eq!(loaded.snapshot.services.len(), 1);
-    assert_eq!(loaded.snapshot.nodes.len(), 1);
+    assert_eq!(loaded.snapshot.services().len(), 1);
+    assert_eq!(loaded.snapshot.nodes().len(), 1);
     assert_eq!(loaded.problems.len(), 1);
     assert_eq!(
         loaded.problems[0].location,
@@ -320,9 +320,9 @@ fn directories_are_walked_in_path_order() {
     dir.write("nodes/node-c.json", node_json);
     let loaded = load(dir.path());
     assert!(loaded.problems.is_empty(), "{:?}", shown(&loaded));
-    assert_eq!(loaded.snapshot.services.len(), 1);
-    assert_eq!(loaded.snapshot.endpoint_slices.len(), 1);
-    assert!(loaded.snapshot.nodes.contains_key("node-c"));
+    assert_eq!(loaded.snapshot.services().len(), 1);
+    assert_eq!(loaded.snapshot.endpoint_slices().len(), 1);
+    assert!(loaded.snapshot.nodes().contains_key("node-c"));
 }
 
 #[test]
@@ -333,9 +333,9 @@ fn skipped_services_load_and_fqdn_slices_do_not() {
     let path = dir.write("db.yaml", &format!("{external}---\n{fqdn}"));
     let loaded = load(&path);
     assert!(loaded.problems.is_empty(), "{:?}", shown(&loaded));
-    let db = &loaded.snapshot.services[&ObjectKey::new("default", "db")];
+    let db = &loaded.snapshot.services()[&ObjectKey::new("default", "db")];
     assert_eq!(db.skip, Some(SkipReason::ExternalName));
-    assert!(loaded.snapshot.endpoint_slices.is_empty());
+    assert!(loaded.snapshot.endpoint_slices().is_empty());
 }
 
 #[test]
