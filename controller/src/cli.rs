@@ -114,17 +114,24 @@ pub struct ProxyArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub iptables_localhost_nodeports: Option<bool>,
 
-    /// Period of full syncs in every mode (rewrites everything kproxy owns and repairs
-    /// drift), e.g. 30s, 1m. Wins over the mode's own setting. Default: 30s.
+    /// Period of the periodic sync in every mode, e.g. 30s, 1m: a partial sync that also
+    /// notices changed node addresses (changes themselves sync at once). Wins over the
+    /// mode's own setting. Default: 30s.
     #[arg(long, value_name = "DURATION")]
     pub sync_period: Option<String>,
+
+    /// Period of full syncs (rewrite everything kproxy owns, remove stale objects, repair
+    /// drift), e.g. 1h. As upstream's fixed FullSyncPeriod; a full sync also runs at start,
+    /// after a failed sync and when the canary finds the rules flushed. Default: 1h.
+    #[arg(long, value_name = "DURATION")]
+    pub full_sync_period: Option<String>,
 
     /// Minimum interval between syncs in every mode: bursts of changes within it become
     /// one sync. Wins over the mode's own setting. Default: 1s.
     #[arg(long, value_name = "DURATION")]
     pub min_sync_period: Option<String>,
 
-    /// Period of full syncs in iptables mode (see --sync-period). Default: 30s.
+    /// Period of the periodic sync in iptables mode (see --sync-period). Default: 30s.
     #[arg(long, value_name = "DURATION")]
     pub iptables_sync_period: Option<String>,
 
@@ -270,8 +277,10 @@ pub struct Settings {
     pub nodeport_addresses: NodePortAddressSpec,
     /// `--iptables-localhost-nodeports`.
     pub localhost_nodeports: bool,
-    /// Full-sync period.
+    /// Period of the periodic (partial) sync.
     pub sync_period: Duration,
+    /// Period of full syncs.
+    pub full_sync_period: Duration,
     /// Minimum time between syncs.
     pub min_sync_period: Duration,
     /// The masquerade mark (`1 << bit`).
@@ -321,6 +330,7 @@ impl Settings {
             "masqueradeMark": format!("{:#x}", self.masquerade_mark),
             "localhostNodePorts": self.localhost_nodeports,
             "syncPeriod": format!("{:?}", self.sync_period),
+            "fullSyncPeriod": format!("{:?}", self.full_sync_period),
             "minSyncPeriod": format!("{:?}", self.min_sync_period),
             "healthzBindAddress": self.healthz_bind_address.map(|a| a.to_string()).unwrap_or_default(),
             "metricsBindAddress": self.metrics_bind_address.map(|a| a.to_string()).unwrap_or_default(),
@@ -432,6 +442,11 @@ impl ProxyArgs {
             Duration::from_secs(1),
         )
         .map_err(|e| anyhow::anyhow!("min sync period: {e}"))?;
+        let full_sync_period = duration_setting(
+            &[("--full-sync-period", &self.full_sync_period)],
+            Duration::from_secs(3600),
+        )
+        .map_err(|e| anyhow::anyhow!("full sync period: {e}"))?;
         let ipvs = &config.ipvs;
         let timeout = |flag: &str, value: &Option<String>, field: &str, conf: &Option<String>| {
             ipvs_timeout(&[(flag, value), (&format!("{field} in --config"), conf)])
@@ -458,6 +473,7 @@ impl ProxyArgs {
                     .or(config.iptables.localhost_node_ports)
                     .unwrap_or(true),
             sync_period,
+            full_sync_period,
             min_sync_period,
             masquerade_mark: 1 << bit,
             iptables_backend: self.iptables_backend,

@@ -8,7 +8,7 @@
 //!   and returns the [`PlanDelta`] that the conntrack clean-up and the metrics consume.
 //! - As upstream (`proxyutil.FullSyncPeriod`), a full sync (rewrites every kproxy chain,
 //!   removes stale ones, repairs jump rules) runs at start, after any failure, after the
-//!   canary found the rules flushed, and once every [`FULL_SYNC_PERIOD`]; every
+//!   canary found the rules flushed, and once every `--full-sync-period` (1 h); every
 //!   `--iptables-sync-period` a partial sync re-reads the node's addresses. A pending
 //!   change always goes first: it never waits behind a periodic rewrite.
 //! - A failed sync is retried (fully) with a backoff capped at the sync period.
@@ -32,11 +32,6 @@ use crate::node::{HostAddresses, node_context};
 use crate::planner::{self, Planner};
 use crate::servers::{Metrics, ProxyHealth};
 use crate::source::{KubeSource, ManifestProblem, ManifestWatcher, SourceUpdate};
-
-/// How often a full sync rewrites everything although nothing asked for one (upstream's
-/// `proxyutil.FullSyncPeriod`): partial syncs keep the rules right in between, and a full
-/// rewrite at 10k Services takes tens of seconds with iptables-nft.
-pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 /// The longest the loop sleeps without looking at its health and canary.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -81,6 +76,10 @@ pub fn log_reports(reports: &[SyncReport]) {
 struct Schedule {
     min_sync_period: Duration,
     sync_period: Duration,
+    /// How often a full sync rewrites everything although nothing asked for one
+    /// (upstream's `proxyutil.FullSyncPeriod`, 1 h): partial syncs keep the rules right in
+    /// between, and a full rewrite at 10k Services takes tens of seconds with iptables-nft.
+    full_sync_period: Duration,
     last_sync: Option<Instant>,
     last_full: Option<Instant>,
     need_full: bool,
@@ -94,6 +93,7 @@ impl Schedule {
         Schedule {
             min_sync_period: settings.min_sync_period,
             sync_period: settings.sync_period,
+            full_sync_period: settings.full_sync_period,
             last_sync: None,
             last_full: None,
             need_full: true,
@@ -121,7 +121,7 @@ impl Schedule {
             Some(true)
         } else if self.dirty {
             Some(false)
-        } else if elapsed(self.last_full, FULL_SYNC_PERIOD) {
+        } else if elapsed(self.last_full, self.full_sync_period) {
             Some(true)
         } else if elapsed(self.last_sync, self.sync_period) {
             Some(false)
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(s.due(t0 + Duration::from_secs(29)), None);
         assert_eq!(s.due(t0 + Duration::from_secs(30)), Some(false));
         s.succeeded(t0 + Duration::from_secs(30), false);
-        assert_eq!(s.due(t0 + FULL_SYNC_PERIOD), Some(true));
+        assert_eq!(s.due(t0 + s.full_sync_period), Some(true));
     }
 
     #[test]
@@ -507,7 +507,7 @@ mod tests {
         let t0 = Instant::now();
         s.succeeded(t0, true);
         s.dirty = true;
-        let later = t0 + FULL_SYNC_PERIOD;
+        let later = t0 + s.full_sync_period;
         assert_eq!(s.due(later), Some(false), "the change first, partially");
         s.succeeded(later, false);
         assert_eq!(

@@ -73,6 +73,11 @@ impl KproxyProcess {
         Ok(KproxyProcess { child, log })
     }
 
+    /// Its process id (`ip netns exec` runs kproxy in its own process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

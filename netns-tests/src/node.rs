@@ -172,7 +172,7 @@ impl OneNodeCluster {
 
 /// A pod with addresses `10.244.1.HOST` and `fd00:244:1::HOST` on the node's bridge; as a
 /// CNI plugin does, the port joins the bridge before the pod's addresses are configured.
-fn attach_pod(node: &Netns, pod: &Netns, node_if: &str, host: u8) -> anyhow::Result<()> {
+pub fn attach_pod(node: &Netns, pod: &Netns, node_if: &str, host: u8) -> anyhow::Result<()> {
     veth(node, node_if, "", pod, "eth0", "")?;
     node.ip(&["link", "set", node_if, "master", "cbr0"])?;
     pod.ip(&["addr", "add", &format!("10.244.1.{host}/24"), "dev", "eth0"])?;
