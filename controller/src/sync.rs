@@ -350,9 +350,15 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+        let polled = Instant::now();
         if let Some(update) = source.poll() {
             report_problems(&update.problems);
             let touched = pipeline.snapshot.apply(update.changes);
+            tracing::debug!(
+                services = touched.services.len(),
+                took_ms = polled.elapsed().as_secs_f64() * 1e3,
+                "source changes applied"
+            );
             note_changes(&touched, &families, &health, &metrics);
             if !touched.is_empty() {
                 latencies.changed(&touched.slice_objects);
@@ -382,6 +388,11 @@ pub async fn run(
             schedule.failed(now);
             continue;
         }
+        tracing::debug!(
+            entries = pipeline.delta.len(),
+            took_ms = now.elapsed().as_secs_f64() * 1e3,
+            "planned"
+        );
         let Some(plan) = pipeline.planner.as_ref().map(Planner::plan) else {
             continue;
         };

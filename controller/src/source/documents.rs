@@ -77,6 +77,9 @@ fn is_blank(text: &str) -> bool {
 /// Parses one YAML document. `Value::Null` means the document holds no node.
 pub(crate) fn parse_yaml(document: &Document<'_>) -> Result<Value, ProblemKind> {
     check_size(document.text)?;
+    if let Some(value) = parse_as_json(document.text) {
+        return Ok(value);
+    }
     serde_saphyr::from_str_with_options::<Value>(document.text, yaml_options()).map_err(|e| {
         let line_offset = u64::try_from(document.first_line.saturating_sub(1)).unwrap_or(0);
         let rendered = e.render_with_options(serde_saphyr::render_options! {
@@ -89,6 +92,57 @@ pub(crate) fn parse_yaml(document: &Document<'_>) -> Result<Value, ProblemKind> 
 }
 
 /// Parses a JSON document.
+/// A document written as JSON (`kubectl get -o json`, generated manifests), parsed by
+/// the much faster JSON parser: JSON is YAML, and the value is the same. `None` when the
+/// document is not plain JSON (or has a duplicate key, which the YAML parser reports), so
+/// that the YAML parser decides and reports errors.
+fn parse_as_json(text: &str) -> Option<Value> {
+    let body = match text.split_once('\n') {
+        Some((first, rest)) if first.trim_end() == "---" => rest,
+        _ => text,
+    };
+    if !body.trim_start().starts_with('{') {
+        return None;
+    }
+    let value: Value = serde_json::from_str(body).ok()?;
+    // serde_json keeps the last of duplicate keys; leave such documents to the YAML
+    // parser, which refuses them. Counting keys is cheap next to parsing.
+    (count_keys(&value) == count_key_tokens(body)).then_some(value)
+}
+
+/// Keys in a parsed value.
+fn count_keys(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => map.len() + map.values().map(count_keys).sum::<usize>(),
+        Value::Array(items) => items.iter().map(count_keys).sum(),
+        _ => 0,
+    }
+}
+
+/// Keys in JSON text: strings followed by a colon.
+fn count_key_tokens(text: &str) -> usize {
+    let mut keys = 0;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut escaped = false;
+        for c in chars.by_ref() {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => break,
+                _ => escaped = false,
+            }
+        }
+        let rest = chars.as_str().trim_start();
+        if rest.starts_with(':') {
+            keys += 1;
+        }
+    }
+    keys
+}
+
 pub(crate) fn parse_json(text: &str) -> Result<Value, ProblemKind> {
     check_size(text)?;
     serde_json::from_str(text).map_err(|e| ProblemKind::Syntax(e.to_string()))
@@ -156,6 +210,25 @@ mod tests {
     #[test]
     fn leading_separator_with_content_is_kept() {
         assert_eq!(texts("--- !!map\na: 1\n"), [(1, 1, "--- !!map\na: 1\n")]);
+    }
+
+    #[test]
+    fn json_documents_parse_as_their_yaml_reading_and_duplicates_are_refused() {
+        let text =
+            "---\n{\"kind\": \"A\", \"x\": {\"y\": \"a\\\"b:\", \"z\": [1, {\"w\": null}]}}\n";
+        let docs = split_documents(text);
+        let fast = parse_as_json(docs[0].text).expect("plain JSON");
+        assert_eq!(
+            fast,
+            serde_json::json!({"kind": "A", "x": {"y": "a\"b:", "z": [1, {"w": null}]}})
+        );
+        let yaml = serde_saphyr::from_str_with_options::<Value>(docs[0].text, yaml_options());
+        assert_eq!(yaml.ok(), Some(fast));
+        let duplicate = "{\"kind\": \"A\", \"kind\": \"B\"}\n";
+        assert_eq!(parse_as_json(duplicate), None);
+        let docs = split_documents(duplicate);
+        assert!(matches!(parse_yaml(&docs[0]), Err(ProblemKind::Syntax(_))));
+        assert_eq!(parse_as_json("kind: A\n"), None);
     }
 
     #[test]

@@ -200,6 +200,18 @@ fn content_hash(content: &Result<String, super::problem::ProblemKind>) -> u64 {
     hasher.finish()
 }
 
+/// Whether an event may mean changed content: anything but opening a file or directory
+/// and closing it unwritten.
+fn changes_content(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => event.need_rescan(),
+        _ => true,
+    }
+}
+
 /// Watches `path` recursively (a directory) or its parent (a file, or a path that does
 /// not exist yet).
 fn start_events(path: &Path) -> notify::Result<Events> {
@@ -211,6 +223,9 @@ fn start_events(path: &Path) -> notify::Result<Events> {
         {
             let mut pending = sink.lock().unwrap_or_else(|e| e.into_inner());
             match event {
+                // Opening or reading a file changes nothing (and the watcher's own walk
+                // opens directories: counting those would wake it forever).
+                Ok(event) if !changes_content(&event) => return,
                 Ok(event) => {
                     pending.rescan |= event.need_rescan();
                     pending.paths.extend(event.paths);
@@ -297,6 +312,25 @@ mod tests {
         let dir = TestDir::new("watch-inotify");
         let watcher = ManifestWatcher::new(dir.path(), ValidationOptions::default());
         assert!(watcher.uses_events(), "this kernel has inotify");
+    }
+
+    #[test]
+    fn reading_the_tree_wakes_nobody() {
+        let dir = TestDir::new("watch-quiet");
+        dir.write("nodes.yaml", NODE);
+        let mut watcher = ManifestWatcher::new(dir.path(), ValidationOptions::default());
+        assert!(watcher.poll().is_some());
+        // Reading files and listing directories (as every poll does) are not changes.
+        let _ = std::fs::read_to_string(dir.path().join("nodes.yaml"));
+        let _ = std::fs::read_dir(dir.path()).map(|d| d.count());
+        std::thread::sleep(Duration::from_millis(100));
+        let events = watcher.events.as_ref().expect("inotify");
+        let pending = events.pending.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            pending.paths.is_empty() && !pending.rescan,
+            "{:?}",
+            pending.paths
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! - **floor**: the kernel tool's cost for a one-chain change against the same table
 //!   (`iptables-restore --noflush` of one chain; `nft -f` of one table), median of 5.
 //!
-//! Prints a table; writes `target/bench-e2e/results.json`. No assertion about speed.
+//! Prints a table; writes `target/bench-e2e/results.json` and kproxy's logs under
+//! `target/bench-e2e/logs/`. No assertion about speed.
 //!
 //! Usage: `bench-e2e [--sizes 1000,10000] [--modes nftables,iptables-nft,iptables-legacy,userspace]
 //! [--changes 7] [--no-resync]`
@@ -215,6 +216,7 @@ fn measure(mode: &str, n: usize, opts: &Options) -> anyhow::Result<Row> {
         changes.push(took);
     }
     let rss_peak_kib = peak_rss_kib(kproxy.pid());
+    keep_log(&kproxy.log(), &format!("{mode}-{n}.log"))?;
     let floor = floor(mode, &cluster.node)?;
     drop(kproxy);
     let full_resync = if opts.resync {
@@ -295,6 +297,14 @@ const IPTABLES_FLOOR: &str =
     "*nat\n:KPROXY-BENCH-FLOOR - [0:0]\n-A KPROXY-BENCH-FLOOR -j RETURN\nCOMMIT\n";
 const NFT_FLOOR: &str = "add table ip kproxy-bench-floor\nflush table ip kproxy-bench-floor\nadd chain ip kproxy-bench-floor c\nadd rule ip kproxy-bench-floor c return\n";
 
+/// Copies a kproxy log to `target/bench-e2e/logs/` (to see where time went).
+fn keep_log(log: &str, name: &str) -> anyhow::Result<()> {
+    let dir = PathBuf::from("target/bench-e2e/logs");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(name), log)?;
+    Ok(())
+}
+
 /// kproxy's peak resident set (VmHWM) in KiB.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -351,7 +361,12 @@ impl BenchPod {
                             e.kind(),
                             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                         ) => {}
-                    Err(e) => return Err(e.into()),
+                    // A client that gave up before the accept (ECONNABORTED, ...) does not
+                    // stop the pod.
+                    Err(e) => {
+                        eprintln!("    {pod}: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
             }
             Ok(())
