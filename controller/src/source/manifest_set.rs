@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::manifests::{Entry, SourceUpdate, change_of};
-use super::problem::{ManifestProblem, ObjectRef, ProblemKind};
+use super::problem::{ManifestLocation, ManifestProblem, ObjectRef, ProblemKind};
 
 /// Where an entry is: its file and its index among the file's entries (so positions sort
 /// in path order, then document order).
@@ -22,7 +22,9 @@ type Position = (Arc<Path>, usize);
 #[derive(Debug, Default)]
 pub(crate) struct ManifestSet {
     files: BTreeMap<Arc<Path>, Vec<Entry>>,
-    claims: HashMap<ObjectRef, BTreeSet<Position>>,
+    /// Positions claiming each object, sorted (almost always one: a vector, not a B-tree
+    /// node per object).
+    claims: HashMap<ObjectRef, Vec<Position>>,
 }
 
 impl ManifestSet {
@@ -42,10 +44,11 @@ impl ManifestSet {
             if let Some(entries) = entries {
                 for (i, entry) in entries.iter().enumerate() {
                     if let Some(object) = entry.claim() {
-                        self.claims
-                            .entry(object.clone())
-                            .or_default()
-                            .insert((path.clone(), i));
+                        let positions = self.claims.entry(object.clone()).or_default();
+                        let position = (path.clone(), i);
+                        if let Err(at) = positions.binary_search(&position) {
+                            positions.insert(at, position);
+                        }
                         affected.insert(object.clone());
                     }
                 }
@@ -82,7 +85,7 @@ impl ManifestSet {
                 continue;
             };
             if let Some(positions) = self.claims.get_mut(object) {
-                positions.remove(&(path.clone(), i));
+                positions.retain(|p| *p != (path.clone(), i));
                 if positions.is_empty() {
                     self.claims.remove(object);
                 }
@@ -93,6 +96,10 @@ impl ManifestSet {
 
     fn entry(&self, (path, i): &Position) -> Option<&Entry> {
         self.files.get(path)?.get(*i)
+    }
+
+    fn location(&self, position: &Position) -> Option<ManifestLocation> {
+        Some(self.entry(position)?.location(&position.0))
     }
 
     /// The first claim of `object`, if any.
@@ -118,17 +125,15 @@ impl ManifestSet {
                 .claim()
                 .and_then(|object| self.first(object))
                 .filter(|first| **first != (path.clone(), i));
-            if let Some(first) = duplicate_of.and_then(|p| self.entry(p)) {
+            if let Some(first) = duplicate_of.and_then(|p| self.location(p)) {
                 problems.push(ManifestProblem {
-                    location: entry.location.clone(),
+                    location: entry.location(path),
                     object: entry.object.clone(),
-                    kind: ProblemKind::Duplicate {
-                        first: first.location.clone(),
-                    },
+                    kind: ProblemKind::Duplicate { first },
                 });
             } else if let Err(kind) = &entry.outcome {
                 problems.push(ManifestProblem {
-                    location: entry.location.clone(),
+                    location: entry.location(path),
                     object: entry.object.clone(),
                     kind: kind.clone(),
                 });
@@ -147,7 +152,7 @@ impl ManifestSet {
         let Some(positions) = self.claims.get(object) else {
             return;
         };
-        let Some(first) = positions.first().and_then(|p| self.entry(p)) else {
+        let Some(first) = positions.first().and_then(|p| self.location(p)) else {
             return;
         };
         for position in positions.iter().skip(1) {
@@ -156,10 +161,10 @@ impl ManifestSet {
             }
             if let Some(entry) = self.entry(position) {
                 problems.push(ManifestProblem {
-                    location: entry.location.clone(),
+                    location: entry.location(&position.0),
                     object: entry.object.clone(),
                     kind: ProblemKind::Duplicate {
-                        first: first.location.clone(),
+                        first: first.clone(),
                     },
                 });
             }

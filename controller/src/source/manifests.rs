@@ -115,8 +115,9 @@ pub(crate) fn change_of(object: &ObjectRef, value: Option<&Validated>) -> Object
 /// such as an FQDN slice) or what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
-    /// Where it is.
-    pub location: ManifestLocation,
+    /// Where it is in its file: document and List item (the file is known to the owner of
+    /// the entries; not repeating its path in every entry saves memory on large trees).
+    pub place: (Option<usize>, Option<usize>),
     /// The object, when the document got that far.
     pub object: Option<ObjectRef>,
     /// The object's validated value, or the problem.
@@ -124,6 +125,15 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Where the entry is, in file `file`.
+    pub fn location(&self, file: &Path) -> ManifestLocation {
+        ManifestLocation {
+            file: file.to_path_buf(),
+            document: self.place.0,
+            item: self.place.1,
+        }
+    }
+
     /// The object this entry claims: a named object (an unnamed one claims nothing; it is
     /// reported as invalid).
     pub fn claim(&self) -> Option<&ObjectRef> {
@@ -254,7 +264,7 @@ impl Collector<'_> {
         };
         let outcome = validated(kind, value, self.opts);
         self.entries.push(Entry {
-            location,
+            place: (location.document, location.item),
             object: Some(object),
             outcome,
         });
@@ -267,7 +277,7 @@ impl Collector<'_> {
         kind: ProblemKind,
     ) {
         self.entries.push(Entry {
-            location,
+            place: (location.document, location.item),
             object,
             outcome: Err(kind),
         });

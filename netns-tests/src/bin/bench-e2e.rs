@@ -75,6 +75,14 @@ fn parse_args() -> anyhow::Result<Options> {
             "--modes" => opts.modes = value("--modes")?.split(',').map(String::from).collect(),
             "--changes" => opts.changes = value("--changes")?.parse().context("--changes")?,
             "--no-resync" => opts.resync = false,
+            "--write-manifests" => {
+                // For profiling kproxy by hand: write the manifests of N Services to DIR
+                // (pod-0 at 10.244.1.10 as svc-00000's endpoint) and exit.
+                let dir = PathBuf::from(value("--write-manifests DIR")?);
+                let n = value("--write-manifests DIR N")?.parse().context("N")?;
+                write_manifests(&dir, n, Ipv4Addr::new(10, 244, 1, 10))?;
+                std::process::exit(0);
+            }
             "--bench" => {} // passed by `cargo bench`
             "-h" | "--help" => {
                 println!(
@@ -179,6 +187,16 @@ fn manifest_file(f: usize, n: usize, target: Ipv4Addr) -> anyhow::Result<String>
     Ok(text)
 }
 
+/// The node and `n` Services in [`FILES`] files.
+fn write_manifests(dir: &Path, n: usize, target: Ipv4Addr) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("node.yaml"), node_yaml())?;
+    for f in 0..FILES {
+        std::fs::write(dir.join(file_name(f)), manifest_file(f, n, target)?)?;
+    }
+    Ok(())
+}
+
 fn file_name(f: usize) -> String {
     format!("services-{f:03}.yaml")
 }
@@ -190,10 +208,7 @@ fn measure(mode: &str, n: usize, opts: &Options) -> anyhow::Result<Row> {
         BenchPod::start(&cluster, "pod-1", 11)?,
     ];
     let dir = cluster.manifests();
-    std::fs::write(dir.join("node.yaml"), node_yaml())?;
-    for f in 0..FILES {
-        std::fs::write(dir.join(file_name(f)), manifest_file(f, n, pods[0].ip)?)?;
-    }
+    write_manifests(&dir, n, pods[0].ip)?;
     let vip = SocketAddr::new(cluster_ip(0)?.into(), 80);
     let mut args: Vec<String> = cluster.kproxy_args(&dir);
     args.extend(mode_flags(mode)?.into_iter().map(String::from));
