@@ -73,8 +73,11 @@ fn full_then_partial_steering() {
         NodePortAddresses::All,
     );
     let first = Steering::of(&ServiceTable::build(&two, Algorithm::Random, 0), &[masq]);
-    let (full, written, deleted) = first.batch(None, "kp0", 1, &[IpFamily::V4]);
-    assert_eq!((written, deleted), (5, 0));
+    let full = first.batch(None, "kp0", 1, &[IpFamily::V4]);
+    assert_eq!((full.written.v4, full.deleted.v4), (5, 0));
+    assert_eq!((full.written.v6, full.deleted.v6), (0, 0));
+    assert_eq!(full.removals, Default::default(), "a full update only adds");
+    let full = full.adds;
     assert!(full.v6.is_empty());
     for line in [
         "rule del priority 4242",
@@ -95,12 +98,55 @@ fn full_then_partial_steering() {
         NodePortAddresses::All,
     );
     let second = Steering::of(&ServiceTable::build(&one, Algorithm::Random, 0), &[masq]);
-    let (partial, written, deleted) = second.batch(Some(&first), "kp0", 0, &[IpFamily::V4]);
-    assert_eq!((written, deleted), (0, 2));
+    let partial = second.batch(Some(&first), "kp0", 0, &[IpFamily::V4]);
+    assert_eq!((partial.written.v4, partial.deleted.v4), (0, 2));
+    assert!(partial.adds.v4.is_empty(), "nothing to add");
     assert_eq!(
-        partial.v4,
+        partial.removals.v4,
         "route del 10.96.0.2/32 dev kp0\n\
          rule del priority 4242 from 10.244.1.2 ipproto tcp sport 9090 lookup 4242\n"
+    );
+}
+
+#[test]
+fn dual_stack_counts_each_family_once() {
+    let mut v6 = svc("a", "fd00:96::1", "[fd00:244::1]:8080", None);
+    v6.family = IpFamily::V6;
+    let mut dual = plan(
+        vec![svc("a", "10.96.0.1", "10.244.1.1:8080", None), v6],
+        NodePortAddresses::All,
+    );
+    dual.node.ipv6 = Some(FamilyContext::default());
+    let steering = Steering::of(&ServiceTable::build(&dual, Algorithm::Random, 0), &[]);
+    let batch = steering.batch(None, "kp0", 0, &[IpFamily::V4, IpFamily::V6]);
+    // One route (the cluster IP) and one reply rule (the backend) per family.
+    assert_eq!((batch.written.v4, batch.written.v6), (2, 2), "{batch:?}");
+    assert_eq!((batch.deleted.v4, batch.deleted.v6), (0, 0));
+    assert_eq!(steering.count(IpFamily::V4), 2);
+    assert_eq!(steering.count(IpFamily::V6), 2);
+    assert!(batch.lines(IpFamily::V6) >= 2);
+}
+
+#[test]
+fn a_new_backend_is_steered_before_the_old_one_is_removed() {
+    let before = plan(
+        vec![svc("a", "10.96.0.1", "10.244.1.1:8080", None)],
+        NodePortAddresses::All,
+    );
+    let after = plan(
+        vec![svc("a", "10.96.0.1", "10.244.1.2:8080", None)],
+        NodePortAddresses::All,
+    );
+    let old = Steering::of(&ServiceTable::build(&before, Algorithm::Random, 0), &[]);
+    let new = Steering::of(&ServiceTable::build(&after, Algorithm::Random, 0), &[]);
+    let batch = new.batch(Some(&old), "kp0", 0, &[IpFamily::V4]);
+    assert_eq!(
+        batch.adds.v4,
+        "rule add priority 4242 from 10.244.1.2 ipproto tcp sport 8080 lookup 4242\n"
+    );
+    assert_eq!(
+        batch.removals.v4,
+        "rule del priority 4242 from 10.244.1.1 ipproto tcp sport 8080 lookup 4242\n"
     );
 }
 

@@ -655,8 +655,10 @@ fn restart_keeps_established_connections(mode: &str) -> Result {
     c.apply(&spec)?;
     // A server that echoes every line of one connection (bounded to 60 s).
     let backend = SocketAddr::new(IpAddr::V4(c.pod_ip("pod-1-0")?), 9090);
+    let (ready_tx, ready_rx) = channel::<()>();
     let server = c.pod_ns("pod-1-0")?.spawn(move || {
         let listener = std::net::TcpListener::bind(backend)?;
+        ready_tx.send(())?;
         let (conn, _) = listener.accept()?;
         conn.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut writer = conn.try_clone()?;
@@ -665,7 +667,9 @@ fn restart_keeps_established_connections(mode: &str) -> Result {
         }
         Ok(())
     })?;
-    std::thread::sleep(Duration::from_millis(100));
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| anyhow::anyhow!("the echo server did not start listening"))?;
     let (go_tx, go_rx) = channel::<()>();
     let (step_tx, step_rx) = channel::<String>();
     let vip = sock(ip(10, 96, 0, 90), 90);

@@ -185,14 +185,43 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn graceful_shutdown_returns() {
+    async fn graceful_shutdown_finishes_requests_in_progress_then_closes() {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let started = std::sync::Mutex::new(Some(started_tx));
+        let started = std::sync::Arc::new(started);
+        let router = Router::new().route(
+            "/slow",
+            get(move || {
+                let started = started.clone();
+                async move {
+                    if let Some(tx) = started.lock().ok().and_then(|mut s| s.take()) {
+                        let _ = tx.send(());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    "done"
+                }
+            }),
+        );
         let server = serve(
             "test-bind-address",
             "127.0.0.1:0".parse().expect("addr"),
-            Router::new(),
+            router,
         )
         .expect("bind");
-        server.shutdown().await;
+        let addr = server.local_addr();
+        let request = tokio::spawn(async move { testing::get(addr, "/slow").await });
+        started_rx.await.expect("the request reached the handler");
+        let bound = std::time::Duration::from_secs(5);
+        tokio::time::timeout(bound, server.shutdown())
+            .await
+            .expect("shutdown returns within 5 s");
+        let response = request.await.expect("request task");
+        assert_eq!(response.status, 200, "the request in progress was answered");
+        assert_eq!(response.body, "done");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the listener is closed after shutdown"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

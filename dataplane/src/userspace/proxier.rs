@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::device::{Mailbox, run};
 use super::forwarder::ForwarderConfig;
-use super::routes::{ROUTE_TABLE, RULE_PRIORITY, Steering};
+use super::routes::{FamilyBatches, ROUTE_TABLE, RULE_PRIORITY, Steering};
 use super::services::ServiceTable;
 use crate::lb::Algorithm;
 use crate::plan::{IpFamily, ProxyPlan};
@@ -263,29 +263,30 @@ impl UserspaceProxier {
             &nodeport_ips,
         );
         let wanted = Steering::of(&table, &self.masquerade_ips());
-        let rules_total = wanted.routes.len() + wanted.rules.len();
-        self.mailbox.post(table);
         let prev = self.steering.take().filter(|_| !full);
         let full = prev.is_none();
         let stale = if full { count_our_rules().await } else { 0 };
-        let (batch, written, deleted) =
-            wanted.batch(prev.as_ref(), &self.config.device, stale, &self.families);
-        for family in &self.families {
-            let text = match family {
-                IpFamily::V4 => &batch.v4,
-                IpFamily::V6 => &batch.v6,
-            };
-            if !text.is_empty() {
-                ip_batch(*family, text).await?;
-            }
-        }
-        let bridges = super::bridges::render(&super::bridges::local_bridges(), &wanted.rules);
-        self.steering = Some(wanted);
-        if full || self.bridge_table.as_deref() != Some(bridges.as_str()) {
+        let batch = wanted.batch(prev.as_ref(), &self.config.device, stale, &self.families);
+        // Make before break: steering for the old and the new backends' replies first
+        // (routes and rules, and the bridge table lifting same-bridge replies), then the
+        // forwarder's new table, then the removals.
+        let local_bridges = super::bridges::local_bridges();
+        let bridges = super::bridges::render(&local_bridges, &wanted.rules);
+        let bridges_changed = full || self.bridge_table.as_deref() != Some(bridges.as_str());
+        self.run_batches(&batch.adds).await?;
+        if bridges_changed {
+            let both = prev.as_ref().map(|p| p.rules.union(&wanted.rules).copied().collect());
+            let transition = both.map(|both| super::bridges::render(&local_bridges, &both));
             self.bridge_table = None;
+            apply_bridges(transition.as_deref().unwrap_or(&bridges)).await?;
+        }
+        self.mailbox.post(table);
+        self.run_batches(&batch.removals).await?;
+        if bridges_changed {
             apply_bridges(&bridges).await?;
             self.bridge_table = Some(bridges);
         }
+        self.steering = Some(wanted);
         for family in self.families.clone() {
             let nodeport_ip = nodeport_ips.iter().find(|ip| IpFamily::of(ip) == family);
             let mut text = match nodeport_ip {
@@ -305,20 +306,37 @@ impl UserspaceProxier {
             }
         }
         let took = start.elapsed();
+        let steering = self.steering.as_ref();
+        // Each family reports its own routes and rules (dual-stack metrics must not count
+        // one family's objects twice).
         Ok(self
             .families
             .iter()
-            .map(|family| SyncReport {
+            .map(|&family| SyncReport {
                 mode: "userspace",
-                family: *family,
+                family,
                 full,
-                objects_written: written,
-                objects_deleted: deleted,
-                lines_written: batch.lines(),
-                rules_total,
+                objects_written: batch.written.of(family),
+                objects_deleted: batch.deleted.of(family),
+                lines_written: batch.lines(family),
+                rules_total: steering.map_or(0, |s| s.count(family)),
                 took,
             })
             .collect())
+    }
+
+    /// Runs one step of a steering update, per family.
+    async fn run_batches(&self, batches: &FamilyBatches) -> Result<(), UserspaceError> {
+        for family in &self.families {
+            let text = match family {
+                IpFamily::V4 => &batches.v4,
+                IpFamily::V6 => &batches.v6,
+            };
+            if !text.is_empty() {
+                ip_batch(*family, text).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops the forwarder (removing the device and its routes) and deletes the policy

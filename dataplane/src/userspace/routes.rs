@@ -82,23 +82,24 @@ impl Steering {
 
     /// The `ip -4 -batch` and `ip -6 -batch` inputs that turn `prev` (or, when `None`, an
     /// unknown state: everything is replaced, and rules at our priority are first deleted
-    /// `stale_rules` times) into `self`, for the families in `families`. Returns the inputs
-    /// and the number of objects written and deleted.
+    /// `stale_rules` times) into `self`, for the families in `families`: what to add (to
+    /// apply before the forwarder gets the new table, so that a new backend's replies are
+    /// steered back from its first packet) and what to remove (after it, so that a removed
+    /// backend's replies are steered until the forwarder stops using it).
     pub fn batch(
         &self,
         prev: Option<&Steering>,
         dev: &str,
         stale_rules: usize,
         families: &[IpFamily],
-    ) -> (FamilyBatches, usize, usize) {
-        let mut out = FamilyBatches::default();
-        let (mut written, mut deleted) = (0, 0);
+    ) -> SteeringBatch {
+        let mut batch = SteeringBatch::default();
         let empty = Steering::default();
         let old = match prev {
             Some(p) => p,
             None => {
                 for fam in families {
-                    let text = out.of(*fam);
+                    let text = batch.adds.of(*fam);
                     for _ in 0..stale_rules {
                         let _ = writeln!(text, "rule del priority {RULE_PRIORITY}");
                     }
@@ -110,48 +111,88 @@ impl Steering {
                 &empty
             }
         };
-        let fam_ok = |ip: &IpAddr| families.contains(&IpFamily::of(ip));
         for net in old.routes.difference(&self.routes) {
-            let _ = writeln!(out.of(IpFamily::of_net(net)), "route del {net} dev {dev}");
-            deleted += 1;
+            let family = IpFamily::of_net(net);
+            let _ = writeln!(batch.removals.of(family), "route del {net} dev {dev}");
+            batch.deleted.add(family);
         }
         for rule in old.rules.difference(&self.rules) {
-            let _ = writeln!(
-                out.of(IpFamily::of(&rule.from)),
-                "rule del {}",
-                rule_spec(rule)
-            );
-            deleted += 1;
+            let family = IpFamily::of(&rule.from);
+            let _ = writeln!(batch.removals.of(family), "rule del {}", rule_spec(rule));
+            batch.deleted.add(family);
         }
         let fresh = prev.is_none();
-        for net in self
-            .routes
-            .iter()
-            .filter(|n| fresh || !old.routes.contains(n))
-        {
-            if fam_ok(&net.addr()) {
-                let _ = writeln!(
-                    out.of(IpFamily::of_net(net)),
-                    "route replace {net} dev {dev}"
-                );
-                written += 1;
+        let wanted = |family: IpFamily| families.contains(&family);
+        for net in self.routes.iter().filter(|n| fresh || !old.routes.contains(n)) {
+            let family = IpFamily::of_net(net);
+            if wanted(family) {
+                let _ = writeln!(batch.adds.of(family), "route replace {net} dev {dev}");
+                batch.written.add(family);
             }
         }
-        for rule in self
-            .rules
-            .iter()
-            .filter(|r| fresh || !old.rules.contains(r))
-        {
-            if fam_ok(&rule.from) {
-                let _ = writeln!(
-                    out.of(IpFamily::of(&rule.from)),
-                    "rule add {}",
-                    rule_spec(rule)
-                );
-                written += 1;
+        for rule in self.rules.iter().filter(|r| fresh || !old.rules.contains(r)) {
+            let family = IpFamily::of(&rule.from);
+            if wanted(family) {
+                let _ = writeln!(batch.adds.of(family), "rule add {}", rule_spec(rule));
+                batch.written.add(family);
             }
         }
-        (out, written, deleted)
+        batch
+    }
+}
+
+/// What one steering update writes, in two steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SteeringBatch {
+    /// Routes and rules to add (before the forwarder takes the new table).
+    pub adds: FamilyBatches,
+    /// Routes and rules to delete (after it).
+    pub removals: FamilyBatches,
+    /// Objects written, per family.
+    pub written: FamilyCounts,
+    /// Objects deleted, per family.
+    pub deleted: FamilyCounts,
+}
+
+impl SteeringBatch {
+    /// Lines of one family, both steps.
+    pub fn lines(&self, family: IpFamily) -> usize {
+        self.adds.lines(family) + self.removals.lines(family)
+    }
+}
+
+/// A count per family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FamilyCounts {
+    /// IPv4.
+    pub v4: usize,
+    /// IPv6.
+    pub v6: usize,
+}
+
+impl FamilyCounts {
+    fn add(&mut self, family: IpFamily) {
+        match family {
+            IpFamily::V4 => self.v4 += 1,
+            IpFamily::V6 => self.v6 += 1,
+        }
+    }
+
+    /// The count of one family.
+    pub fn of(&self, family: IpFamily) -> usize {
+        match family {
+            IpFamily::V4 => self.v4,
+            IpFamily::V6 => self.v6,
+        }
+    }
+}
+
+impl Steering {
+    /// Routes and rules of one family.
+    pub fn count(&self, family: IpFamily) -> usize {
+        let routes = self.routes.iter().filter(|n| IpFamily::of_net(n) == family);
+        let rules = self.rules.iter().filter(|r| IpFamily::of(&r.from) == family);
+        routes.count() + rules.count()
     }
 }
 
@@ -173,9 +214,12 @@ impl FamilyBatches {
         }
     }
 
-    /// Total lines.
-    pub fn lines(&self) -> usize {
-        self.v4.lines().count() + self.v6.lines().count()
+    /// Lines of one family.
+    pub fn lines(&self, family: IpFamily) -> usize {
+        match family {
+            IpFamily::V4 => self.v4.lines().count(),
+            IpFamily::V6 => self.v6.lines().count(),
+        }
     }
 }
 
