@@ -107,7 +107,14 @@ impl IptablesProxier {
                     restore::full_sync(&wanted, &saved)
                 }
             };
+            let rendered = start.elapsed();
             state.tool.restore(&input).await?;
+            tracing::debug!(
+                %family,
+                render_and_diff_ms = rendered.as_secs_f64() * 1e3,
+                restore_ms = (start.elapsed() - rendered).as_secs_f64() * 1e3,
+                "iptables sync stages"
+            );
             reports.push(report(family, full, &input, &wanted, start.elapsed()));
             state.written = Some(wanted);
         }

@@ -275,7 +275,9 @@ impl UserspaceProxier {
         let bridges_changed = full || self.bridge_table.as_deref() != Some(bridges.as_str());
         self.run_batches(&batch.adds).await?;
         if bridges_changed {
-            let both = prev.as_ref().map(|p| p.rules.union(&wanted.rules).copied().collect());
+            let both = prev
+                .as_ref()
+                .map(|p| p.rules.union(&wanted.rules).copied().collect());
             let transition = both.map(|both| super::bridges::render(&local_bridges, &both));
             self.bridge_table = None;
             apply_bridges(transition.as_deref().unwrap_or(&bridges)).await?;

@@ -123,14 +123,22 @@ impl Steering {
         }
         let fresh = prev.is_none();
         let wanted = |family: IpFamily| families.contains(&family);
-        for net in self.routes.iter().filter(|n| fresh || !old.routes.contains(n)) {
+        for net in self
+            .routes
+            .iter()
+            .filter(|n| fresh || !old.routes.contains(n))
+        {
             let family = IpFamily::of_net(net);
             if wanted(family) {
                 let _ = writeln!(batch.adds.of(family), "route replace {net} dev {dev}");
                 batch.written.add(family);
             }
         }
-        for rule in self.rules.iter().filter(|r| fresh || !old.rules.contains(r)) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| fresh || !old.rules.contains(r))
+        {
             let family = IpFamily::of(&rule.from);
             if wanted(family) {
                 let _ = writeln!(batch.adds.of(family), "rule add {}", rule_spec(rule));
@@ -191,7 +199,10 @@ impl Steering {
     /// Routes and rules of one family.
     pub fn count(&self, family: IpFamily) -> usize {
         let routes = self.routes.iter().filter(|n| IpFamily::of_net(n) == family);
-        let rules = self.rules.iter().filter(|r| IpFamily::of(&r.from) == family);
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| IpFamily::of(&r.from) == family);
         routes.count() + rules.count()
     }
 }

@@ -1,16 +1,19 @@
 //! `bench-e2e`: kproxy measured as a user sees it (root).
 //!
-//! For each mode and size N, a one-node cluster (network namespaces) gets N Services × 3
-//! endpoints in 100 manifest files, and the real `kproxy` binary runs on the node. One
+//! For each mode, source and size N, a one-node cluster (network namespaces) gets N
+//! Services × 3 endpoints, in 100 manifest files (manifest source) or in the in-suite
+//! list/watch API server on the node's loopback (API source), and the real `kproxy`
+//! binary runs on the node. One
 //! Service (`svc-00000`) points at a pod that answers; the others at addresses that are
 //! never contacted. Measured from outside kproxy, with fresh TCP connections from a client
 //! pod through the Service's ClusterIP:
 //!
 //! - **first sync**: from starting kproxy to the first connection through the pod;
-//! - **change → traffic**: the file holding `svc-00000` is replaced (written aside, then
-//!   renamed over, as editors and ConfigMap updates do) with its endpoint switched to the
-//!   other pod; from the rename to the first connection answered by the new pod (p50 and
-//!   max over `--changes`);
+//! - **change → traffic**: `svc-00000`'s endpoint is switched to the other pod — the file
+//!   holding it is replaced (written aside, then renamed over, as editors and ConfigMap
+//!   updates do), or its EndpointSlice is updated in the API server; from the rename (the
+//!   update) to the first connection answered by the new pod (p50 and max over
+//!   `--changes`);
 //! - **full resync**: kproxy is restarted with `--full-sync-period 1s`; the duration of
 //!   its first *periodic* full sync, as kproxy logs it;
 //! - **RSS**: kproxy's peak resident memory (VmHWM) over the first run;
@@ -32,10 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kproxy::source::kube::test_server::{Collection, TestApiServer};
 use kproxy_netns_tests::kproxy::KproxyProcess;
 use kproxy_netns_tests::manifests::{EndpointSpec, PortSpec, ServiceSpec};
 use kproxy_netns_tests::netns::Netns;
-use kproxy_netns_tests::node::{NODE_NAME, OneNodeCluster, node_yaml};
+use kproxy_netns_tests::node::{NODE_IP, NODE_NAME, OneNodeCluster, node_yaml};
 
 /// Files the Services are spread over.
 const FILES: usize = 100;
@@ -49,8 +53,28 @@ const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(1800);
 struct Options {
     sizes: Vec<usize>,
     modes: Vec<String>,
+    sources: Vec<Source>,
     changes: usize,
     resync: bool,
+}
+
+/// Where kproxy reads the objects from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `--manifests DIR`: the change is a file renamed over another.
+    Manifests,
+    /// The Kubernetes API (the in-suite list/watch server on the node's loopback): the
+    /// change is an EndpointSlice update, delivered to kproxy's watch.
+    Api,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Manifests => "manifests",
+            Source::Api => "api",
+        }
+    }
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -59,6 +83,7 @@ fn parse_args() -> anyhow::Result<Options> {
         modes: ["nftables", "iptables-nft", "iptables-legacy", "userspace"]
             .map(String::from)
             .to_vec(),
+        sources: vec![Source::Manifests, Source::Api],
         changes: 7,
         resync: true,
     };
@@ -73,6 +98,16 @@ fn parse_args() -> anyhow::Result<Options> {
                     .collect::<anyhow::Result<_>>()?
             }
             "--modes" => opts.modes = value("--modes")?.split(',').map(String::from).collect(),
+            "--sources" => {
+                opts.sources = value("--sources")?
+                    .split(',')
+                    .map(|s| match s {
+                        "manifests" => Ok(Source::Manifests),
+                        "api" => Ok(Source::Api),
+                        other => Err(anyhow::anyhow!("unknown source {other:?}")),
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
             "--changes" => opts.changes = value("--changes")?.parse().context("--changes")?,
             "--no-resync" => opts.resync = false,
             "--write-manifests" => {
@@ -86,7 +121,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--bench" => {} // passed by `cargo bench`
             "-h" | "--help" => {
                 println!(
-                    "usage: bench-e2e [--sizes 1000,10000] [--modes nftables,iptables-nft,iptables-legacy,userspace] [--changes 7] [--no-resync]"
+                    "usage: bench-e2e [--sizes 1000,10000] [--modes nftables,iptables-nft,iptables-legacy,userspace] [--sources manifests,api] [--changes 7] [--no-resync]"
                 );
                 std::process::exit(0);
             }
@@ -114,6 +149,7 @@ fn mode_flags(mode: &str) -> anyhow::Result<Vec<&'static str>> {
 #[derive(Debug, Clone)]
 struct Row {
     mode: String,
+    source: Source,
     services: usize,
     first_sync: Duration,
     changes: Vec<Duration>,
@@ -138,10 +174,13 @@ fn run() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &n in &opts.sizes {
         for mode in &opts.modes {
-            eprintln!("==> {mode}, {n} Services × 3 endpoints");
-            let row = measure(mode, n, &opts).with_context(|| format!("{mode} at {n}"))?;
-            eprintln!("    {}", row_text(&row));
-            rows.push(row);
+            for &source in &opts.sources {
+                let what = format!("{mode}, {} source, {n} Services", source.name());
+                eprintln!("==> {what} × 3 endpoints");
+                let row = measure(mode, n, source, &opts).with_context(|| what.clone())?;
+                eprintln!("    {}", row_text(&row));
+                rows.push(row);
+            }
         }
     }
     println!("{}", table(&rows));
@@ -201,16 +240,30 @@ fn file_name(f: usize) -> String {
     format!("services-{f:03}.yaml")
 }
 
-fn measure(mode: &str, n: usize, opts: &Options) -> anyhow::Result<Row> {
+fn measure(mode: &str, n: usize, source: Source, opts: &Options) -> anyhow::Result<Row> {
     let cluster = OneNodeCluster::new(0)?;
     let pods = [
         BenchPod::start(&cluster, "pod-0", 10)?,
         BenchPod::start(&cluster, "pod-1", 11)?,
     ];
     let dir = cluster.manifests();
-    write_manifests(&dir, n, pods[0].ip)?;
+    let api = match source {
+        Source::Manifests => {
+            write_manifests(&dir, n, pods[0].ip)?;
+            None
+        }
+        Source::Api => Some(ApiServer::start(&cluster.node, n, pods[0].ip)?),
+    };
     let vip = SocketAddr::new(cluster_ip(0)?.into(), 80);
-    let mut args: Vec<String> = cluster.kproxy_args(&dir);
+    let mut args: Vec<String> = match &api {
+        None => cluster.kproxy_args(&dir),
+        Some(api) => cluster
+            .kproxy_args(&dir)
+            .into_iter()
+            .skip(2) // --manifests DIR
+            .chain(["--master".to_owned(), api.url.clone()])
+            .collect(),
+    };
     args.extend(mode_flags(mode)?.into_iter().map(String::from));
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
 
@@ -226,12 +279,18 @@ fn measure(mode: &str, n: usize, opts: &Options) -> anyhow::Result<Row> {
         // Past --min-sync-period (1 s) since the last sync, as a change usually is.
         std::thread::sleep(Duration::from_millis(1200));
         let target = &pods[(k + 1) % 2];
-        let text = manifest_file(0, n, target.ip)?;
-        let took = client.change_and_wait(&dir, &file_name(0), &text, &target.name)?;
-        changes.push(took);
+        let change = match &api {
+            None => {
+                let tmp = dir.join(format!(".{}.tmp", file_name(0)));
+                std::fs::write(&tmp, manifest_file(0, n, target.ip)?)?;
+                Change::Rename(tmp, dir.join(file_name(0)))
+            }
+            Some(api) => Change::Apply(api.server.clone(), service(0, target.ip)?.endpoint_slice()),
+        };
+        changes.push(client.change_and_wait(change, &target.name)?);
     }
     let rss_peak_kib = peak_rss_kib(kproxy.pid());
-    keep_log(&kproxy.log(), &format!("{mode}-{n}.log"))?;
+    keep_log(&kproxy.log(), &format!("{mode}-{}-{n}.log", source.name()))?;
     let floor = floor(mode, &cluster.node)?;
     drop(kproxy);
     let full_resync = if opts.resync {
@@ -239,15 +298,100 @@ fn measure(mode: &str, n: usize, opts: &Options) -> anyhow::Result<Row> {
     } else {
         None
     };
+    drop(api);
     drop(pods);
     Ok(Row {
         mode: mode.to_owned(),
+        source,
         services: n,
         first_sync,
         changes,
         full_resync,
         rss_peak_kib,
         floor,
+    })
+}
+
+/// How a change is made, timed from the moment it is made.
+enum Change {
+    /// Rename a file written aside over a manifest file.
+    Rename(PathBuf, PathBuf),
+    /// Update an EndpointSlice in the API server.
+    Apply(Arc<TestApiServer>, serde_json::Value),
+}
+
+impl Change {
+    fn make(self) -> anyhow::Result<()> {
+        match self {
+            Change::Rename(from, to) => Ok(std::fs::rename(from, to)?),
+            Change::Apply(server, slice) => {
+                server.apply(Collection::EndpointSlices, slice);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The in-suite API server, serving on the node's loopback from a thread inside the node
+/// namespace (its own runtime), holding the node and `n` Services with their slices.
+struct ApiServer {
+    server: Arc<TestApiServer>,
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ApiServer {
+    fn start(node: &Netns, n: usize, target: Ipv4Addr) -> anyhow::Result<Self> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = node.spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let server = Arc::new(TestApiServer::start().await);
+                let _ = ready_tx.send(server.clone());
+                let _ = stop_rx.await;
+            });
+            Ok(())
+        })?;
+        let server = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the API server did not start")?;
+        server.apply(Collection::Nodes, node_object());
+        for i in 0..n {
+            let spec = service(i, target)?;
+            server.apply(Collection::Services, spec.service());
+            server.apply(Collection::EndpointSlices, spec.endpoint_slice());
+        }
+        Ok(ApiServer {
+            url: server.url(),
+            server,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// This node's Node object (as `node_yaml`).
+fn node_object() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": NODE_NAME, "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]},
     })
 }
 
@@ -428,28 +572,12 @@ impl ClientProbe<'_> {
             .run_in(move || probe_until(vip, &pod, since, limit, kproxy))
     }
 
-    /// Replaces the file (rename) and probes until `pod` answers; the time from the
-    /// rename.
-    fn change_and_wait(
-        &self,
-        dir: &Path,
-        name: &str,
-        text: &str,
-        pod: &str,
-    ) -> anyhow::Result<Duration> {
-        let (vip, kproxy, pod, dir, name, text) = (
-            self.vip,
-            self.kproxy,
-            pod.to_owned(),
-            dir.to_owned(),
-            name.to_owned(),
-            text.to_owned(),
-        );
+    /// Makes the change and probes until `pod` answers; the time from the change.
+    fn change_and_wait(&self, change: Change, pod: &str) -> anyhow::Result<Duration> {
+        let (vip, kproxy, pod) = (self.vip, self.kproxy, pod.to_owned());
         self.ns.run_in(move || {
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, &text)?;
             let since = Instant::now();
-            std::fs::rename(&tmp, dir.join(&name))?;
+            change.make()?;
             probe_until(vip, &pod, since, CHANGE_LIMIT, kproxy)
         })
     }
@@ -532,7 +660,7 @@ fn row_text(r: &Row) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| mode | services | first sync (s) | change → traffic p50 (ms) | max (ms) | periodic full resync (s) | kernel floor (ms) | kproxy peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| mode | source | services | first sync (s) | change → traffic p50 (ms) | max (ms) | periodic full resync (s) | kernel floor (ms) | kproxy peak RSS (MiB) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let mut sorted = r.changes.clone();
@@ -540,8 +668,9 @@ fn table(rows: &[Row]) -> String {
         let cell =
             |d: Option<Duration>, f: fn(Duration) -> String| d.map(f).unwrap_or_else(|| "–".into());
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
             r.mode,
+            r.source.name(),
             r.services,
             r.first_sync.as_secs_f64(),
             cell(percentile(&sorted, 0.5), ms),
@@ -562,6 +691,7 @@ fn json(rows: &[Row]) -> serde_json::Value {
             .map(|r| {
                 serde_json::json!({
                     "mode": r.mode,
+                    "source": r.source.name(),
                     "services": r.services,
                     "first_sync_s": r.first_sync.as_secs_f64(),
                     "change_ms": r.changes.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),

@@ -16,8 +16,8 @@
 mod snapshot;
 mod watch;
 
-#[cfg(test)]
-mod test_server;
+#[cfg(any(test, feature = "test-api-server"))]
+pub mod test_server;
 #[cfg(test)]
 mod tests;
 

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 /// A collection the server serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Collection {
+pub enum Collection {
     Services,
     EndpointSlices,
     Nodes,
@@ -69,7 +69,7 @@ impl Collection {
 
 /// How a watch from a compacted resource version is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum GoneMode {
+pub enum GoneMode {
     /// HTTP `410 Gone` with a `Status` body.
     HttpStatus,
     /// HTTP `200` with one `ERROR` event whose Status has code 410.
@@ -78,7 +78,7 @@ pub(super) enum GoneMode {
 
 /// One logged request.
 #[derive(Debug, Clone)]
-pub(super) struct LoggedRequest {
+pub struct LoggedRequest {
     pub collection: Collection,
     pub watch: bool,
     pub query: HashMap<String, String>,
@@ -144,7 +144,7 @@ impl ServerState {
 }
 
 /// Handle of a running test API server; dropping it stops serving.
-pub(super) struct TestApiServer {
+pub struct TestApiServer {
     addr: SocketAddr,
     state: Arc<Mutex<ServerState>>,
     signal: Arc<watch::Sender<u64>>,
