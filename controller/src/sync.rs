@@ -218,18 +218,13 @@ impl ProgrammingLatency {
 
 /// Deletes conntrack entries of UDP/SCTP flows still pointing at endpoints the plan no
 /// longer has (or at nothing, for services that just got endpoints), so those clients are
-/// not black-holed. Runs for a family only when the delta changed a UDP/SCTP service port
-/// of it, the node changed, or the last clean-up failed (`retry`). A failure is logged and
+/// not black-holed. Runs for a family only when [`conntrack::cleanup_needed`] says the
+/// delta may have left stale entries, or the last clean-up failed (`retry`). A failure is logged and
 /// retried on the next sync; it never fails the sync.
 fn clean_conntrack(plan: &ProxyPlan, delta: &PlanDelta, retry: &mut bool, metrics: &Metrics) {
     let mut ok = true;
     for family in plan.node.families() {
-        let touched = delta
-            .added
-            .iter()
-            .chain(&delta.changed)
-            .any(|(name, f)| *f == family && conntrack::filter::is_cleaned(name.protocol));
-        if !(*retry || delta.node_changed || touched) {
+        if !(*retry || conntrack::cleanup_needed(delta, family)) {
             continue;
         }
         match conntrack::cleanup_stale(plan, family) {

@@ -22,7 +22,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::plan::{
-    FamilyContext, IpFamily, NodePortAddresses, Protocol, ProxyPlan, ServicePortName,
+    FamilyContext, IpFamily, NodePortAddresses, PlanDelta, Protocol, ProxyPlan, ServicePortName,
 };
 
 use super::flow::Flow;
@@ -212,33 +212,21 @@ pub fn filter(plan: &ProxyPlan, family: IpFamily, flows: &[Flow]) -> Vec<FlowToD
     flows.iter().filter_map(|f| filter.check(f)).collect()
 }
 
-/// Whether going from `prev` (the last plan cleanup succeeded for, `None` at start) to `next`
-/// can have left stale entries in `family`: some UDP/SCTP frontend of `next` has endpoints
-/// and either is new, had none before, or lost an endpoint.
+/// Whether a sync whose plan changed by `delta` can have left stale entries in `family`:
+/// a UDP/SCTP service port of the family was added or changed (it may have lost an
+/// endpoint, or just got its first), or the node changed. Removed service ports leave
+/// nothing to move their flows to. Conservative: a change that only added endpoints also
+/// counts (the delta does not say how an entry changed).
 ///
-/// A sync loop may skip the conntrack dump when this is false; it must keep `prev` at the
-/// last plan whose cleanup succeeded, so that a failed cleanup is retried.
-pub fn cleanup_needed(prev: Option<&ProxyPlan>, next: &ProxyPlan, family: IpFamily) -> bool {
-    let Some(prev) = prev else {
-        return true;
-    };
-    let before = Frontends::of(prev, family);
-    let after = Frontends::of(next, family);
-    let changed = |old: Option<&EndpointSet<'_>>, new: &EndpointSet<'_>| {
-        !new.1.is_empty()
-            && match old {
-                None => true,
-                Some((_, old)) => old.is_empty() || !old.is_subset(&new.1),
-            }
-    };
-    after
-        .by_ip
-        .iter()
-        .any(|(k, new)| changed(before.by_ip.get(k), new))
-        || after
-            .by_node_port
+/// A sync loop may skip the conntrack dump when this is false and the last clean-up
+/// succeeded.
+pub fn cleanup_needed(delta: &PlanDelta, family: IpFamily) -> bool {
+    delta.node_changed
+        || delta
+            .added
             .iter()
-            .any(|(k, new)| changed(before.by_node_port.get(k), new))
+            .chain(&delta.changed)
+            .any(|(name, f)| *f == family && is_cleaned(name.protocol))
 }
 
 #[cfg(test)]

@@ -241,26 +241,52 @@ fn report_names_flow_and_service() {
 }
 
 #[test]
-fn cleanup_needed_when_endpoints_shrink_or_appear() {
+fn cleanup_needed_when_a_udp_service_port_appears_or_changes() {
+    use crate::plan::PlanDelta;
+    let needed = |old: &ProxyPlan, new: &ProxyPlan, family| {
+        cleanup_needed(&PlanDelta::between(old, new), family)
+    };
     let one = plan(vec![dns(&["10.1.0.1:5353"])]);
     let two = plan(vec![dns(&["10.1.0.1:5353", "10.1.0.2:5353"])]);
-    let other = plan(vec![dns(&["10.1.0.2:5353"])]);
-    let none = plan(vec![dns(&[])]);
     let empty = plan(vec![]);
-    assert!(cleanup_needed(None, &one, IpFamily::V4));
-    assert!(!cleanup_needed(Some(&one), &one, IpFamily::V4));
-    // Growing keeps every old flow valid.
-    assert!(!cleanup_needed(Some(&one), &two, IpFamily::V4));
-    assert!(cleanup_needed(Some(&two), &one, IpFamily::V4));
-    assert!(cleanup_needed(Some(&one), &other, IpFamily::V4));
-    // Losing every endpoint: nothing to move flows to (yet).
-    assert!(!cleanup_needed(Some(&one), &none, IpFamily::V4));
-    assert!(cleanup_needed(Some(&none), &one, IpFamily::V4));
-    // A new service: old flows to its frontend may exist.
-    assert!(cleanup_needed(Some(&empty), &one, IpFamily::V4));
-    assert!(!cleanup_needed(Some(&one), &empty, IpFamily::V4));
-    // The other family is unaffected.
-    assert!(!cleanup_needed(Some(&two), &one, IpFamily::V6));
+    assert!(
+        cleanup_needed(&PlanDelta::everything(&one), IpFamily::V4),
+        "the first sync"
+    );
+    assert!(!needed(&one, &one, IpFamily::V4), "nothing changed");
+    assert!(needed(&two, &one, IpFamily::V4), "an endpoint went away");
+    assert!(
+        needed(&one, &two, IpFamily::V4),
+        "conservative: an endpoint came"
+    );
+    assert!(
+        needed(&empty, &one, IpFamily::V4),
+        "a new service: old flows to its frontend"
+    );
+    assert!(
+        !needed(&one, &empty, IpFamily::V4),
+        "a removed service: nowhere to move flows"
+    );
+    assert!(
+        !needed(&two, &one, IpFamily::V6),
+        "the other family is unaffected"
+    );
+    let tcp = |eps: &[&str]| {
+        let mut svc = dns(eps);
+        svc.name.protocol = Protocol::Tcp;
+        plan(vec![svc])
+    };
+    assert!(
+        !needed(
+            &tcp(&["10.1.0.1:5353"]),
+            &tcp(&["10.1.0.2:5353"]),
+            IpFamily::V4
+        ),
+        "TCP flows are never cleaned"
+    );
+    let mut moved = one.clone();
+    moved.node.masquerade_all = true;
+    assert!(needed(&one, &moved, IpFamily::V4), "the node changed");
 }
 
 #[test]
