@@ -33,12 +33,12 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 pub use self::snapshot::API_LOCATION;
-use self::snapshot::ValidationCache;
+use self::snapshot::{Lookup, ValidationCache};
 use self::watch::Progress;
 use super::manifests::{Loaded, SourceUpdate};
 use super::problem::ObjectKind;
 use super::validate::ValidationOptions;
-use crate::model::SERVICE_PROXY_NAME_LABEL;
+use crate::model::{ObjectKey, SERVICE_PROXY_NAME_LABEL};
 
 /// The label the EndpointSlice controller puts on the slices of headless Services.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -232,18 +232,32 @@ impl KubeSource {
         if !self.synced() {
             return None;
         }
-        // Read the counter before the stores: a change racing with the load counts again.
+        // Read the counter and what was delivered before the stores: a change racing
+        // with this poll counts again.
         let changes = self.progress.changes();
         if self.last == Some(changes) {
             return None;
         }
+        let first = self.last.is_none();
         self.last = Some(changes);
-        Some(self.cache.update(
-            &self.opts,
-            &self.services.state(),
-            &self.endpoint_slices.state(),
-            &self.nodes.state(),
-        ))
+        let delivered = self.progress.take_delivered();
+        if first || delivered.relisted {
+            return Some(self.cache.update(
+                &self.opts,
+                &self.services.state(),
+                &self.endpoint_slices.state(),
+                &self.nodes.state(),
+            ));
+        }
+        let lookup = Lookup {
+            service: &|k| self.services.get(&namespaced(k)),
+            slice: &|k| self.endpoint_slices.get(&namespaced(k)),
+            node: &|k| self.nodes.get(&reflector::ObjectRef::new(&k.name)),
+        };
+        let update = self
+            .cache
+            .update_objects(&self.opts, delivered.objects, &lookup);
+        Some(update)
     }
 
     /// Everything the stores hold now, validated (for commands that sync once).
@@ -252,6 +266,14 @@ impl KubeSource {
         self.cache = ValidationCache::default();
         self.poll().unwrap_or_default().into_loaded()
     }
+}
+
+/// The store key of a namespaced object.
+fn namespaced<K>(key: &ObjectKey) -> reflector::ObjectRef<K>
+where
+    K: ::kube::Resource<DynamicType = ()>,
+{
+    reflector::ObjectRef::new(&key.name).within(&key.namespace)
 }
 
 impl Drop for KubeSource {

@@ -22,12 +22,21 @@ use super::super::validate::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::model::ObjectKey;
+
 /// The location problems of API objects are reported at.
 pub const API_LOCATION: &str = "kubernetes API";
 
 /// The validation outcome of one object: its value (`None` for a valid object kproxy does
 /// not use, such as an FQDN slice), or its problem.
 type Outcome = Result<Option<Validated>, Box<ManifestProblem>>;
+
+/// Finds the current object of a key in the reflector stores.
+pub(super) struct Lookup<'a> {
+    pub service: &'a dyn Fn(&ObjectKey) -> Option<Arc<Service>>,
+    pub slice: &'a dyn Fn(&ObjectKey) -> Option<Arc<EndpointSlice>>,
+    pub node: &'a dyn Fn(&ObjectKey) -> Option<Arc<Node>>,
+}
 
 /// Validated objects by kind and key, with the resource version they were validated at.
 #[derive(Debug, Default)]
@@ -69,6 +78,41 @@ impl ValidationCache {
         update
     }
 
+    /// The changes of the objects in `objects` only (each looked up by `lookup`, `None`
+    /// when deleted), for polls after watch events: no walk over the stores.
+    pub(super) fn update_objects(
+        &mut self,
+        opts: &ValidationOptions,
+        objects: impl IntoIterator<Item = ObjectRef>,
+        lookup: &Lookup<'_>,
+    ) -> SourceUpdate {
+        let mut update = SourceUpdate::default();
+        for object in objects {
+            let mut old = HashMap::new();
+            if let Some(cached) = self.entries.remove(&object) {
+                old.insert(object.clone(), cached);
+            }
+            let kind = object.kind;
+            let found = match kind {
+                ObjectKind::Service => (lookup.service)(&object.key).map(|s| {
+                    self.refresh(&mut old, &mut update, kind, &s.metadata, || {
+                        service(&s, opts)
+                    })
+                }),
+                ObjectKind::EndpointSlice => (lookup.slice)(&object.key).map(|s| {
+                    self.refresh(&mut old, &mut update, kind, &s.metadata, || slice(&s, opts))
+                }),
+                ObjectKind::Node => (lookup.node)(&object.key).map(|n| {
+                    self.refresh(&mut old, &mut update, kind, &n.metadata, || node(&n, opts))
+                }),
+            };
+            if found.is_none() && old.remove(&object).is_some() {
+                update.changes.push(change_of(&object, None));
+            }
+        }
+        update
+    }
+
     /// Keeps the cached outcome of one object if validated at the same resource version,
     /// else validates it and records the change and its problem.
     fn refresh(
@@ -104,7 +148,7 @@ impl ValidationCache {
     }
 }
 
-fn object_ref(kind: ObjectKind, meta: &ObjectMeta) -> ObjectRef {
+pub(super) fn object_ref(kind: ObjectKind, meta: &ObjectMeta) -> ObjectRef {
     ObjectRef {
         kind,
         key: object_key(meta, kind != ObjectKind::Node),

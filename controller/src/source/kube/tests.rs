@@ -92,6 +92,8 @@ fn source(server: &TestApiServer) -> Mirrored {
 struct Mirrored {
     source: KubeSource,
     snapshot: Snapshot,
+    /// How many changes the last update carried.
+    last_changes: usize,
 }
 
 impl From<KubeSource> for Mirrored {
@@ -99,6 +101,7 @@ impl From<KubeSource> for Mirrored {
         Mirrored {
             source,
             snapshot: Snapshot::default(),
+            last_changes: 0,
         }
     }
 }
@@ -107,6 +110,7 @@ impl Mirrored {
     /// The whole view after the next update, with that update's problems.
     fn poll(&mut self) -> Option<Loaded> {
         let update = self.source.poll()?;
+        self.last_changes = update.changes.len();
         self.snapshot.apply(update.changes);
         Some(Loaded {
             snapshot: self.snapshot.clone(),
@@ -252,6 +256,10 @@ async fn watch_events_show_up_in_the_next_poll() {
     })
     .await;
     assert_eq!(web_port(&loaded), Some(80));
+    assert_eq!(
+        source.last_changes, 1,
+        "only the delivered slice is looked at"
+    );
     server.apply(
         Collection::Services,
         service("shop", "api", "10.96.0.12", 443),
@@ -266,6 +274,7 @@ async fn watch_events_show_up_in_the_next_poll() {
     })
     .await;
     assert_eq!(loaded.snapshot.services().len(), 1);
+    assert_eq!(source.last_changes, 1, "only the deleted Service");
     server.apply(
         Collection::Nodes,
         labelled(node(NODE, "192.168.0.10"), "role", "edge"),

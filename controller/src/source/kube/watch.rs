@@ -20,7 +20,7 @@ use ::kube::runtime::watcher::{self, Event, watcher};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
-use crate::source::ObjectKind;
+use crate::source::{ObjectKind, ObjectRef};
 
 /// The first delay after a failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(800);
@@ -35,6 +35,18 @@ pub(super) struct Progress {
     synced: [AtomicBool; 3],
     /// Wakes the sync loop.
     wake: tokio::sync::Notify,
+    /// What the watches delivered since the source last looked.
+    delivered: std::sync::Mutex<Delivered>,
+}
+
+/// Objects the watches saw change, so that a poll validates only those; a (re)list
+/// replaces a whole store, so it asks for a look at everything instead.
+#[derive(Debug, Default)]
+pub(super) struct Delivered {
+    /// Objects added, changed or deleted.
+    pub objects: std::collections::BTreeSet<ObjectRef>,
+    /// A list (first or after `410 Gone`) completed: compare whole stores.
+    pub relisted: bool,
 }
 
 impl Progress {
@@ -64,6 +76,15 @@ impl Progress {
     fn changed(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
         self.wake.notify_one();
+    }
+
+    fn delivered(&self) -> std::sync::MutexGuard<'_, Delivered> {
+        self.delivered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes what was delivered since the last call.
+    pub(super) fn take_delivered(&self) -> Delivered {
+        std::mem::take(&mut *self.delivered())
     }
 
     /// Resolves after the next change (or at once if one happened since the last wait).
@@ -152,8 +173,12 @@ async fn run<K>(
             };
             writer.apply_watcher_event(&event);
             match event {
-                Event::Apply(_) | Event::Delete(_) => {
+                Event::Apply(object) | Event::Delete(object) => {
                     backoff.reset();
+                    progress
+                        .delivered()
+                        .objects
+                        .insert(super::snapshot::object_ref(kind, object.meta()));
                     progress.changed();
                 }
                 Event::InitDone => {
@@ -162,6 +187,7 @@ async fn run<K>(
                         tracing::info!(%kind, "initial list done");
                     }
                     progress.mark_synced(kind);
+                    progress.delivered().relisted = true;
                     progress.changed();
                 }
                 Event::Init | Event::InitApply(_) => {}
