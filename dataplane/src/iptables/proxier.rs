@@ -1,8 +1,9 @@
-//! The iptables-mode sync engine: per IP family, render the plan, diff it against what the
-//! last sync wrote (or, on a full sync, against `iptables-save`), and apply the difference
-//! in one `iptables-restore`.
+//! The iptables-mode sync engine: per IP family, bring the cached ruleset to the plan
+//! (patching only the per-service chains that changed, when it can), and apply the
+//! difference to what the last sync wrote (or, on a full sync, to `iptables-save`) in one
+//! `iptables-restore`.
 //!
-//! After any failure the last-written ruleset is forgotten, so the next sync is a full one.
+//! After any failure the cached ruleset is no longer trusted, so the next sync is a full one.
 //!
 //! Full syncs also declare an empty `KUBE-PROXY-CANARY` chain in mangle, filter and nat;
 //! [`IptablesProxier::canary_intact`] checks they still exist, which reveals an external
@@ -19,17 +20,17 @@ use super::apply::{
     resolve_backend,
 };
 use super::names::{CANARY_TABLES, KUBE_PROXY_CANARY};
-use super::render::{RenderCache, RenderOptions, render, render_cached};
+use super::render::{RenderCache, RenderOptions, RenderUpdate, render, render_update};
 use super::restore::{self, RestoreInput, parse_save};
 use super::ruleset::{Ruleset, Table};
 
 struct FamilyState {
     tool: IptablesTool,
     options: RenderOptions,
-    /// Per-service render results of the last sync (pure memoization).
+    /// Per-service render results and the ruleset of the last render.
     cache: RenderCache,
-    /// What the last successful sync left in the kernel.
-    written: Option<Ruleset>,
+    /// The last sync succeeded: the kernel has the cache's ruleset.
+    trusted: bool,
     /// A canary check found a canary missing: the next sync must be full.
     canary_lost: AtomicBool,
 }
@@ -58,7 +59,7 @@ impl IptablesProxier {
                 tool,
                 options,
                 cache: RenderCache::default(),
-                written: None,
+                trusted: false,
                 canary_lost: AtomicBool::new(false),
             });
         }
@@ -89,14 +90,20 @@ impl IptablesProxier {
         for state in &mut self.families {
             let start = Instant::now();
             let family = state.tool.family;
-            let wanted = render_cached(plan, family, &state.options, &mut state.cache)
-                .unwrap_or_else(|| Ruleset::new(family));
+            let update = render_update(plan, family, &state.options, &mut state.cache);
+            let empty = Ruleset::new(family);
             let lost = state.canary_lost.swap(false, Ordering::Relaxed);
-            let previous = state.written.take().filter(|_| !full && !lost);
-            let full = previous.is_none();
-            let input = match &previous {
-                Some(prev) => restore::partial_sync(prev, &wanted),
-                None => {
+            let full = full || lost || !state.trusted;
+            // The cache now holds the new ruleset; until the kernel has it too, the next
+            // sync must not trust a diff against the cache.
+            state.trusted = false;
+            let wanted = state.cache.ruleset().unwrap_or(&empty);
+            let input = match &update {
+                RenderUpdate::Chains(changes) if !full => restore::chains_sync(wanted, changes),
+                RenderUpdate::Rebuilt { previous } if !full => {
+                    restore::partial_sync(previous.as_ref().unwrap_or(&empty), wanted)
+                }
+                _ => {
                     if family == IpFamily::V4
                         && needs_route_localnet(plan)
                         && let Err(err) = enable_route_localnet()
@@ -104,19 +111,19 @@ impl IptablesProxier {
                         tracing::warn!(%err, "cannot set route_localnet: localhost NodePorts will not work");
                     }
                     let saved = parse_save(&state.tool.save().await?);
-                    restore::full_sync(&wanted, &saved)
+                    restore::full_sync(wanted, &saved)
                 }
             };
             let rendered = start.elapsed();
             state.tool.restore(&input).await?;
+            state.trusted = true;
             tracing::debug!(
                 %family,
                 render_and_diff_ms = rendered.as_secs_f64() * 1e3,
                 restore_ms = (start.elapsed() - rendered).as_secs_f64() * 1e3,
                 "iptables sync stages"
             );
-            reports.push(report(family, full, &input, &wanted, start.elapsed()));
-            state.written = Some(wanted);
+            reports.push(report(family, full, &input, wanted, start.elapsed()));
         }
         Ok(reports)
     }
@@ -131,7 +138,7 @@ impl IptablesProxier {
     pub async fn canary_intact(&self) -> bool {
         let mut intact = true;
         for state in &self.families {
-            if state.written.is_none() {
+            if !state.trusted {
                 continue;
             }
             for table in CANARY_TABLES {
@@ -161,7 +168,7 @@ impl IptablesProxier {
     pub async fn cleanup(&mut self) -> Result<RestoreInput, IptablesError> {
         let mut total = RestoreInput::default();
         for state in &mut self.families {
-            state.written = None;
+            state.trusted = false;
             let saved = parse_save(&state.tool.save().await?);
             let mangle_canary = state
                 .tool

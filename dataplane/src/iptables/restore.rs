@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::jumps::jump_rules_of;
 use super::names::*;
+use super::render::ChainChanges;
 use super::ruleset::{Chains, Ruleset, Table, write_rule};
 
 /// One table as `iptables-save` printed it.
@@ -200,6 +201,32 @@ pub fn partial_sync(prev: &Ruleset, next: &Ruleset) -> RestoreInput {
             table,
             &diff_chains(prev.table(table), next.table(table)),
         );
+    }
+    out
+}
+
+/// A partial sync that writes and deletes exactly the given chains (what an incremental
+/// render reported), without comparing whole rulesets.
+pub fn chains_sync(next: &Ruleset, changes: &ChainChanges) -> RestoreInput {
+    let mut out = RestoreInput::default();
+    for table in Table::ALL {
+        let chains = next.table(table);
+        let change = TableChange {
+            write: changes
+                .write
+                .iter()
+                .filter(|(t, _)| *t == table)
+                .filter_map(|(_, name)| Some((name.as_str(), chains.get(name)?.as_slice())))
+                .collect(),
+            delete: changes
+                .delete
+                .iter()
+                .filter(|(t, name)| *t == table && !chains.contains_key(name))
+                .map(|(_, name)| name.as_str())
+                .collect(),
+            extra: Vec::new(),
+        };
+        emit(&mut out, table, &change);
     }
     out
 }

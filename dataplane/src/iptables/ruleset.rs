@@ -72,6 +72,14 @@ impl Ruleset {
         }
     }
 
+    /// The chains of a table, for changing them.
+    pub fn table_mut(&mut self, table: Table) -> &mut Chains {
+        match table {
+            Table::Filter => &mut self.filter,
+            Table::Nat => &mut self.nat,
+        }
+    }
+
     /// Declares a chain (empty if new) and returns its rules for appending.
     pub fn chain(&mut self, table: Table, name: &str) -> &mut Vec<String> {
         let chains = match table {

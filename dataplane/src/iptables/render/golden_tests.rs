@@ -236,3 +236,56 @@ fn cached_rendering_equals_full_rendering_across_changes() {
     );
     step(&p, "an added service");
 }
+
+#[test]
+fn an_endpoint_change_patches_only_that_services_chains() {
+    use super::super::names::is_service_chain;
+    use super::super::restore;
+    use super::{RenderCache, RenderUpdate, render_update};
+    let opts = RenderOptions::default();
+    let mut cache = RenderCache::default();
+    let mut services = external();
+    services.push(web(&["10.180.0.1:8080", "10.180.1.1:8080"]));
+    let mut p = plan(services);
+    let first = render_update(&p, IpFamily::V4, &opts, &mut cache);
+    assert_eq!(first, RenderUpdate::Rebuilt { previous: None });
+    let before = render(&p, IpFamily::V4, &opts).expect("v4");
+    let web = p
+        .services
+        .iter_mut()
+        .find(|s| s.name.name == "web")
+        .expect("web");
+    web.cluster_endpoints[0].addr = "10.180.2.1:8080".parse().expect("addr");
+    let after = render(&p, IpFamily::V4, &opts).expect("v4");
+    let RenderUpdate::Chains(changes) = render_update(&p, IpFamily::V4, &opts, &mut cache) else {
+        panic!("an endpoint change takes the fast path");
+    };
+    assert_eq!(
+        cache.ruleset(),
+        Some(&after),
+        "the patched ruleset is the full render"
+    );
+    assert!(
+        changes
+            .write
+            .iter()
+            .chain(&changes.delete)
+            .all(|(_, chain)| is_service_chain(chain)),
+        "{changes:?}"
+    );
+    assert_eq!(
+        (changes.write.len(), changes.delete.len()),
+        (2, 1),
+        "{changes:?}"
+    );
+    // The restore input equals what diffing the two whole rulesets gives.
+    assert_eq!(
+        restore::chains_sync(&after, &changes),
+        restore::partial_sync(&before, &after)
+    );
+    // Nothing changed: nothing to write.
+    let RenderUpdate::Chains(none) = render_update(&p, IpFamily::V4, &opts, &mut cache) else {
+        panic!("an unchanged plan takes the fast path");
+    };
+    assert_eq!(none, Default::default());
+}
