@@ -130,6 +130,7 @@ echo "run-ipvs-vm.sh: prepared in $(elapsed) s: ${BINS[*]##*/} ${E2E_BIN##*/} ${
 # 4. boot
 APPEND="console=ttyS0 $QUIET panic=-1 mitigations=off"
 [ $SHELL_AFTER = 1 ] && APPEND+=" ipvsvm_shell=1"
+# shellcheck disable=SC2054 # qemu's own comma-separated option values, not array items
 QEMU=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" -nographic
       -no-reboot -nic none -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND"
       -virtfs "local,path=$SHARE,mount_tag=host0,security_model=none,id=host0")

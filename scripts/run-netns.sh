@@ -5,7 +5,7 @@
 # source node, sync times) plus an SVG bar chart under target/run-netns/.
 # Leaves nothing behind, also after an interrupted run.
 #
-nftables]|nftables] [--requests N] [--out DIR]
+#   scripts/run-netns.sh [--mode iptables|nftables|userspace] [--requests N] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

@@ -72,6 +72,7 @@ done | awk '!seen[$0]++' | while read -r p; do
   mkdir -p "$ROOT$(dirname "$rel")"
   cp "$p" "$ROOT$rel"
   if [ "${STRIP_SIG:-0}" = 1 ] && [ "$(tail -c 28 "$p")" = "~Module signature appended~" ]; then
+    # shellcheck disable=SC2046 # the signature length's four bytes, split on purpose
     set -- $(tail -c 32 "$p" | head -c 4 | od -An -tu1)
     truncate -s -$(( ($1<<24) + ($2<<16) + ($3<<8) + $4 + 40 )) "$ROOT$rel"
   fi
