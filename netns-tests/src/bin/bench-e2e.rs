@@ -518,7 +518,9 @@ impl BenchPod {
                     Err(e)
                         if matches!(
                             e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
                         ) => {}
                     // A client that gave up before the accept (ECONNABORTED, ...) does not
                     // stop the pod.

@@ -198,14 +198,29 @@ fn large_clusters_drop_per_endpoint_comments_only() {
     );
 }
 
+/// The external Services and `web` with two endpoints.
+fn web_and_external() -> ProxyPlan {
+    let mut services = external();
+    services.push(web(&["10.180.0.1:8080", "10.180.1.1:8080"]));
+    plan(services)
+}
+
+/// Moves `web`'s first endpoint to another pod.
+fn move_web_endpoint(p: &mut ProxyPlan) {
+    let web = p
+        .services
+        .iter_mut()
+        .find(|s| s.name.name == "web")
+        .expect("web");
+    web.cluster_endpoints[0].addr = "10.180.2.1:8080".parse().expect("addr");
+}
+
 #[test]
 fn cached_rendering_equals_full_rendering_across_changes() {
     use super::{RenderCache, render_cached};
     let opts = RenderOptions::default();
     let mut cache = RenderCache::default();
-    let mut services = external();
-    services.push(web(&["10.180.0.1:8080", "10.180.1.1:8080"]));
-    let mut p = plan(services);
+    let mut p = web_and_external();
     let mut step = |p: &ProxyPlan, what: &str| {
         let cached = render_cached(p, IpFamily::V4, &opts, &mut cache).expect("v4");
         assert_eq!(
@@ -216,12 +231,7 @@ fn cached_rendering_equals_full_rendering_across_changes() {
     };
     step(&p, "the first render");
     step(&p, "an unchanged plan");
-    let web = p
-        .services
-        .iter_mut()
-        .find(|s| s.name.name == "web")
-        .expect("web");
-    web.cluster_endpoints[0].addr = "10.180.2.1:8080".parse().expect("addr");
+    move_web_endpoint(&mut p);
     step(&p, "an endpoint change");
     p.node.masquerade_all = true;
     step(&p, "a node context change");
@@ -244,18 +254,11 @@ fn an_endpoint_change_patches_only_that_services_chains() {
     use super::{RenderCache, RenderUpdate, render_update};
     let opts = RenderOptions::default();
     let mut cache = RenderCache::default();
-    let mut services = external();
-    services.push(web(&["10.180.0.1:8080", "10.180.1.1:8080"]));
-    let mut p = plan(services);
+    let mut p = web_and_external();
     let first = render_update(&p, IpFamily::V4, &opts, &mut cache);
     assert_eq!(first, RenderUpdate::Rebuilt { previous: None });
     let before = render(&p, IpFamily::V4, &opts).expect("v4");
-    let web = p
-        .services
-        .iter_mut()
-        .find(|s| s.name.name == "web")
-        .expect("web");
-    web.cluster_endpoints[0].addr = "10.180.2.1:8080".parse().expect("addr");
+    move_web_endpoint(&mut p);
     let after = render(&p, IpFamily::V4, &opts).expect("v4");
     let RenderUpdate::Chains(changes) = render_update(&p, IpFamily::V4, &opts, &mut cache) else {
         panic!("an endpoint change takes the fast path");
