@@ -35,6 +35,8 @@ use crate::source::{KubeSource, ManifestProblem, ManifestWatcher, SourceUpdate};
 
 /// The longest the loop sleeps without looking at its health and canary.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often the loop looks again while the source has no complete view yet.
+const NOT_READY_RECHECK: Duration = Duration::from_millis(50);
 
 /// This node's context (reads the host's addresses) and zone for the planner.
 fn node_inputs(
@@ -338,7 +340,13 @@ pub async fn run(
     let mut conntrack_retry = true;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let wake = schedule.next_check(Instant::now());
+        let now = Instant::now();
+        // Until the source's first complete view nothing can sync: look again shortly.
+        let wake = if source.ready() {
+            schedule.next_check(now)
+        } else {
+            now + NOT_READY_RECHECK
+        };
         tokio::select! {
             _ = source.changed() => {}
             _ = tokio::time::sleep_until(wake.into()) => {}
