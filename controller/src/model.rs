@@ -212,14 +212,6 @@ impl Touched {
     pub fn is_empty(&self) -> bool {
         self.services.is_empty() && self.nodes.is_empty()
     }
-
-    /// Adds what `other` touched.
-    pub fn merge(&mut self, other: Touched) {
-        self.services.extend(other.services);
-        self.nodes.extend(other.nodes);
-        self.service_objects += other.service_objects;
-        self.slice_objects.extend(other.slice_objects);
-    }
 }
 
 /// The indexed store of everything the sources know: Services, EndpointSlices (also

@@ -392,11 +392,6 @@ impl PlanDelta {
         self.added.len() + self.changed.len() + self.removed.len()
     }
 
-    /// Every key the delta names, in one iterator.
-    pub fn keys(&self) -> impl Iterator<Item = &PlanKey> {
-        self.added.iter().chain(&self.changed).chain(&self.removed)
-    }
-
     /// Adds what a later delta changed (so that a sync that could not consume a delta
     /// hands both to the next one).
     pub fn merge(&mut self, later: PlanDelta) {
