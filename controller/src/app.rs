@@ -10,7 +10,7 @@ use crate::node::node_name;
 use crate::servers::{self, Metrics, ProxyHealth};
 use std::time::{Duration, Instant};
 
-use crate::source::{ConnectOptions, KubeSource, Loaded, ManifestWatcher, ValidationOptions};
+use crate::source::{ConnectOptions, KubeSource, Loaded, ManifestWatcher};
 use crate::sync::{self, ObjectSource, log_reports, plan_for, report_problems};
 
 /// Runs the command line.
@@ -27,12 +27,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 run(&settings).await
             }
         }
-    }
-}
-
-fn validation_options(settings: &Settings) -> ValidationOptions {
-    ValidationOptions {
-        node_port_range: settings.node_port_range.clone(),
     }
 }
 
@@ -55,11 +49,10 @@ async fn open_source(
             "--manifests {}: no such file or directory",
             path.display()
         );
-        let opts = validation_options(settings);
         let mut watcher = if watch {
-            ManifestWatcher::new(path.clone(), opts)
+            ManifestWatcher::new(path.clone())
         } else {
-            ManifestWatcher::polling(path.clone(), opts)
+            ManifestWatcher::polling(path.clone())
         };
         let loaded = watcher.poll().unwrap_or_default().into_loaded();
         report_loaded(&loaded);
@@ -69,7 +62,7 @@ async fn open_source(
         kubeconfig: settings.kubeconfig.clone(),
         master: settings.master.clone(),
     };
-    let mut api = KubeSource::connect(&opts, node, validation_options(settings))
+    let mut api = KubeSource::connect(&opts, node)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (or give --manifests PATH to run without a cluster)"))?;
     let started = Instant::now();

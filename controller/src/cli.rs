@@ -3,7 +3,6 @@
 //! file, which wins over the default.
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -153,10 +152,6 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// The NodePort range Services are validated against (as the API server's flag).
-    #[arg(long, default_value = "30000-32767", value_name = "MIN-MAX", value_parser = parse_port_range)]
-    pub service_node_port_range: RangeInclusive<u16>,
-
     /// IPVS scheduler: rr, wrr, lc, wlc, sh, dh, sed, nq or mh. Default: rr.
     #[arg(long, value_name = "NAME")]
     pub ipvs_scheduler: Option<String>,
@@ -229,22 +224,6 @@ pub struct ProxyArgs {
     pub verbosity: u8,
 }
 
-fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
-    let (lo, hi) = text
-        .split_once('-')
-        .ok_or_else(|| format!("{text:?} is not a range like 30000-32767"))?;
-    let parse = |s: &str| {
-        s.trim()
-            .parse::<u16>()
-            .map_err(|_| format!("{s:?} is not a port number"))
-    };
-    let (lo, hi) = (parse(lo)?, parse(hi)?);
-    if lo == 0 || lo > hi {
-        return Err(format!("{text:?} is not a valid port range"));
-    }
-    Ok(lo..=hi)
-}
-
 /// Where NodePorts listen, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodePortAddressSpec {
@@ -287,8 +266,6 @@ pub struct Settings {
     pub masquerade_mark: u32,
     /// iptables backend choice.
     pub iptables_backend: BackendChoice,
-    /// NodePort range for validation.
-    pub node_port_range: RangeInclusive<u16>,
     /// `--healthz-bind-address` (None: disabled).
     pub healthz_bind_address: Option<SocketAddr>,
     /// `--metrics-bind-address` (None: disabled).
@@ -477,7 +454,6 @@ impl ProxyArgs {
             min_sync_period,
             masquerade_mark: 1 << bit,
             iptables_backend: self.iptables_backend,
-            node_port_range: self.service_node_port_range.clone(),
             healthz_bind_address: bind_address(
                 "--healthz-bind-address",
                 self.healthz_bind_address
@@ -661,7 +637,6 @@ mod tests {
         assert!(s.localhost_nodeports);
         assert!(!s.masquerade_all);
         assert_eq!(s.nodeport_addresses, NodePortAddressSpec::All);
-        assert_eq!(s.node_port_range, 30000..=32767);
     }
 
     #[test]
@@ -710,7 +685,6 @@ mod tests {
             .expect_err("duration");
         assert!(err.to_string().contains("sync period"), "{err}");
         assert!(Cli::try_parse_from(["kproxy", "--proxy-mode", "bogus"]).is_err());
-        assert!(Cli::try_parse_from(["kproxy", "--service-node-port-range", "5-1"]).is_err());
     }
 
     #[test]

@@ -75,14 +75,29 @@ fn cluster_ip(mode: &str) -> Result {
     Ok(())
 }
 
+/// A NodePort outside the API server's default range (30000-32767): clusters widen the
+/// range with `--service-node-port-range`, and kube-proxy programs whatever was admitted.
+const LOW_NODE_PORT: u16 = 3001;
+
 /// NodePort (externalTrafficPolicy: Cluster) from outside through every node, kernel
-/// sockets and the smoltcp client: always answered, source masqueraded.
+/// sockets and the smoltcp client: always answered, source masqueraded. A second port
+/// has a NodePort outside the default range, and works the same.
 fn node_port(mode: &str) -> Result {
     let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
     let mut spec = web(vec![c.endpoint("pod-1-0")?, c.endpoint("pod-2-1")?]);
     spec.service_type = ServiceType::NodePort;
-    spec.ports = vec![PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30080)];
+    spec.ports = vec![
+        PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30080),
+        PortSpec::tcp("low", 81, BACKEND_PORT).node_port(LOW_NODE_PORT),
+    ];
     c.apply(&spec)?;
+    for node in 0..3 {
+        let hits = c.tcp_hits(&c.rig.external, sock(c.node_ip(node), LOW_NODE_PORT), 3);
+        assert_eq!(
+            hits.failures, 0,
+            "NodePort {LOW_NODE_PORT} via node-{node}: {hits:?}"
+        );
+    }
     let mut tun = TunClient::new(
         &c.rig.external,
         "kptun0",

@@ -1,6 +1,6 @@
 //! End-to-end checks of iptables mode with real packets in network namespaces (root only):
 //! `kproxy --once` makes ClusterIPs and NodePorts work, foreign rules survive every kind of
-//! sync and `--cleanup`, and a bad object is named and skipped without hurting the others.
+//! sync and `--cleanup`, and a bad field is named and left out without hurting the rest.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -254,13 +254,19 @@ fn foreign_rules_survive_sync_partial_sync_and_cleanup_legacy() -> anyhow::Resul
     foreign_rules_survive("legacy")
 }
 
+/// A NodePort outside the API server's default range, as a cluster with a wider
+/// `--service-node-port-range` admits it.
+const LOW_NODE_PORT: u16 = 3001;
+
 #[test]
 fn bad_objects_are_named_and_the_others_still_work() -> anyhow::Result<()> {
     let cluster = web_cluster()?;
+    let ips: Vec<_> = cluster.pods.iter().map(|p| p.ip).collect();
     let bad = format!(
-        "{}---\nthis: is: not: yaml: [\n---\n{}",
+        "{}---\nthis: is: not: yaml: [\n---\n{}---\n{}",
         service_yaml("broken", "10.96.0.66", 0, None),
-        service_yaml("clash", "10.96.0.77", 80, Some(20000)),
+        service_yaml("low", "10.96.0.77", 80, Some(LOW_NODE_PORT)),
+        slice_yaml("low", &ips),
     );
     cluster.write_manifest("bad.yaml", &bad)?;
     let a = args(&cluster, &["--once"]);
@@ -271,12 +277,12 @@ fn bad_objects_are_named_and_the_others_still_work() -> anyhow::Result<()> {
         "a bad object must not fail the sync:\n{log}"
     );
     assert!(
-        log.contains("default/broken") && log.contains("port"),
-        "names the bad Service:\n{log}"
+        log.contains("default/broken") && log.contains("spec.ports[0].port: 0 is not in 1-65535"),
+        "names the bad Service and field:\n{log}"
     );
     assert!(
-        log.contains("default/clash") && log.contains("nodePort"),
-        "names the bad NodePort:\n{log}"
+        !log.contains("default/low"),
+        "a NodePort outside 30000-32767 is no problem:\n{log}"
     );
     assert!(
         log.contains("bad.yaml document 2"),
@@ -288,10 +294,16 @@ fn bad_objects_are_named_and_the_others_still_work() -> anyhow::Result<()> {
         reply.pod.starts_with("pod-"),
         "the good Service works: {reply:?}"
     );
+    let low = SocketAddr::new(NODE_IP.parse()?, LOW_NODE_PORT);
+    let reply = ask(&cluster.external, low)?;
+    assert!(
+        reply.pod.starts_with("pod-"),
+        "NodePort {LOW_NODE_PORT} is programmed: {reply:?}"
+    );
     let save = cluster.node.exec("iptables-save", &[])?;
     assert!(
-        !save.contains("10.96.0.66") && !save.contains("10.96.0.77"),
-        "bad Services are not programmed"
+        !save.contains("10.96.0.66"),
+        "a Service without a usable port has no rules"
     );
     Ok(())
 }

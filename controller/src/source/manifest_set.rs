@@ -111,7 +111,7 @@ impl ManifestSet {
     /// or unused).
     fn winner(&self, object: &ObjectRef) -> Option<&super::manifests::Validated> {
         let entry = self.entry(self.first(object)?)?;
-        entry.outcome.as_ref().ok()?.as_ref()
+        entry.value.as_ref()
     }
 
     /// The problems of one file's entries: its invalid documents and objects, and its
@@ -131,11 +131,11 @@ impl ManifestSet {
                     object: entry.object.clone(),
                     kind: ProblemKind::Duplicate { first },
                 });
-            } else if let Err(kind) = &entry.outcome {
+            } else if let Some(kind) = &entry.problem {
                 problems.push(ManifestProblem {
                     location: entry.location(path),
                     object: entry.object.clone(),
-                    kind: kind.clone(),
+                    kind: (**kind).clone(),
                 });
             }
         }

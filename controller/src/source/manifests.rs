@@ -9,6 +9,7 @@
 //! second never silently stands in for a broken first); the second is reported.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -20,7 +21,7 @@ use super::files::{SourceFile, read_sources};
 use super::manifest_set::ManifestSet;
 use super::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
 use super::validate::{
-    DEFAULT_NAMESPACE, ValidationOptions, validate_endpoint_slice, validate_node, validate_service,
+    Checked, DEFAULT_NAMESPACE, validate_endpoint_slice, validate_node, validate_service,
 };
 use crate::model::{self, ObjectChange, ObjectKey, Snapshot};
 
@@ -61,25 +62,39 @@ impl SourceUpdate {
 ///
 /// Never fails: an unreadable path, a broken document or an invalid object becomes a
 /// problem and the rest still loads.
-pub fn load_manifests(path: &Path, opts: &ValidationOptions) -> Loaded {
-    load_sources(&read_sources(path), opts)
+pub fn load_manifests(path: &Path) -> Loaded {
+    load_sources(&read_sources(path))
 }
 
 /// Loads files already read.
-pub(crate) fn load_sources(files: &[SourceFile], opts: &ValidationOptions) -> Loaded {
+pub(crate) fn load_sources(files: &[SourceFile]) -> Loaded {
     let mut set = ManifestSet::default();
     let files = files
         .iter()
-        .map(|file| (file.path.clone(), Some(file_entries(file, opts))));
+        .map(|file| (file.path.clone(), Some(file_entries(file))));
     set.update(files).into_loaded()
 }
 
 /// A validated object kproxy uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Validated {
-    Service(std::sync::Arc<model::Service>),
-    EndpointSlice(std::sync::Arc<model::EndpointSlice>),
-    Node(std::sync::Arc<model::NodeInfo>),
+    Service(Arc<model::Service>),
+    EndpointSlice(Arc<model::EndpointSlice>),
+    Node(Arc<model::NodeInfo>),
+}
+
+impl Validated {
+    pub(crate) fn service(service: model::Service) -> Self {
+        Validated::Service(Arc::new(service))
+    }
+
+    pub(crate) fn endpoint_slice(slice: model::EndpointSlice) -> Self {
+        Validated::EndpointSlice(Arc::new(slice))
+    }
+
+    pub(crate) fn node(node: model::NodeInfo) -> Self {
+        Validated::Node(Arc::new(node))
+    }
 }
 
 /// The change that makes `object` hold `value` (`None`: gone).
@@ -111,8 +126,8 @@ pub(crate) fn change_of(object: &ObjectRef, value: Option<&Validated>) -> Object
 }
 
 /// One thing found in a manifest file: a document-level problem (`object: None`), or an
-/// object with its validated value (`Ok(None)` for a valid object kproxy does not use,
-/// such as an FQDN slice) or what is wrong with it.
+/// object with its validated value (`None` for an object that is skipped or that kproxy
+/// does not use, such as an FQDN slice) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     /// Where it is in its file: document and List item (the file is known to the owner of
@@ -120,8 +135,10 @@ pub(crate) struct Entry {
     pub place: (Option<usize>, Option<usize>),
     /// The object, when the document got that far.
     pub object: Option<ObjectRef>,
-    /// The object's validated value, or the problem.
-    pub outcome: Result<Option<Validated>, ProblemKind>,
+    /// The object's validated value: what kproxy programs of it.
+    pub value: Option<Validated>,
+    /// What is wrong with the document or object (boxed: most entries have none).
+    pub problem: Option<Box<ProblemKind>>,
 }
 
 impl Entry {
@@ -142,9 +159,8 @@ impl Entry {
 }
 
 /// Parses and validates every document of one file, in order.
-pub(crate) fn file_entries(file: &SourceFile, opts: &ValidationOptions) -> Vec<Entry> {
+pub(crate) fn file_entries(file: &SourceFile) -> Vec<Entry> {
     let mut collector = Collector {
-        opts,
         entries: Vec::new(),
     };
     collector.add_file(file);
@@ -180,12 +196,11 @@ fn handling(api_version: &str, kind: &str) -> Handling {
 }
 
 /// Accumulates the entries of one file.
-struct Collector<'a> {
-    opts: &'a ValidationOptions,
+struct Collector {
     entries: Vec<Entry>,
 }
 
-impl Collector<'_> {
+impl Collector {
     fn add_file(&mut self, file: &SourceFile) {
         let text = match &file.content {
             Ok(text) => text,
@@ -262,11 +277,15 @@ impl Collector<'_> {
             kind,
             key: key_of(&value, kind),
         };
-        let outcome = validated(kind, value, self.opts);
+        let (value, problem) = match validated(kind, value) {
+            Ok(checked) => checked,
+            Err(problem) => (None, Some(problem)),
+        };
         self.entries.push(Entry {
             place: (location.document, location.item),
             object: Some(object),
-            outcome,
+            value,
+            problem: problem.map(Box::new),
         });
     }
 
@@ -279,38 +298,37 @@ impl Collector<'_> {
         self.entries.push(Entry {
             place: (location.document, location.item),
             object,
-            outcome: Err(kind),
+            value: None,
+            problem: Some(Box::new(kind)),
         });
     }
 }
 
-/// Decodes and validates one object.
+/// Decodes and validates one object: what kproxy uses of it, and its problems.
 fn validated(
     kind: ObjectKind,
     value: Value,
-    opts: &ValidationOptions,
-) -> Result<Option<Validated>, ProblemKind> {
-    use std::sync::Arc;
+) -> Result<(Option<Validated>, Option<ProblemKind>), ProblemKind> {
     Ok(match kind {
-        ObjectKind::Service => {
-            let service = validate_service(&decode::<Service>(value)?, opts);
-            Some(Validated::Service(Arc::new(
-                service.map_err(ProblemKind::Invalid)?,
-            )))
-        }
-        ObjectKind::EndpointSlice => {
-            let slice = validate_endpoint_slice(&decode::<EndpointSlice>(value)?, opts);
-            slice
-                .map_err(ProblemKind::Invalid)?
-                .map(|s| Validated::EndpointSlice(Arc::new(s)))
-        }
-        ObjectKind::Node => {
-            let node = validate_node(&decode::<Node>(value)?, opts);
-            Some(Validated::Node(Arc::new(
-                node.map_err(ProblemKind::Invalid)?,
-            )))
-        }
+        ObjectKind::Service => checked_value(
+            validate_service(&decode::<Service>(value)?),
+            Validated::service,
+        ),
+        ObjectKind::EndpointSlice => checked_value(
+            validate_endpoint_slice(&decode::<EndpointSlice>(value)?),
+            Validated::endpoint_slice,
+        ),
+        ObjectKind::Node => checked_value(validate_node(&decode::<Node>(value)?), Validated::node),
     })
+}
+
+/// A validation result as the value kproxy uses and the problem to report.
+pub(crate) fn checked_value<T>(
+    checked: Checked<T>,
+    wrap: impl FnOnce(T) -> Validated,
+) -> (Option<Validated>, Option<ProblemKind>) {
+    let problem = (!checked.problems.is_empty()).then_some(ProblemKind::Invalid(checked.problems));
+    (checked.value.map(wrap), problem)
 }
 
 /// `apiVersion` and `kind` of an object, filling in a typed List's item type when the item

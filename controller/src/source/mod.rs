@@ -22,7 +22,7 @@ pub use self::kube::{ConnectError, ConnectOptions, KubeSource};
 pub use self::manifests::{Loaded, SourceUpdate, load_manifests};
 pub use self::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
 pub use self::validate::{
-    DEFAULT_NAMESPACE, FieldError, ValidationOptions, validate_endpoint_slice, validate_node,
+    Checked, DEFAULT_NAMESPACE, FieldError, validate_endpoint_slice, validate_node,
     validate_service,
 };
 pub use self::watcher::ManifestWatcher;

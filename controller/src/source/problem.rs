@@ -142,7 +142,8 @@ pub enum ProblemKind {
     /// The object does not decode into its Kubernetes type (a field of the wrong type).
     #[error("does not decode: {0}")]
     Decode(String),
-    /// The object decodes but fails validation; it is skipped.
+    /// The object decodes but has problems; each says what kproxy does about it (leaves
+    /// out a port, an address or the whole object, or programs a value as kube-proxy would).
     #[error("{}", join_errors(.0))]
     Invalid(Vec<FieldError>),
     /// An object of the same kind, namespace and name was already loaded; the first one is

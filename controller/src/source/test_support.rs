@@ -61,7 +61,8 @@ pub(crate) fn yaml(text: &str) -> Value {
     serde_saphyr::from_str(text).expect("test YAML parses")
 }
 
-/// Sets the field at a JSON pointer (`/spec/ports/0/port`), creating it in its parent.
+/// Sets the field at a JSON pointer (`/spec/ports/0/port`), creating it in its parent (an
+/// index one past the end of an array appends).
 pub(crate) fn set(value: &mut Value, pointer: &str, new: Value) {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
     let key = key.replace("~1", "/").replace("~0", "~");
@@ -69,7 +70,11 @@ pub(crate) fn set(value: &mut Value, pointer: &str, new: Value) {
         Value::Object(map) => {
             map.insert(key, new);
         }
-        Value::Array(items) => items[key.parse::<usize>().expect("index")] = new,
+        Value::Array(items) => match key.parse::<usize>().expect("index") {
+            // One past the end appends (as JSON Patch's "add").
+            end if end == items.len() => items.push(new),
+            index => items[index] = new,
+        },
         other => panic!("cannot set {pointer} in {other}"),
     }
 }

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use super::files::{FileStat, manifest_paths};
 use super::manifest_set::ManifestSet;
 use super::manifests::{SourceUpdate, file_entries};
-use super::validate::ValidationOptions;
 
 /// How often the tree is walked when inotify is unavailable.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -60,7 +59,6 @@ impl std::fmt::Debug for Events {
 #[derive(Debug)]
 pub struct ManifestWatcher {
     path: PathBuf,
-    opts: ValidationOptions,
     set: ManifestSet,
     files: BTreeMap<PathBuf, FileState>,
     /// `None`: polling.
@@ -74,7 +72,7 @@ pub struct ManifestWatcher {
 impl ManifestWatcher {
     /// A watcher of `path` (a file or a directory; it need not exist yet). Uses inotify
     /// when it can watch the path (or, for a file, its directory), else polls.
-    pub fn new(path: impl Into<PathBuf>, opts: ValidationOptions) -> Self {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         let events = match start_events(&path) {
             Ok(events) => Some(events),
@@ -83,18 +81,17 @@ impl ManifestWatcher {
                 None
             }
         };
-        ManifestWatcher::with_events(path, opts, events)
+        ManifestWatcher::with_events(path, events)
     }
 
     /// A watcher that polls (no inotify).
-    pub fn polling(path: impl Into<PathBuf>, opts: ValidationOptions) -> Self {
-        ManifestWatcher::with_events(path.into(), opts, None)
+    pub fn polling(path: impl Into<PathBuf>) -> Self {
+        ManifestWatcher::with_events(path.into(), None)
     }
 
-    fn with_events(path: PathBuf, opts: ValidationOptions, events: Option<Events>) -> Self {
+    fn with_events(path: PathBuf, events: Option<Events>) -> Self {
         ManifestWatcher {
             path,
-            opts,
             set: ManifestSet::default(),
             files: BTreeMap::new(),
             events,
@@ -154,7 +151,7 @@ impl ManifestWatcher {
                 }
                 continue;
             }
-            let entries = file_entries(&file, &self.opts);
+            let entries = file_entries(&file);
             self.files
                 .insert(found.path.clone(), FileState { stat, content });
             changed.push((found.path, Some(entries)));
@@ -302,15 +299,15 @@ mod tests {
 
     fn both(path: &Path) -> [Watched; 2] {
         [
-            Watched::new(ManifestWatcher::new(path, ValidationOptions::default())),
-            Watched::new(ManifestWatcher::polling(path, ValidationOptions::default())),
+            Watched::new(ManifestWatcher::new(path)),
+            Watched::new(ManifestWatcher::polling(path)),
         ]
     }
 
     #[test]
     fn inotify_is_used_here() {
         let dir = TestDir::new("watch-inotify");
-        let watcher = ManifestWatcher::new(dir.path(), ValidationOptions::default());
+        let watcher = ManifestWatcher::new(dir.path());
         assert!(watcher.uses_events(), "this kernel has inotify");
     }
 
@@ -318,7 +315,7 @@ mod tests {
     fn reading_the_tree_wakes_nobody() {
         let dir = TestDir::new("watch-quiet");
         dir.write("nodes.yaml", NODE);
-        let mut watcher = ManifestWatcher::new(dir.path(), ValidationOptions::default());
+        let mut watcher = ManifestWatcher::new(dir.path());
         assert!(watcher.poll().is_some());
         // Reading files and listing directories (as every poll does) are not changes.
         let _ = std::fs::read_to_string(dir.path().join("nodes.yaml"));

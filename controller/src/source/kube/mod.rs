@@ -37,7 +37,6 @@ use self::snapshot::{Lookup, ValidationCache};
 use self::watch::Progress;
 use super::manifests::{Loaded, SourceUpdate};
 use super::problem::ObjectKind;
-use super::validate::ValidationOptions;
 use crate::model::{ObjectKey, SERVICE_PROXY_NAME_LABEL};
 
 /// The label the EndpointSlice controller puts on the slices of headless Services.
@@ -120,7 +119,6 @@ fn parse_master(master: &str) -> Result<axum::http::Uri, ConnectError> {
 
 /// The Kubernetes API source. Dropping it stops its watch tasks.
 pub struct KubeSource {
-    opts: ValidationOptions,
     node_name: String,
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
@@ -144,21 +142,17 @@ impl std::fmt::Debug for KubeSource {
 
 impl KubeSource {
     /// Connects as `options` says and starts watching (see [`KubeSource::start`]).
-    pub async fn connect(
-        options: &ConnectOptions,
-        node_name: &str,
-        opts: ValidationOptions,
-    ) -> Result<Self, ConnectError> {
+    pub async fn connect(options: &ConnectOptions, node_name: &str) -> Result<Self, ConnectError> {
         let config = client_config(options).await?;
         tracing::info!(server = %config.cluster_url, node = node_name, "watching the Kubernetes API");
         let client = Client::try_from(config).map_err(ConnectError::Client)?;
-        Ok(Self::start(client, node_name, opts))
+        Ok(Self::start(client, node_name))
     }
 
     /// Starts the watches of Services and EndpointSlices (all namespaces, kube-proxy's
     /// label selector) and of the Node `node_name`, as tasks on the current tokio runtime
     /// (it may be a current-thread one). Must be called from within that runtime.
-    pub fn start(client: Client, node_name: &str, opts: ValidationOptions) -> Self {
+    pub fn start(client: Client, node_name: &str) -> Self {
         let progress = Arc::new(Progress::default());
         let selected = watcher::Config::default().labels(&proxy_label_selector());
         let (services, services_writer) = reflector::store();
@@ -189,7 +183,6 @@ impl KubeSource {
             ),
         ];
         KubeSource {
-            opts,
             node_name: node_name.to_string(),
             services,
             endpoint_slices,
@@ -243,7 +236,6 @@ impl KubeSource {
         let delivered = self.progress.take_delivered();
         if first || delivered.relisted {
             return Some(self.cache.update(
-                &self.opts,
                 &self.services.state(),
                 &self.endpoint_slices.state(),
                 &self.nodes.state(),
@@ -254,10 +246,7 @@ impl KubeSource {
             slice: &|k| self.endpoint_slices.get(&namespaced(k)),
             node: &|k| self.nodes.get(&reflector::ObjectRef::new(&k.name)),
         };
-        let update = self
-            .cache
-            .update_objects(&self.opts, delivered.objects, &lookup);
-        Some(update)
+        Some(self.cache.update_objects(delivered.objects, &lookup))
     }
 
     /// Everything the stores hold now, validated (for commands that sync once).

@@ -12,13 +12,12 @@ use ::kube::Resource;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::super::manifests::{SourceUpdate, Validated, change_of};
+use super::super::manifests::{SourceUpdate, Validated, change_of, checked_value};
 use super::super::problem::{
     ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind,
 };
 use super::super::validate::{
-    FieldError, ValidationOptions, object_key, validate_endpoint_slice, validate_node,
-    validate_service,
+    object_key, validate_endpoint_slice, validate_node, validate_service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -27,9 +26,9 @@ use crate::model::ObjectKey;
 /// The location problems of API objects are reported at.
 pub const API_LOCATION: &str = "kubernetes API";
 
-/// The validation outcome of one object: its value (`None` for a valid object kproxy does
-/// not use, such as an FQDN slice), or its problem.
-type Outcome = Result<Option<Validated>, Box<ManifestProblem>>;
+/// The validation outcome of one object: what kproxy uses of it (`None` for an object that
+/// is skipped or that kproxy does not use, such as an FQDN slice), and its problems.
+type Outcome = (Option<Validated>, Option<Box<ManifestProblem>>);
 
 /// Finds the current object of a key in the reflector stores.
 pub(super) struct Lookup<'a> {
@@ -50,7 +49,6 @@ impl ValidationCache {
     /// the objects validated this time.
     pub(super) fn update(
         &mut self,
-        opts: &ValidationOptions,
         services: &[Arc<Service>],
         endpoint_slices: &[Arc<EndpointSlice>],
         nodes: &[Arc<Node>],
@@ -59,17 +57,15 @@ impl ValidationCache {
         let mut update = SourceUpdate::default();
         for s in services {
             let kind = ObjectKind::Service;
-            self.refresh(&mut old, &mut update, kind, &s.metadata, || {
-                service(s, opts)
-            });
+            self.refresh(&mut old, &mut update, kind, &s.metadata, || service(s));
         }
         for s in endpoint_slices {
             let kind = ObjectKind::EndpointSlice;
-            self.refresh(&mut old, &mut update, kind, &s.metadata, || slice(s, opts));
+            self.refresh(&mut old, &mut update, kind, &s.metadata, || slice(s));
         }
         for n in nodes {
             let kind = ObjectKind::Node;
-            self.refresh(&mut old, &mut update, kind, &n.metadata, || node(n, opts));
+            self.refresh(&mut old, &mut update, kind, &n.metadata, || node(n));
         }
         for gone in old.into_keys() {
             update.changes.push(change_of(&gone, None));
@@ -82,7 +78,6 @@ impl ValidationCache {
     /// when deleted), for polls after watch events: no walk over the stores.
     pub(super) fn update_objects(
         &mut self,
-        opts: &ValidationOptions,
         objects: impl IntoIterator<Item = ObjectRef>,
         lookup: &Lookup<'_>,
     ) -> SourceUpdate {
@@ -95,16 +90,12 @@ impl ValidationCache {
             let kind = object.kind;
             let found = match kind {
                 ObjectKind::Service => (lookup.service)(&object.key).map(|s| {
-                    self.refresh(&mut old, &mut update, kind, &s.metadata, || {
-                        service(&s, opts)
-                    })
+                    self.refresh(&mut old, &mut update, kind, &s.metadata, || service(&s))
                 }),
-                ObjectKind::EndpointSlice => (lookup.slice)(&object.key).map(|s| {
-                    self.refresh(&mut old, &mut update, kind, &s.metadata, || slice(&s, opts))
-                }),
-                ObjectKind::Node => (lookup.node)(&object.key).map(|n| {
-                    self.refresh(&mut old, &mut update, kind, &n.metadata, || node(&n, opts))
-                }),
+                ObjectKind::EndpointSlice => (lookup.slice)(&object.key)
+                    .map(|s| self.refresh(&mut old, &mut update, kind, &s.metadata, || slice(&s))),
+                ObjectKind::Node => (lookup.node)(&object.key)
+                    .map(|n| self.refresh(&mut old, &mut update, kind, &n.metadata, || node(&n))),
             };
             if found.is_none() && old.remove(&object).is_some() {
                 update.changes.push(change_of(&object, None));
@@ -131,11 +122,8 @@ impl ValidationCache {
             return;
         }
         let outcome = validate();
-        update.changes.push(change_of(
-            &key,
-            outcome.as_ref().ok().and_then(Option::as_ref),
-        ));
-        if let Err(problem) = &outcome {
+        update.changes.push(change_of(&key, outcome.0.as_ref()));
+        if let Some(problem) = &outcome.1 {
             update.problems.push((**problem).clone());
         }
         self.entries.insert(key, (version, outcome));
@@ -155,37 +143,35 @@ pub(super) fn object_ref(kind: ObjectKind, meta: &ObjectMeta) -> ObjectRef {
     }
 }
 
-fn invalid<K: Resource>(
+/// A validation result as the cached outcome, its problems reported at [`API_LOCATION`].
+fn outcome<K: Resource>(
     kind: ObjectKind,
     object: &K,
-    errors: Vec<FieldError>,
-) -> Box<ManifestProblem> {
-    Box::new(ManifestProblem::of_object(
-        ManifestLocation::file(API_LOCATION),
-        object_ref(kind, object.meta()),
-        ProblemKind::Invalid(errors),
-    ))
+    (value, problem): (Option<Validated>, Option<ProblemKind>),
+) -> Outcome {
+    let problem = problem.map(|problem| {
+        Box::new(ManifestProblem::of_object(
+            ManifestLocation::file(API_LOCATION),
+            object_ref(kind, object.meta()),
+            problem,
+        ))
+    });
+    (value, problem)
 }
 
-fn service(s: &Service, opts: &ValidationOptions) -> Outcome {
-    match validate_service(s, opts) {
-        Ok(v) => Ok(Some(Validated::Service(Arc::new(v)))),
-        Err(errors) => Err(invalid(ObjectKind::Service, s, errors)),
-    }
+fn service(s: &Service) -> Outcome {
+    let checked = checked_value(validate_service(s), Validated::service);
+    outcome(ObjectKind::Service, s, checked)
 }
 
-fn slice(s: &EndpointSlice, opts: &ValidationOptions) -> Outcome {
-    match validate_endpoint_slice(s, opts) {
-        Ok(v) => Ok(v.map(|v| Validated::EndpointSlice(Arc::new(v)))),
-        Err(errors) => Err(invalid(ObjectKind::EndpointSlice, s, errors)),
-    }
+fn slice(s: &EndpointSlice) -> Outcome {
+    let checked = checked_value(validate_endpoint_slice(s), Validated::endpoint_slice);
+    outcome(ObjectKind::EndpointSlice, s, checked)
 }
 
-fn node(n: &Node, opts: &ValidationOptions) -> Outcome {
-    match validate_node(n, opts) {
-        Ok(v) => Ok(Some(Validated::Node(Arc::new(v)))),
-        Err(errors) => Err(invalid(ObjectKind::Node, n, errors)),
-    }
+fn node(n: &Node) -> Outcome {
+    let checked = checked_value(validate_node(n), Validated::node);
+    outcome(ObjectKind::Node, n, checked)
 }
 
 #[cfg(test)]
@@ -208,7 +194,7 @@ mod tests {
     }
 
     fn load(cache: &mut ValidationCache, services: &[Arc<Service>]) -> SourceUpdate {
-        cache.update(&ValidationOptions::default(), services, &[], &[])
+        cache.update(services, &[], &[])
     }
 
     #[test]

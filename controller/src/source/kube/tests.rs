@@ -81,11 +81,7 @@ fn client(server: &TestApiServer) -> Client {
 }
 
 fn source(server: &TestApiServer) -> Mirrored {
-    Mirrored::from(KubeSource::start(
-        client(server),
-        NODE,
-        ValidationOptions::default(),
-    ))
+    Mirrored::from(KubeSource::start(client(server), NODE))
 }
 
 /// A source and the snapshot its updates build, as the sync loop keeps it.
@@ -423,17 +419,23 @@ async fn a_bad_object_is_reported_and_the_others_come_through() {
     let mut source = source(&server);
     let loaded = poll_until(&mut source, "the initial lists", |_| true).await;
     assert_eq!(web_port(&loaded), Some(80));
-    assert_eq!(slice_count(&loaded), 1);
+    // The Service has no usable cluster IP and is skipped; the slice is kept without its
+    // one bad endpoint.
+    assert_eq!(loaded.snapshot.services().len(), 1);
+    assert_eq!(slice_count(&loaded), 2);
+    let bad_slice = loaded
+        .snapshot
+        .endpoint_slices()
+        .get(&ObjectKey::new("shop", "bad-1"))
+        .expect("the bad slice is kept");
+    assert!(bad_slice.endpoints.is_empty());
     let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
-    assert_eq!(problems.len(), 2, "{problems:#?}");
-    assert!(
-        problems[0].starts_with("kubernetes API: Service shop/bad: spec.clusterIP"),
-        "{problems:#?}"
-    );
-    assert!(problems[0].contains("10.96.0.300"), "{problems:#?}");
-    assert!(
-        problems[1].starts_with("kubernetes API: EndpointSlice shop/bad-1: "),
-        "{problems:#?}"
+    assert_eq!(
+        problems,
+        [
+            "kubernetes API: Service shop/bad: spec.clusterIPs[0]: \"10.96.0.300\" is not an IP address; this cluster IP is left out; spec.clusterIPs: has no usable address; the Service is skipped",
+            "kubernetes API: EndpointSlice shop/bad-1: endpoints[0].addresses[0]: \"not-an-ip\" is not an IP address; this endpoint is left out",
+        ]
     );
     // Fixing it brings the Service in; a problem is reported once per object version, so
     // the unchanged bad slice is not reported again.
@@ -463,11 +465,7 @@ async fn connects_through_a_kubeconfig_file_or_master() {
         kubeconfig: Some(path),
         master: None,
     };
-    let mut source = Mirrored::from(
-        KubeSource::connect(&options, NODE, ValidationOptions::default())
-            .await
-            .expect("connect"),
-    );
+    let mut source = Mirrored::from(KubeSource::connect(&options, NODE).await.expect("connect"));
     poll_until(&mut source, "the lists through a kubeconfig", |l| {
         web_port(l) == Some(80)
     })
@@ -476,11 +474,7 @@ async fn connects_through_a_kubeconfig_file_or_master() {
         kubeconfig: None,
         master: Some(server.url()),
     };
-    let mut source = Mirrored::from(
-        KubeSource::connect(&options, NODE, ValidationOptions::default())
-            .await
-            .expect("connect"),
-    );
+    let mut source = Mirrored::from(KubeSource::connect(&options, NODE).await.expect("connect"));
     poll_until(&mut source, "the lists through --master", |l| {
         web_port(l) == Some(80)
     })
@@ -489,7 +483,7 @@ async fn connects_through_a_kubeconfig_file_or_master() {
         kubeconfig: Some(dir.path().join("missing")),
         master: None,
     };
-    let err = KubeSource::connect(&missing, NODE, ValidationOptions::default())
+    let err = KubeSource::connect(&missing, NODE)
         .await
         .expect_err("missing kubeconfig");
     assert!(err.to_string().starts_with("kubeconfig "), "{err}");
@@ -511,11 +505,7 @@ async fn an_unreachable_server_is_retried_not_fatal() {
         server.url()
     };
     let client = Client::try_from(::kube::Config::new(url.parse().unwrap())).unwrap();
-    let mut source = Mirrored::from(KubeSource::start(
-        client,
-        NODE,
-        ValidationOptions::default(),
-    ));
+    let mut source = Mirrored::from(KubeSource::start(client, NODE));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(!source.synced());
     assert_eq!(source.poll(), None);

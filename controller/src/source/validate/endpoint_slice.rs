@@ -7,12 +7,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
-use kproxy_dataplane::plan::IpFamily;
+use kproxy_dataplane::plan::{IpFamily, Protocol};
 
-use super::{
-    FieldError, PORT_RANGE, ValidationOptions, check_name, finish, object_key, parse_ip,
-    parse_protocol, port_in,
-};
+use super::{Checked, FieldError, check_name, object_key, parse_ip, parse_port, parse_protocol};
 use crate::model::{self, ObjectKey, SERVICE_NAME_LABEL, SliceEndpoint, SlicePort};
 
 /// What `addressType` says.
@@ -35,23 +32,25 @@ fn trigger_time(slice: &EndpointSlice) -> Option<std::time::SystemTime> {
 
 /// Validates an EndpointSlice.
 ///
-/// `Ok(None)` for a slice of address type FQDN, which kproxy does not use. Returns every
-/// error of the slice at once; on any error the slice must be skipped.
-pub fn validate_endpoint_slice(
-    slice: &EndpointSlice,
-    _opts: &ValidationOptions,
-) -> Result<Option<model::EndpointSlice>, Vec<FieldError>> {
+/// `value: None` without problems for a slice of address type FQDN, which kproxy does not
+/// use. The slice is skipped only when it cannot be placed (no name, no Service label, an
+/// unknown address type); a bad port or endpoint is left out alone, as kube-proxy's
+/// endpointslicecache ignores it.
+pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Checked<model::EndpointSlice> {
     let key = object_key(&slice.metadata, true);
-    let mut errors = Vec::new();
-    check_name(&key, &mut errors);
-    let family = match address_type(&slice.address_type, &mut errors) {
-        Some(AddressType::Fqdn) => return finish(None, errors),
-        Some(AddressType::Ip(family)) => family,
-        None => return Err(errors),
+    let mut problems = Vec::new();
+    let named = check_name(&key, &mut problems);
+    let family = match address_type(&slice.address_type, &mut problems) {
+        Some(AddressType::Fqdn) if named => return Checked::skipped(problems),
+        Some(AddressType::Ip(family)) => Some(family),
+        _ => None,
     };
-    let service = service_key(slice, &key, &mut errors);
-    let ports = ports(slice.ports.as_deref().unwrap_or_default(), &mut errors);
-    let endpoints = endpoints(&slice.endpoints, family, &mut errors);
+    let service = service_key(slice, &key, &mut problems);
+    let (Some(family), Some(service), true) = (family, service, named) else {
+        return Checked::skipped(problems);
+    };
+    let ports = ports(slice.ports.as_deref().unwrap_or_default(), &mut problems);
+    let endpoints = endpoints(&slice.endpoints, family, &mut problems);
     let validated = model::EndpointSlice {
         key,
         service,
@@ -60,18 +59,18 @@ pub fn validate_endpoint_slice(
         endpoints,
         last_change_trigger_time: trigger_time(slice),
     };
-    finish(Some(validated), errors)
+    Checked::with(validated, problems)
 }
 
-fn address_type(value: &str, errors: &mut Vec<FieldError>) -> Option<AddressType> {
+fn address_type(value: &str, problems: &mut Vec<FieldError>) -> Option<AddressType> {
     match value {
         "IPv4" => Some(AddressType::Ip(IpFamily::V4)),
         "IPv6" => Some(AddressType::Ip(IpFamily::V6)),
         "FQDN" => Some(AddressType::Fqdn),
         other => {
-            errors.push(FieldError::new(
+            problems.push(FieldError::new(
                 "addressType",
-                format!("{other:?} is not one of IPv4, IPv6, FQDN"),
+                format!("{other:?} is not one of IPv4, IPv6, FQDN; the slice is skipped"),
             ));
             None
         }
@@ -79,84 +78,119 @@ fn address_type(value: &str, errors: &mut Vec<FieldError>) -> Option<AddressType
 }
 
 /// The Service the slice belongs to, from its `kubernetes.io/service-name` label.
-fn service_key(slice: &EndpointSlice, key: &ObjectKey, errors: &mut Vec<FieldError>) -> ObjectKey {
+fn service_key(
+    slice: &EndpointSlice,
+    key: &ObjectKey,
+    problems: &mut Vec<FieldError>,
+) -> Option<ObjectKey> {
     let labels = slice.metadata.labels.as_ref();
     let name = labels
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
         .map_or("", String::as_str);
     if name.is_empty() {
-        errors.push(FieldError::new(
+        problems.push(FieldError::new(
             format!("metadata.labels[{SERVICE_NAME_LABEL:?}]"),
-            "is required (the name of the Service the slice belongs to)",
+            "is required (the name of the Service the slice belongs to); the slice is skipped",
         ));
+        return None;
     }
-    ObjectKey::new(key.namespace.clone(), name)
+    Some(ObjectKey::new(key.namespace.clone(), name))
 }
 
-fn ports(raw: &[EndpointPort], errors: &mut Vec<FieldError>) -> Vec<SlicePort> {
-    let mut names: HashMap<&str, usize> = HashMap::new();
+/// `ports`, without the entries that cannot be used.
+fn ports(raw: &[EndpointPort], problems: &mut Vec<FieldError>) -> Vec<SlicePort> {
+    // kube-proxy's endpointslicecache keys a slice port by name and protocol, as it keys
+    // the Service's ports: one port per key, the first keeps it.
+    let mut keys: HashMap<(&str, Protocol), usize> = HashMap::new();
     let mut ports = Vec::with_capacity(raw.len());
     for (i, port) in raw.iter().enumerate() {
+        let Some(valid) = slice_port(i, port, problems) else {
+            continue;
+        };
         let name = port.name.as_deref().unwrap_or("");
-        if let Some(first) = names.insert(name, i) {
-            errors.push(FieldError::new(
+        if let Some(first) = keys.get(&(name, valid.protocol)) {
+            problems.push(FieldError::left_out(
                 format!("ports[{i}].name"),
-                format!("{name:?} is also the name of ports[{first}]"),
+                format!(
+                    "{name:?}/{} is also the name of ports[{first}]",
+                    valid.protocol
+                ),
+                "this port",
             ));
+            continue;
         }
-        ports.extend(slice_port(i, port, errors));
+        keys.insert((name, valid.protocol), i);
+        ports.push(valid);
     }
     ports
 }
 
-/// One entry of `ports`, `None` when it has errors.
-fn slice_port(i: usize, port: &EndpointPort, errors: &mut Vec<FieldError>) -> Option<SlicePort> {
+/// One entry of `ports`, `None` when it cannot be used.
+fn slice_port(i: usize, port: &EndpointPort, problems: &mut Vec<FieldError>) -> Option<SlicePort> {
     let field = |name: &str| format!("ports[{i}].{name}");
-    let protocol = parse_protocol(&field("protocol"), port.protocol.as_deref(), errors);
-    let Some(number) = port.port else {
-        errors.push(FieldError::new(field("port"), "is required"));
-        return None;
-    };
-    let number = port_in(&field("port"), number, &PORT_RANGE, errors)?;
+    let protocol = parse_protocol(port.protocol.as_deref())
+        .map_err(|message| {
+            problems.push(FieldError::left_out(
+                field("protocol"),
+                message,
+                "this port",
+            ))
+        })
+        .ok();
+    let number = match port.port {
+        None => Err("is required".to_string()),
+        Some(number) => parse_port(number),
+    }
+    .map_err(|message| problems.push(FieldError::left_out(field("port"), message, "this port")))
+    .ok();
     Some(SlicePort {
         name: port.name.clone().unwrap_or_default(),
         protocol: protocol?,
-        port: number,
+        port: number?,
     })
 }
 
 fn endpoints(
     raw: &[Endpoint],
     family: IpFamily,
-    errors: &mut Vec<FieldError>,
+    problems: &mut Vec<FieldError>,
 ) -> Vec<SliceEndpoint> {
     raw.iter()
         .enumerate()
-        .filter_map(|(i, endpoint)| slice_endpoint(i, endpoint, family, errors))
+        .filter_map(|(i, endpoint)| slice_endpoint(i, endpoint, family, problems))
         .collect()
 }
 
-/// One entry of `endpoints`, `None` when it has errors.
+/// One entry of `endpoints`, `None` when it cannot be used.
 fn slice_endpoint(
     i: usize,
     endpoint: &Endpoint,
     family: IpFamily,
-    errors: &mut Vec<FieldError>,
+    problems: &mut Vec<FieldError>,
 ) -> Option<SliceEndpoint> {
+    const PART: &str = "this endpoint";
     let Some(first) = endpoint.addresses.first() else {
-        errors.push(FieldError::new(
+        problems.push(FieldError::left_out(
             format!("endpoints[{i}].addresses"),
             "must have at least one address",
+            PART,
         ));
         return None;
     };
     let field = format!("endpoints[{i}].addresses[0]");
-    let address = parse_ip(&field, first, errors)?;
+    let address = match parse_ip(first) {
+        Ok(address) => address,
+        Err(message) => {
+            problems.push(FieldError::left_out(field, message, PART));
+            return None;
+        }
+    };
     let actual = IpFamily::of(&address);
     if actual != family {
-        errors.push(FieldError::new(
+        problems.push(FieldError::left_out(
             field,
             format!("{address} is {actual} but the slice's addressType is {family}"),
+            PART,
         ));
         return None;
     }
@@ -191,7 +225,6 @@ mod tests {
 
     use super::*;
     use crate::source::test_support::{patched, yaml};
-    use kproxy_dataplane::plan::Protocol;
 
     const SLICE: &str = r#"
 addressType: IPv4
@@ -251,10 +284,18 @@ ports:
   protocol: TCP
 "#;
 
-    fn validate(value: &Value) -> Result<Option<model::EndpointSlice>, Vec<String>> {
+    fn checked(value: &Value) -> (Option<model::EndpointSlice>, Vec<String>) {
         let slice: EndpointSlice = serde_json::from_value(value.clone()).expect("decodes");
-        validate_endpoint_slice(&slice, &ValidationOptions::default())
-            .map_err(|e| e.iter().map(ToString::to_string).collect())
+        let checked = validate_endpoint_slice(&slice);
+        let shown = checked.problems.iter().map(ToString::to_string).collect();
+        (checked.value, shown)
+    }
+
+    fn validate(value: &Value) -> Result<Option<model::EndpointSlice>, Vec<String>> {
+        match checked(value) {
+            (value, problems) if problems.is_empty() => Ok(value),
+            (_, problems) => Err(problems),
+        }
     }
 
     fn ok(patches: &[(&str, Value)]) -> model::EndpointSlice {
@@ -263,8 +304,17 @@ ports:
             .expect("not FQDN")
     }
 
-    fn errors(patches: &[(&str, Value)]) -> Vec<String> {
-        validate(&patched(SLICE, patches)).expect_err("invalid")
+    /// The slice (still used) and the problems of what was left out of it.
+    fn partly(patches: &[(&str, Value)]) -> (model::EndpointSlice, Vec<String>) {
+        let (slice, problems) = checked(&patched(SLICE, patches));
+        (slice.expect("the slice is still used"), problems)
+    }
+
+    /// The problems of a slice that is skipped.
+    fn skipped(value: &Value) -> Vec<String> {
+        let (slice, problems) = checked(value);
+        assert_eq!(slice, None, "skipped");
+        problems
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -350,8 +400,8 @@ ports:
     #[test]
     fn address_type_must_be_known() {
         assert_eq!(
-            errors(&[("/addressType", json!("IPX"))]),
-            ["addressType: \"IPX\" is not one of IPv4, IPv6, FQDN"]
+            skipped(&patched(SLICE, &[("/addressType", json!("IPX"))])),
+            ["addressType: \"IPX\" is not one of IPv4, IPv6, FQDN; the slice is skipped"]
         );
     }
 
@@ -361,9 +411,9 @@ ports:
         let labels = value["metadata"]["labels"].as_object_mut().expect("labels");
         labels.remove("kubernetes.io/service-name");
         assert_eq!(
-            validate(&value).expect_err("invalid"),
+            skipped(&value),
             [
-                "metadata.labels[\"kubernetes.io/service-name\"]: is required (the name of the Service the slice belongs to)"
+                "metadata.labels[\"kubernetes.io/service-name\"]: is required (the name of the Service the slice belongs to); the slice is skipped"
             ]
         );
     }
@@ -381,21 +431,29 @@ ports:
     }
 
     #[test]
-    fn addresses_must_parse_and_match_the_family() {
-        assert_eq!(
-            errors(&[("/endpoints/1/addresses", json!(["fd00:10:244::9"]))]),
-            [
-                "endpoints[1].addresses[0]: fd00:10:244::9 is IPv6 but the slice's addressType is IPv4"
-            ]
-        );
-        assert_eq!(
-            errors(&[("/endpoints/0/addresses", json!(["10.244.1"]))]),
-            ["endpoints[0].addresses[0]: \"10.244.1\" is not an IP address"]
-        );
-        assert_eq!(
-            errors(&[("/endpoints/0/addresses", json!([]))]),
-            ["endpoints[0].addresses: must have at least one address"]
-        );
+    fn a_bad_address_leaves_out_only_its_endpoint() {
+        // kube-proxy's endpointslicecache skips an endpoint without addresses; the API
+        // server (ValidateEndpointSlice) admits only addresses of the slice's family.
+        let cases = [
+            (
+                json!(["fd00:10:244::9"]),
+                "endpoints[1].addresses[0]: fd00:10:244::9 is IPv6 but the slice's addressType is IPv4; this endpoint is left out",
+            ),
+            (
+                json!(["10.244.1"]),
+                "endpoints[1].addresses[0]: \"10.244.1\" is not an IP address; this endpoint is left out",
+            ),
+            (
+                json!([]),
+                "endpoints[1].addresses: must have at least one address; this endpoint is left out",
+            ),
+        ];
+        for (addresses, problem) in cases {
+            let (slice, problems) = partly(&[("/endpoints/1/addresses", addresses)]);
+            let kept: Vec<IpAddr> = slice.endpoints.iter().map(|e| e.address).collect();
+            assert_eq!(kept, [ip("10.244.1.5")]);
+            assert_eq!(problems, [problem]);
+        }
         let v6 = [
             ("/addressType", json!("IPv6")),
             (
@@ -424,26 +482,37 @@ ports:
                 port: 53,
             }]
         );
-        assert_eq!(
-            errors(&[("/ports", json!([{"name": "http"}]))]),
-            ["ports[0].port: is required"]
-        );
-        assert_eq!(
-            errors(&[("/ports", json!([{"name": "http", "port": 0}]))]),
-            ["ports[0].port: 0 is not in 1-65535"]
-        );
-        assert_eq!(
-            errors(&[(
-                "/ports",
-                json!([{"name": "http", "port": 80, "protocol": "QUIC"}])
-            )]),
-            ["ports[0].protocol: \"QUIC\" is not one of TCP, UDP, SCTP"]
-        );
-        let twice = json!([{"name": "http", "port": 80}, {"name": "http", "port": 81}]);
-        assert_eq!(
-            errors(&[("/ports", twice)]),
-            ["ports[1].name: \"http\" is also the name of ports[0]"]
-        );
+        // kube-proxy's endpointslicecache ignores a port without a number; the rest of
+        // the slice still serves the ports that are fine.
+        let cases = [
+            (
+                json!({"name": "metrics"}),
+                "ports[1].port: is required; this port is left out",
+            ),
+            (
+                json!({"name": "metrics", "port": 0}),
+                "ports[1].port: 0 is not in 1-65535; this port is left out",
+            ),
+            (
+                json!({"name": "metrics", "port": 9090, "protocol": "QUIC"}),
+                "ports[1].protocol: \"QUIC\" is not one of TCP, UDP, SCTP; this port is left out",
+            ),
+            (
+                json!({"name": "http", "port": 8081}),
+                "ports[1].name: \"http\"/TCP is also the name of ports[0]; this port is left out",
+            ),
+        ];
+        let http = json!({"name": "http", "port": 8080, "protocol": "TCP"});
+        let http_udp = json!({"name": "http", "port": 8080, "protocol": "UDP"});
+        let slice = ok(&[("/ports", json!([http, http_udp]))]);
+        assert_eq!(slice.ports.len(), 2, "name and protocol make the key");
+        for (second, problem) in cases {
+            let (slice, problems) = partly(&[("/ports", json!([http, second]))]);
+            let names: Vec<&str> = slice.ports.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names, ["http"]);
+            assert_eq!(slice.endpoints.len(), 2);
+            assert_eq!(problems, [problem]);
+        }
     }
 }
 

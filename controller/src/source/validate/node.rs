@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress};
 
-use super::{FieldError, ValidationOptions, check_name, finish, object_key, parse_ip};
+use super::{Checked, FieldError, check_name, object_key, parse_ip};
 use crate::model::NodeInfo;
 
 /// The address types kproxy uses, in the order it lists them.
@@ -12,11 +12,14 @@ const ADDRESS_TYPES: [&str; 2] = ["InternalIP", "ExternalIP"];
 
 /// Validates a Node: its name, labels and `status.addresses` of type InternalIP then
 /// ExternalIP (each in manifest order). An address of those types that does not parse is
-/// an error of the Node; other address types (Hostname, InternalDNS...) are ignored.
-pub fn validate_node(node: &Node, _opts: &ValidationOptions) -> Result<NodeInfo, Vec<FieldError>> {
+/// left out (as kube-proxy's node address lookup skips it); other address types
+/// (Hostname, InternalDNS...) are ignored.
+pub fn validate_node(node: &Node) -> Checked<NodeInfo> {
     let key = object_key(&node.metadata, false);
-    let mut errors = Vec::new();
-    check_name(&key, &mut errors);
+    let mut problems = Vec::new();
+    if !check_name(&key, &mut problems) {
+        return Checked::skipped(problems);
+    }
     let raw = node
         .status
         .as_ref()
@@ -24,33 +27,34 @@ pub fn validate_node(node: &Node, _opts: &ValidationOptions) -> Result<NodeInfo,
         .unwrap_or_default();
     let addresses = ADDRESS_TYPES
         .iter()
-        .flat_map(|wanted| addresses_of_type(raw, wanted, &mut errors))
+        .flat_map(|wanted| addresses_of_type(raw, wanted, &mut problems))
         .collect();
     let info = NodeInfo {
         name: key.name,
         labels: node.metadata.labels.clone().unwrap_or_default(),
         addresses,
     };
-    finish(info, errors)
+    Checked::with(info, problems)
 }
 
 /// The parsed addresses of one type, in manifest order.
 fn addresses_of_type(
     raw: &[NodeAddress],
     wanted: &str,
-    errors: &mut Vec<FieldError>,
+    problems: &mut Vec<FieldError>,
 ) -> Vec<IpAddr> {
-    raw.iter()
-        .enumerate()
-        .filter(|(_, a)| a.type_ == wanted)
-        .filter_map(|(i, a)| {
-            parse_ip(
-                &format!("status.addresses[{i}].address"),
-                &a.address,
-                errors,
-            )
-        })
-        .collect()
+    let mut addresses = Vec::new();
+    for (i, address) in raw.iter().enumerate().filter(|(_, a)| a.type_ == wanted) {
+        match parse_ip(&address.address) {
+            Ok(ip) => addresses.push(ip),
+            Err(message) => problems.push(FieldError::left_out(
+                format!("status.addresses[{i}].address"),
+                message,
+                "this address",
+            )),
+        }
+    }
+    addresses
 }
 
 #[cfg(test)]
@@ -98,8 +102,18 @@ status:
 
     fn validate(value: &Value) -> Result<NodeInfo, Vec<String>> {
         let node: Node = serde_json::from_value(value.clone()).expect("decodes");
-        validate_node(&node, &ValidationOptions::default())
-            .map_err(|e| e.iter().map(ToString::to_string).collect())
+        let checked = validate_node(&node);
+        match checked.strict() {
+            Ok(node) => Ok(node.expect("a node is always used")),
+            Err(problems) => Err(problems.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    fn checked(value: &Value) -> (Option<NodeInfo>, Vec<String>) {
+        let node: Node = serde_json::from_value(value.clone()).expect("decodes");
+        let checked = validate_node(&node);
+        let shown = checked.problems.iter().map(ToString::to_string).collect();
+        (checked.value, shown)
     }
 
     #[test]
@@ -122,19 +136,31 @@ status:
     }
 
     #[test]
-    fn unparsable_addresses_are_errors_of_the_node() {
+    fn an_unparsable_address_is_left_out_alone() {
         let bad = json!({"address": "192.168.10.300", "type": "InternalIP"});
+        let (node, problems) = checked(&patched(NODE, &[("/status/addresses/3", bad)]));
+        let addresses: Vec<String> = node
+            .expect("the node is kept")
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addresses, ["192.168.10.21", "203.0.113.21"]);
         assert_eq!(
-            validate(&patched(NODE, &[("/status/addresses/3", bad)])).expect_err("invalid"),
-            ["status.addresses[3].address: \"192.168.10.300\" is not an IP address"]
+            problems,
+            [
+                "status.addresses[3].address: \"192.168.10.300\" is not an IP address; this address is left out"
+            ]
         );
     }
 
     #[test]
     fn node_name_is_required() {
+        let (node, problems) = checked(&patched(NODE, &[("/metadata/name", json!(""))]));
+        assert_eq!(node, None);
         assert_eq!(
-            validate(&patched(NODE, &[("/metadata/name", json!(""))])).expect_err("invalid"),
-            ["metadata.name: is required"]
+            problems,
+            ["metadata.name: is required; the object is skipped"]
         );
     }
 }

@@ -1,5 +1,5 @@
-//! Tests of Service validation, one or more per rule, on manifests as `kubectl get -o yaml`
-//! prints them.
+//! Tests of Service validation on manifests as `kubectl get -o yaml` prints them: what is
+//! programmed, and a table of every rule with the upstream rule it mirrors.
 
 use std::net::IpAddr;
 
@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Service;
 use kproxy_dataplane::plan::Protocol;
 use serde_json::{Value, json};
 
-use super::super::{ValidationOptions, validate_service};
+use super::super::validate_service;
 use crate::model::{self, ObjectKey, ServicePortSpec, SkipReason};
 use crate::source::test_support::{patched, yaml};
 
@@ -90,25 +90,32 @@ status:
       ipMode: Proxy
 "#;
 
-fn validate(value: &Value) -> Result<model::Service, Vec<String>> {
-    validate_with(value, &ValidationOptions::default())
-}
-
-fn validate_with(value: &Value, opts: &ValidationOptions) -> Result<model::Service, Vec<String>> {
+/// What kproxy programs of a Service, and its problems as displayed.
+fn checked(value: &Value) -> (Option<model::Service>, Vec<String>) {
     let service: Service = serde_json::from_value(value.clone()).expect("decodes");
-    validate_service(&service, opts).map_err(|e| e.iter().map(ToString::to_string).collect())
+    let checked = validate_service(&service);
+    let shown = checked.problems.iter().map(ToString::to_string).collect();
+    (checked.value, shown)
 }
 
+fn validate(value: &Value) -> Result<model::Service, Vec<String>> {
+    match checked(value) {
+        (Some(service), problems) if problems.is_empty() => Ok(service),
+        (_, problems) => Err(problems),
+    }
+}
+
+/// A Service without problems.
 fn ok(base: &str, patches: &[(&str, Value)]) -> model::Service {
     validate(&patched(base, patches)).expect("valid")
 }
 
-fn errors(base: &str, patches: &[(&str, Value)]) -> Vec<String> {
-    validate(&patched(base, patches)).expect_err("invalid")
-}
-
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IP")
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("test CIDR")
 }
 
 fn port(name: &str, protocol: Protocol, port: u16, node_port: Option<u16>) -> ServicePortSpec {
@@ -158,7 +165,7 @@ fn load_balancer_service_validates() {
 }
 
 #[test]
-fn missing_namespace_defaults_and_missing_name_is_an_error() {
+fn missing_namespace_defaults_and_missing_name_skips_the_service() {
     let mut value = yaml(CLUSTER_IP);
     value["metadata"]
         .as_object_mut()
@@ -173,8 +180,11 @@ fn missing_namespace_defaults_and_missing_name_is_an_error() {
         .expect("map")
         .remove("name");
     assert_eq!(
-        validate(&value).expect_err("invalid"),
-        ["metadata.name: is required"]
+        checked(&value),
+        (
+            None,
+            vec!["metadata.name: is required; the object is skipped".into()]
+        )
     );
 }
 
@@ -246,14 +256,6 @@ fn services_without_cluster_ip_are_skipped_and_need_no_ports() {
 }
 
 #[test]
-fn unknown_type_is_an_error() {
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/type", json!("Internal"))]),
-        ["spec.type: \"Internal\" is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"]
-    );
-}
-
-#[test]
 fn dual_stack_cluster_ips_keep_their_order() {
     let service = ok(
         CLUSTER_IP,
@@ -270,6 +272,556 @@ fn dual_stack_cluster_ips_keep_their_order() {
     );
 }
 
+/// How a row expects the programmed Service to differ from the unpatched one.
+enum Expect {
+    /// Programmed as the base, changed by this function.
+    Programmed(fn(&mut model::Service)),
+    /// Nothing of it is programmed.
+    Skipped,
+}
+
+/// One rule: a patch of a base manifest, what kproxy programs, the problems it reports,
+/// and the upstream rule this mirrors.
+struct Row {
+    rule: &'static str,
+    base: &'static str,
+    patches: Vec<(&'static str, Value)>,
+    expect: Expect,
+    problems: &'static [&'static str],
+}
+
+fn row(
+    rule: &'static str,
+    base: &'static str,
+    patches: Vec<(&'static str, Value)>,
+    expect: Expect,
+    problems: &'static [&'static str],
+) -> Row {
+    Row {
+        rule,
+        base,
+        patches,
+        expect,
+        problems,
+    }
+}
+
+use Expect::{Programmed, Skipped};
+
+/// Every validation rule of a Service. Sources (kubernetes/kubernetes): "API" is
+/// pkg/apis/core/validation/validation.go (ValidateService and the functions it calls),
+/// "allocator" is pkg/registry/core/service/portallocator, "kube-proxy" is
+/// pkg/proxy/serviceport.go newBaseServiceInfo and pkg/proxy/util.
+fn rules() -> Vec<Row> {
+    vec![
+        row(
+            "allocator: the NodePort range is the API server's --service-node-port-range, \
+             checked only when allocating; kube-proxy programs any nodePort (its own proxier \
+             tests use 3001)",
+            CLUSTER_IP,
+            vec![
+                ("/spec/type", json!("NodePort")),
+                ("/spec/ports/0/nodePort", json!(3001)),
+            ],
+            Programmed(|s| s.ports[0].node_port = Some(3001)),
+            &[],
+        ),
+        row(
+            "API: IsValidPortNum(nodePort); a NodePort that is no port number cannot be \
+             programmed, the port still is",
+            CLUSTER_IP,
+            vec![
+                ("/spec/type", json!("NodePort")),
+                ("/spec/ports/0/nodePort", json!(70000)),
+            ],
+            Programmed(|_| {}),
+            &["spec.ports[0].nodePort: 70000 is not in 1-65535; this NodePort is left out"],
+        ),
+        row(
+            "API: nodePort is Forbidden on type ClusterIP; kube-proxy reads port.NodePort \
+             whatever the type",
+            CLUSTER_IP,
+            vec![("/spec/ports/0/nodePort", json!(30080))],
+            Programmed(|s| s.ports[0].node_port = Some(30080)),
+            &[
+                "spec.ports[0].nodePort: 30080 is set on a Service of type ClusterIP (an API server would refuse it); programmed, as kube-proxy does",
+            ],
+        ),
+        row(
+            "API: nodePort 0 means unallocated (allocateLoadBalancerNodePorts: false)",
+            LOAD_BALANCER,
+            vec![("/spec/ports/1/nodePort", json!(0))],
+            Programmed(|s| s.ports[1].node_port = None),
+            &[],
+        ),
+        row(
+            "API: IsValidPortNum(port); the other ports are still programmed",
+            LOAD_BALANCER,
+            vec![("/spec/ports/0/port", json!(0))],
+            Programmed(|s| {
+                s.ports.remove(0);
+            }),
+            &["spec.ports[0].port: 0 is not in 1-65535; this port is left out"],
+        ),
+        row(
+            "API: IsValidPortNum(port) (65536 does not fit the kernel's 16 bits)",
+            CLUSTER_IP,
+            vec![("/spec/ports/0/port", json!(65536))],
+            Programmed(|s| s.ports.clear()),
+            &["spec.ports[0].port: 65536 is not in 1-65535; this port is left out"],
+        ),
+        row(
+            "API: supportedPortProtocols (TCP, UDP, SCTP); no rule can match another",
+            LOAD_BALANCER,
+            vec![("/spec/ports/1/protocol", json!("ICMP"))],
+            Programmed(|s| {
+                s.ports.remove(1);
+            }),
+            &[
+                "spec.ports[1].protocol: \"ICMP\" is not one of TCP, UDP, SCTP; this port is left out",
+            ],
+        ),
+        row(
+            "API: protocol values are case-sensitive",
+            CLUSTER_IP,
+            vec![("/spec/ports/0/protocol", json!("tcp"))],
+            Programmed(|s| s.ports.clear()),
+            &[
+                "spec.ports[0].protocol: \"tcp\" is not one of TCP, UDP, SCTP; this port is left out",
+            ],
+        ),
+        row(
+            "API: ports must not be empty; kube-proxy has nothing to program",
+            CLUSTER_IP,
+            vec![("/spec/ports", json!([]))],
+            Programmed(|s| s.ports.clear()),
+            &[
+                "spec.ports: is empty (an API server would refuse it); the Service has nothing to program",
+            ],
+        ),
+        row(
+            "API: port names are required when there are several; kube-proxy keys ports by \
+             name and protocol, so an unnamed port still has a key",
+            CLUSTER_IP,
+            vec![("/spec/ports/1", json!({"port": 81}))],
+            Programmed(|s| s.ports.push(port("", Protocol::Tcp, 81, None))),
+            &[
+                "spec.ports[1].name: is required when the Service has more than one port (an API server would refuse it); programmed unnamed",
+            ],
+        ),
+        row(
+            "API: duplicate port names; kube-proxy's ServicePortName is name and protocol, \
+             one key per port: the first keeps it",
+            CLUSTER_IP,
+            vec![("/spec/ports/1", json!({"name": "http", "port": 81}))],
+            Programmed(|_| {}),
+            &[
+                "spec.ports[1].name: \"http\"/TCP is also the name of spec.ports[0]; this port is left out",
+            ],
+        ),
+        row(
+            "API: duplicate port names; with another protocol the key differs",
+            CLUSTER_IP,
+            vec![(
+                "/spec/ports/1",
+                json!({"name": "http", "port": 80, "protocol": "UDP"}),
+            )],
+            Programmed(|s| s.ports.push(port("http", Protocol::Udp, 80, None))),
+            &[
+                "spec.ports[1].name: \"http\" is also the name of an earlier port (an API server would refuse it); programmed, its protocol tells them apart",
+            ],
+        ),
+        row(
+            "API: duplicate port/protocol pairs; two rules for one destination",
+            CLUSTER_IP,
+            vec![("/spec/ports/1", json!({"name": "alt", "port": 80}))],
+            Programmed(|_| {}),
+            &["spec.ports[1].port: 80/TCP is also used by spec.ports[0]; this port is left out"],
+        ),
+        row(
+            "API: one port number for TCP and UDP is fine",
+            CLUSTER_IP,
+            vec![(
+                "/spec/ports/1",
+                json!({"name": "dns", "port": 80, "protocol": "UDP"}),
+            )],
+            Programmed(|s| s.ports.push(port("dns", Protocol::Udp, 80, None))),
+            &[],
+        ),
+        row(
+            "API: duplicate nodePort/protocol pairs; only that NodePort is left out",
+            LOAD_BALANCER,
+            vec![(
+                "/spec/ports/1",
+                json!({"name": "alt", "port": 444, "nodePort": 30443}),
+            )],
+            Programmed(|s| s.ports[1] = port("alt", Protocol::Tcp, 444, None)),
+            &[
+                "spec.ports[1].nodePort: 30443/TCP is also used by spec.ports[0]; this NodePort is left out",
+            ],
+        ),
+        row(
+            "API: one nodePort for TCP and UDP is fine (ValidateService allows it per protocol)",
+            LOAD_BALANCER,
+            vec![("/spec/ports/1/nodePort", json!(30443))],
+            Programmed(|s| s.ports[1].node_port = Some(30443)),
+            &[],
+        ),
+        row(
+            "API: the type must be known; kube-proxy compares it only with ExternalName, \
+             NodePort and LoadBalancer",
+            CLUSTER_IP,
+            vec![("/spec/type", json!("Internal"))],
+            Programmed(|_| {}),
+            &[
+                "spec.type: \"Internal\" is not one of ClusterIP, NodePort, LoadBalancer, ExternalName (an API server would refuse it); read as ClusterIP",
+            ],
+        ),
+        row(
+            "API: clusterIPs[0] must equal clusterIP; kube-proxy's GetClusterIPByFamily reads \
+             clusterIPs",
+            CLUSTER_IP,
+            vec![("/spec/clusterIP", json!("10.96.0.1"))],
+            Programmed(|_| {}),
+            &[
+                "spec.clusterIP: \"10.96.0.1\" differs from spec.clusterIPs[0] \"10.96.12.34\" (an API server would refuse it); spec.clusterIPs is used",
+            ],
+        ),
+        row(
+            "API: ValidateServiceClusterIPsRelatedFields parses every cluster IP; a bad one \
+             is left out, the other family still works",
+            CLUSTER_IP,
+            vec![
+                ("/spec/clusterIP", json!("fd00::x")),
+                ("/spec/clusterIPs", json!(["fd00::x", "10.96.12.34"])),
+                ("/spec/ipFamilies", json!(["IPv6", "IPv4"])),
+            ],
+            Programmed(|_| {}),
+            &["spec.clusterIPs[0]: \"fd00::x\" is not an IP address; this cluster IP is left out"],
+        ),
+        row(
+            "API: at most one cluster IP per family; GetClusterIPByFamily takes the first",
+            CLUSTER_IP,
+            vec![("/spec/clusterIPs", json!(["10.96.12.34", "10.96.12.35"]))],
+            Programmed(|_| {}),
+            &[
+                "spec.clusterIPs[1]: 10.96.12.35 is a second IPv4 cluster IP (an API server would refuse it); only the first, 10.96.12.34, is programmed",
+            ],
+        ),
+        row(
+            "API: clusterIPs[i] must match ipFamilies[i]; kube-proxy's GetClusterIPByFamily \
+             relies on it, kproxy goes by the address",
+            CLUSTER_IP,
+            vec![("/spec/ipFamilies", json!(["IPv6"]))],
+            Programmed(|_| {}),
+            &[
+                "spec.clusterIPs[0]: 10.96.12.34 is IPv4 but spec.ipFamilies[0] is \"IPv6\" (an API server would refuse it); programmed as IPv4",
+            ],
+        ),
+        row(
+            "k8s.io/utils/net ParseIPSloppy: legacy addresses with leading zeros (admitted \
+             before StrictIPCIDRValidation) are decimal",
+            CLUSTER_IP,
+            vec![
+                ("/spec/clusterIP", json!("010.096.012.034")),
+                ("/spec/clusterIPs", json!(["010.096.012.034"])),
+                ("/spec/externalIPs", json!(["192.000.002.007", ""])),
+            ],
+            Programmed(|s| s.external_ips = vec![ip("192.0.2.7")]),
+            &[],
+        ),
+        row(
+            "no cluster IP parses: nothing of the Service can be keyed",
+            CLUSTER_IP,
+            vec![
+                ("/spec/clusterIP", json!("10.96.12")),
+                ("/spec/clusterIPs", json!(null)),
+            ],
+            Skipped,
+            &[
+                "spec.clusterIP: \"10.96.12\" is not an IP address; this cluster IP is left out",
+                "spec.clusterIPs: has no usable address; the Service is skipped",
+            ],
+        ),
+        row(
+            "API: ValidateNonSpecialIP / IsValidIP for externalIPs; kube-proxy's \
+             MapIPsByIPFamily drops what does not parse",
+            CLUSTER_IP,
+            vec![(
+                "/spec/externalIPs",
+                json!(["192.0.2.7", "example.com", "2001:db8::7"]),
+            )],
+            Programmed(|s| s.external_ips = vec![ip("192.0.2.7"), ip("2001:db8::7")]),
+            &[
+                "spec.externalIPs[1]: \"example.com\" is not an IP address; this address is left out",
+            ],
+        ),
+        row(
+            "API: ValidateLoadBalancerStatus parses ingress IPs; the others still work",
+            LOAD_BALANCER,
+            vec![(
+                "/status/loadBalancer/ingress",
+                json!([{"ip": "198.51.100.300"}, {"ip": "198.51.100.12"}]),
+            )],
+            Programmed(|s| s.load_balancer_ips = vec![ip("198.51.100.12")]),
+            &[
+                "status.loadBalancer.ingress[0].ip: \"198.51.100.300\" is not an IP address; this address is left out",
+            ],
+        ),
+        row(
+            "kube-proxy reads status.loadBalancer.ingress whatever the type",
+            CLUSTER_IP,
+            vec![(
+                "/status/loadBalancer/ingress",
+                json!([{"ip": "198.51.100.12"}]),
+            )],
+            Programmed(|s| s.load_balancer_ips = vec![ip("198.51.100.12")]),
+            &[],
+        ),
+        row(
+            "kube-proxy: ingress with ipMode Proxy is not a VIP (IsVIPMode)",
+            LOAD_BALANCER,
+            vec![(
+                "/status/loadBalancer/ingress",
+                json!([{"ip": "198.51.100.12", "ipMode": "Proxy"}]),
+            )],
+            Programmed(|s| s.load_balancer_ips.clear()),
+            &[],
+        ),
+        row(
+            "API: ValidateLoadBalancerSourceRanges wants CIDRs (trimmed); kube-proxy's \
+             MapCIDRsByIPFamily drops what does not parse, which narrows the allow list",
+            LOAD_BALANCER,
+            vec![(
+                "/spec/loadBalancerSourceRanges",
+                json!(["10.0.0.0/33", " 172.16.5.4/12 "]),
+            )],
+            Programmed(|s| s.load_balancer_source_ranges = vec![net("172.16.0.0/12")]),
+            &[
+                "spec.loadBalancerSourceRanges[0]: \"10.0.0.0/33\" is not a CIDR; this range is left out",
+            ],
+        ),
+        row(
+            "no source range parses: an empty list would open the load balancer to every \
+             source, so its IPs are left out instead",
+            LOAD_BALANCER,
+            vec![("/spec/loadBalancerSourceRanges", json!(["nowhere"]))],
+            Programmed(|s| {
+                s.load_balancer_ips.clear();
+                s.load_balancer_source_ranges.clear();
+            }),
+            &[
+                "spec.loadBalancerSourceRanges[0]: \"nowhere\" is not a CIDR; this range is left out",
+                "spec.loadBalancerSourceRanges: has no usable range (an empty list would admit every source); every load-balancer IP of the Service is left out",
+            ],
+        ),
+        row(
+            "API: sessionAffinity is None or ClientIP; kube-proxy compares it with ClientIP",
+            CLUSTER_IP,
+            vec![("/spec/sessionAffinity", json!("Cookie"))],
+            Programmed(|_| {}),
+            &[
+                "spec.sessionAffinity: \"Cookie\" is not one of None, ClientIP (an API server would refuse it); read as None",
+            ],
+        ),
+        row(
+            "API defaulting: ClientIP timeoutSeconds defaults to 10800",
+            CLUSTER_IP,
+            vec![("/spec/sessionAffinity", json!("ClientIP"))],
+            Programmed(|s| s.session_affinity_timeout = Some(10800)),
+            &[],
+        ),
+        row(
+            "API: timeoutSeconds is at most 86400; kube-proxy programs what it is given",
+            CLUSTER_IP,
+            vec![
+                ("/spec/sessionAffinity", json!("ClientIP")),
+                (
+                    "/spec/sessionAffinityConfig",
+                    json!({"clientIP": {"timeoutSeconds": 172800}}),
+                ),
+            ],
+            Programmed(|s| s.session_affinity_timeout = Some(172_800)),
+            &[
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 172800 is more than 86400 (an API server would refuse it); programmed as given",
+            ],
+        ),
+        row(
+            "API: timeoutSeconds is at least 1; no timeout of 0 can be programmed",
+            CLUSTER_IP,
+            vec![
+                ("/spec/sessionAffinity", json!("ClientIP")),
+                (
+                    "/spec/sessionAffinityConfig",
+                    json!({"clientIP": {"timeoutSeconds": 0}}),
+                ),
+            ],
+            Programmed(|_| {}),
+            &[
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is not a positive number of seconds; session affinity is left out",
+            ],
+        ),
+        row(
+            "kube-proxy: a timeout without ClientIP affinity means nothing",
+            CLUSTER_IP,
+            vec![(
+                "/spec/sessionAffinityConfig",
+                json!({"clientIP": {"timeoutSeconds": 0}}),
+            )],
+            Programmed(|_| {}),
+            &[],
+        ),
+        row(
+            "API: externalTrafficPolicy is Cluster or Local; kube-proxy compares it with Local",
+            LOAD_BALANCER,
+            vec![("/spec/externalTrafficPolicy", json!("Global"))],
+            Programmed(|s| {
+                s.external_policy_local = false;
+                s.health_check_node_port = None;
+            }),
+            &[
+                "spec.externalTrafficPolicy: \"Global\" is not one of Cluster, Local (an API server would refuse it); read as Cluster",
+            ],
+        ),
+        row(
+            "kube-proxy ExternalPolicyLocal: only for externally accessible Services",
+            CLUSTER_IP,
+            vec![("/spec/externalTrafficPolicy", json!("Local"))],
+            Programmed(|_| {}),
+            &[],
+        ),
+        row(
+            "kube-proxy ExternallyAccessible: external IPs make a ClusterIP Service external",
+            CLUSTER_IP,
+            vec![
+                ("/spec/externalTrafficPolicy", json!("Local")),
+                ("/spec/externalIPs", json!(["192.0.2.7"])),
+            ],
+            Programmed(|s| {
+                s.external_policy_local = true;
+                s.external_ips = vec![ip("192.0.2.7")];
+            }),
+            &[],
+        ),
+        row(
+            "API: internalTrafficPolicy is Cluster or Local",
+            CLUSTER_IP,
+            vec![("/spec/internalTrafficPolicy", json!("Node"))],
+            Programmed(|_| {}),
+            &[
+                "spec.internalTrafficPolicy: \"Node\" is not one of Cluster, Local (an API server would refuse it); read as Cluster",
+            ],
+        ),
+        row(
+            "API: IsValidPortNum(healthCheckNodePort); only the health check is lost",
+            LOAD_BALANCER,
+            vec![("/spec/healthCheckNodePort", json!(70000))],
+            Programmed(|s| s.health_check_node_port = None),
+            &[
+                "spec.healthCheckNodePort: 70000 is not in 1-65535; the health check server of this Service is left out",
+            ],
+        ),
+        row(
+            "kube-proxy NeedsHealthCheck: LoadBalancer with externalTrafficPolicy Local only",
+            LOAD_BALANCER,
+            vec![("/spec/type", json!("NodePort"))],
+            Programmed(|s| s.health_check_node_port = None),
+            &[],
+        ),
+    ]
+}
+
+#[test]
+fn every_rule_programs_what_it_can() {
+    let mut failures = Vec::new();
+    for row in rules() {
+        let (value, problems) = checked(&patched(row.base, &row.patches));
+        let expected = match row.expect {
+            Skipped => None,
+            Programmed(change) => {
+                let mut service = ok(row.base, &[]);
+                change(&mut service);
+                Some(service)
+            }
+        };
+        if value != expected || problems != row.problems {
+            failures.push(format!(
+                "rule: {}\n  programmed: {value:?}\n  expected:   {expected:?}\n  problems: {problems:#?}",
+                row.rule
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn all_problems_of_a_service_are_reported_together() {
+    let ports = json!([
+        {"name": "http", "port": 0, "protocol": "ICMP", "nodePort": 1},
+        {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+    ]);
+    let (service, problems) = checked(&patched(
+        LOAD_BALANCER,
+        &[
+            ("/spec/ports", ports),
+            ("/spec/externalIPs", json!(["nope"])),
+            ("/spec/sessionAffinity", json!("Sticky")),
+        ],
+    ));
+    assert_eq!(
+        service.expect("programmed").ports,
+        [port("dns", Protocol::Udp, 53, Some(30053))]
+    );
+    assert_eq!(
+        problems,
+        [
+            "spec.ports[0].port: 0 is not in 1-65535; this port is left out",
+            "spec.ports[0].protocol: \"ICMP\" is not one of TCP, UDP, SCTP; this port is left out",
+            "spec.externalIPs[0]: \"nope\" is not an IP address; this address is left out",
+            "spec.sessionAffinity: \"Sticky\" is not one of None, ClientIP (an API server would refuse it); read as None",
+        ]
+    );
+}
+
+#[test]
+fn protocols_default_to_tcp() {
+    let ports = json!([
+        {"name": "a", "port": 1},
+        {"name": "b", "port": 2, "protocol": "UDP"},
+        {"name": "c", "port": 3, "protocol": "SCTP"},
+    ]);
+    let service = ok(CLUSTER_IP, &[("/spec/ports", ports)]);
+    let protocols: Vec<Protocol> = service.ports.iter().map(|p| p.protocol).collect();
+    assert_eq!(protocols, [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
+}
+
+#[test]
+fn source_ranges_are_trimmed_truncated_cidrs_or_bare_addresses() {
+    let ranges = json!([" 10.0.0.0/8 ", "192.0.2.7", "2001:db8::1", "172.16.5.4/12"]);
+    let (service, problems) = checked(&patched(
+        LOAD_BALANCER,
+        &[("/spec/loadBalancerSourceRanges", ranges)],
+    ));
+    let service = service.expect("programmed");
+    assert_eq!(
+        problems,
+        [
+            "spec.loadBalancerSourceRanges[1]: \"192.0.2.7\" is an address, not a CIDR (an API server would refuse it); programmed as 192.0.2.7/32",
+            "spec.loadBalancerSourceRanges[2]: \"2001:db8::1\" is an address, not a CIDR (an API server would refuse it); programmed as 2001:db8::1/128",
+        ]
+    );
+    let expected: Vec<IpNet> = [
+        "10.0.0.0/8",
+        "192.0.2.7/32",
+        "2001:db8::1/128",
+        "172.16.0.0/12",
+    ]
+    .iter()
+    .map(|s| net(s))
+    .collect();
+    assert_eq!(service.load_balancer_source_ranges, expected);
+}
+
 #[test]
 fn cluster_ip_alone_is_used_when_cluster_ips_is_unset() {
     let service = ok(
@@ -280,332 +832,4 @@ fn cluster_ip_alone_is_used_when_cluster_ips_is_unset() {
         ],
     );
     assert_eq!(service.cluster_ips, [ip("10.96.12.34")]);
-    assert_eq!(
-        errors(
-            CLUSTER_IP,
-            &[
-                ("/spec/clusterIPs", json!(null)),
-                ("/spec/clusterIP", json!("10.96.12"))
-            ]
-        ),
-        ["spec.clusterIP: \"10.96.12\" is not an IP address"]
-    );
-}
-
-#[test]
-fn bad_cluster_ips_are_errors() {
-    assert_eq!(
-        errors(
-            CLUSTER_IP,
-            &[("/spec/clusterIPs", json!(["10.96.12.34", "fd00::x"]))]
-        ),
-        ["spec.clusterIPs[1]: \"fd00::x\" is not an IP address"]
-    );
-    assert_eq!(
-        errors(
-            CLUSTER_IP,
-            &[("/spec/clusterIPs", json!(["10.96.12.34", "10.96.12.35"]))]
-        ),
-        [
-            "spec.clusterIPs[1]: 10.96.12.35 is IPv4 like an earlier cluster IP: at most one per family"
-        ]
-    );
-    let three = json!(["10.96.12.34", "fd00::1", "fd00::2"]);
-    let found = errors(
-        CLUSTER_IP,
-        &[
-            ("/spec/clusterIPs", three),
-            ("/spec/ipFamilies", json!(null)),
-        ],
-    );
-    assert_eq!(
-        found[0],
-        "spec.clusterIPs: has 3 addresses, at most 2 (one per family)"
-    );
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/clusterIP", json!("10.96.0.1"))]),
-        ["spec.clusterIP: \"10.96.0.1\" differs from spec.clusterIPs[0] \"10.96.12.34\""]
-    );
-}
-
-#[test]
-fn cluster_ips_must_match_ip_families() {
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ipFamilies", json!(["IPv6"]))]),
-        ["spec.clusterIPs[0]: 10.96.12.34 is IPv4 but spec.ipFamilies[0] is IPv6"]
-    );
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ipFamilies", json!(["IPv4", "IPv4"]))]),
-        ["spec.ipFamilies[1]: \"IPv4\" repeats spec.ipFamilies[0]"]
-    );
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ipFamilies", json!(["v4"]))]),
-        ["spec.ipFamilies[0]: \"v4\" is not one of IPv4, IPv6"]
-    );
-}
-
-#[test]
-fn ports_are_required_and_in_range() {
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ports", json!([]))]),
-        ["spec.ports: at least one port is required"]
-    );
-    let ports = json!([{"name": "http", "port": 80}, {"name": "admin", "port": 0}]);
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ports", ports)]),
-        ["spec.ports[1].port: 0 is not in 1-65535"]
-    );
-    let ports = json!([{"name": "http", "port": 65536}]);
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ports", ports)]),
-        ["spec.ports[0].port: 65536 is not in 1-65535"]
-    );
-}
-
-#[test]
-fn protocols_default_to_tcp_and_must_be_known() {
-    let ports = json!([
-        {"name": "a", "port": 1},
-        {"name": "b", "port": 2, "protocol": "UDP"},
-        {"name": "c", "port": 3, "protocol": "SCTP"},
-    ]);
-    let service = ok(CLUSTER_IP, &[("/spec/ports", ports)]);
-    let protocols: Vec<Protocol> = service.ports.iter().map(|p| p.protocol).collect();
-    assert_eq!(protocols, [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]);
-    for bad in ["HTTP", "tcp", ""] {
-        let ports = json!([{"port": 80, "protocol": bad}]);
-        assert_eq!(
-            errors(CLUSTER_IP, &[("/spec/ports", ports)]),
-            [format!(
-                "spec.ports[0].protocol: {bad:?} is not one of TCP, UDP, SCTP"
-            )]
-        );
-    }
-}
-
-#[test]
-fn port_names_are_required_with_several_ports_and_unique() {
-    let service = ok(CLUSTER_IP, &[("/spec/ports", json!([{"port": 80}]))]);
-    assert_eq!(service.ports, [port("", Protocol::Tcp, 80, None)]);
-    let ports = json!([{"name": "http", "port": 80}, {"port": 81}]);
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ports", ports)]),
-        ["spec.ports[1].name: is required when the Service has more than one port"]
-    );
-    let ports = json!([{"name": "http", "port": 80}, {"name": "http", "port": 81}]);
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ports", ports)]),
-        ["spec.ports[1].name: \"http\" is also the name of spec.ports[0]"]
-    );
-}
-
-#[test]
-fn port_and_protocol_pairs_are_unique() {
-    let ports = json!([
-        {"name": "dns", "port": 53, "protocol": "UDP"},
-        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-    ]);
-    assert_eq!(ok(CLUSTER_IP, &[("/spec/ports", ports)]).ports.len(), 2);
-    let ports = json!([{"name": "a", "port": 53}, {"name": "b", "port": 53}]);
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/ports", ports)]),
-        ["spec.ports[1].port: 53/TCP is also used by spec.ports[0]"]
-    );
-}
-
-#[test]
-fn node_ports_are_used_only_by_node_port_and_load_balancer_services() {
-    let ports = json!([{"name": "http", "port": 80, "nodePort": 8080}]);
-    let service = ok(CLUSTER_IP, &[("/spec/ports", ports.clone())]);
-    assert_eq!(service.ports[0].node_port, None);
-    let node_port = [("/spec/type", json!("NodePort")), ("/spec/ports", ports)];
-    assert_eq!(
-        errors(CLUSTER_IP, &node_port),
-        ["spec.ports[0].nodePort: 8080 is not in 30000-32767"]
-    );
-    let opts = ValidationOptions {
-        node_port_range: 8000..=9000,
-    };
-    let service = validate_with(&patched(CLUSTER_IP, &node_port), &opts).expect("valid");
-    assert_eq!(service.ports[0].node_port, Some(8080));
-}
-
-#[test]
-fn node_port_and_protocol_pairs_are_unique() {
-    let ports = json!([
-        {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
-        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "nodePort": 30053},
-        {"name": "alt", "port": 5353, "protocol": "UDP", "nodePort": 30053},
-    ]);
-    assert_eq!(
-        errors(
-            CLUSTER_IP,
-            &[("/spec/type", json!("NodePort")), ("/spec/ports", ports)]
-        ),
-        ["spec.ports[2].nodePort: 30053/UDP is also used by spec.ports[0]"]
-    );
-}
-
-#[test]
-fn external_ips_must_parse() {
-    let service = ok(
-        CLUSTER_IP,
-        &[("/spec/externalIPs", json!(["192.0.2.7", "2001:db8::7"]))],
-    );
-    assert_eq!(service.external_ips, [ip("192.0.2.7"), ip("2001:db8::7")]);
-    assert_eq!(
-        errors(
-            CLUSTER_IP,
-            &[("/spec/externalIPs", json!(["192.0.2.7", "example.com"]))]
-        ),
-        ["spec.externalIPs[1]: \"example.com\" is not an IP address"]
-    );
-}
-
-#[test]
-fn load_balancer_ingress_ips_are_read_only_for_load_balancers() {
-    let bad = json!([{"ip": "198.51.100.300"}]);
-    assert_eq!(
-        errors(
-            LOAD_BALANCER,
-            &[("/status/loadBalancer/ingress", bad.clone())]
-        ),
-        ["status.loadBalancer.ingress[0].ip: \"198.51.100.300\" is not an IP address"]
-    );
-    let service = ok(CLUSTER_IP, &[("/status/loadBalancer/ingress", bad)]);
-    assert!(service.load_balancer_ips.is_empty());
-}
-
-#[test]
-fn source_ranges_are_cidrs_or_bare_addresses() {
-    let ranges = json!([" 10.0.0.0/8 ", "192.0.2.7", "2001:db8::1", "172.16.5.4/12"]);
-    let service = ok(LOAD_BALANCER, &[("/spec/loadBalancerSourceRanges", ranges)]);
-    let expected: Vec<IpNet> = [
-        "10.0.0.0/8",
-        "192.0.2.7/32",
-        "2001:db8::1/128",
-        "172.16.0.0/12",
-    ]
-    .iter()
-    .map(|s| s.parse().expect("net"))
-    .collect();
-    assert_eq!(service.load_balancer_source_ranges, expected);
-    assert_eq!(
-        errors(
-            LOAD_BALANCER,
-            &[("/spec/loadBalancerSourceRanges", json!(["10.0.0.0/33"]))]
-        ),
-        ["spec.loadBalancerSourceRanges[0]: \"10.0.0.0/33\" is not a CIDR"]
-    );
-}
-
-#[test]
-fn client_ip_affinity_has_a_bounded_timeout() {
-    let service = ok(CLUSTER_IP, &[("/spec/sessionAffinity", json!("ClientIP"))]);
-    assert_eq!(service.session_affinity_timeout, Some(10800));
-    let config = |seconds: i64| json!({"clientIP": {"timeoutSeconds": seconds}});
-    let affinity = ("/spec/sessionAffinity", json!("ClientIP"));
-    let service = ok(
-        CLUSTER_IP,
-        &[
-            affinity.clone(),
-            ("/spec/sessionAffinityConfig", config(60)),
-        ],
-    );
-    assert_eq!(service.session_affinity_timeout, Some(60));
-    for bad in [0, 86401] {
-        assert_eq!(
-            errors(
-                CLUSTER_IP,
-                &[
-                    affinity.clone(),
-                    ("/spec/sessionAffinityConfig", config(bad))
-                ]
-            ),
-            [format!(
-                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {bad} is not in 1-86400"
-            )]
-        );
-    }
-    let service = ok(CLUSTER_IP, &[("/spec/sessionAffinityConfig", config(0))]);
-    assert_eq!(service.session_affinity_timeout, None);
-    assert_eq!(
-        errors(CLUSTER_IP, &[("/spec/sessionAffinity", json!("Cookie"))]),
-        ["spec.sessionAffinity: \"Cookie\" is not one of None, ClientIP"]
-    );
-}
-
-#[test]
-fn external_policy_local_counts_only_for_externally_accessible_services() {
-    let local = ("/spec/externalTrafficPolicy", json!("Local"));
-    assert!(!ok(CLUSTER_IP, std::slice::from_ref(&local)).external_policy_local);
-    let external_ip = ("/spec/externalIPs", json!(["192.0.2.7"]));
-    assert!(ok(CLUSTER_IP, &[local.clone(), external_ip]).external_policy_local);
-    let node_port = ("/spec/type", json!("NodePort"));
-    assert!(ok(CLUSTER_IP, &[local, node_port]).external_policy_local);
-    let cluster = ("/spec/externalTrafficPolicy", json!("Cluster"));
-    assert!(!ok(LOAD_BALANCER, &[cluster]).external_policy_local);
-    assert_eq!(
-        errors(
-            LOAD_BALANCER,
-            &[("/spec/externalTrafficPolicy", json!("Global"))]
-        ),
-        ["spec.externalTrafficPolicy: \"Global\" is not one of Cluster, Local"]
-    );
-}
-
-#[test]
-fn internal_policy_local() {
-    let service = ok(
-        CLUSTER_IP,
-        &[("/spec/internalTrafficPolicy", json!("Local"))],
-    );
-    assert!(service.internal_policy_local);
-    assert_eq!(
-        errors(
-            CLUSTER_IP,
-            &[("/spec/internalTrafficPolicy", json!("Node"))]
-        ),
-        ["spec.internalTrafficPolicy: \"Node\" is not one of Cluster, Local"]
-    );
-}
-
-#[test]
-fn health_check_node_port_is_kept_only_for_local_load_balancers() {
-    let cluster = ("/spec/externalTrafficPolicy", json!("Cluster"));
-    assert_eq!(ok(LOAD_BALANCER, &[cluster]).health_check_node_port, None);
-    let node_port = ("/spec/type", json!("NodePort"));
-    assert_eq!(ok(LOAD_BALANCER, &[node_port]).health_check_node_port, None);
-    assert_eq!(
-        errors(
-            LOAD_BALANCER,
-            &[("/spec/healthCheckNodePort", json!(70000))]
-        ),
-        ["spec.healthCheckNodePort: 70000 is not in 1-65535"]
-    );
-    let absent = ok(LOAD_BALANCER, &[("/spec/healthCheckNodePort", json!(null))]);
-    assert_eq!(absent.health_check_node_port, None);
-}
-
-#[test]
-fn all_errors_of_a_service_are_reported_together() {
-    let ports = json!([{"name": "http", "port": 0, "protocol": "ICMP", "nodePort": 1}]);
-    let found = errors(
-        LOAD_BALANCER,
-        &[
-            ("/spec/ports", ports),
-            ("/spec/externalIPs", json!(["nope"])),
-            ("/spec/sessionAffinity", json!("Sticky")),
-        ],
-    );
-    assert_eq!(
-        found,
-        [
-            "spec.ports[0].port: 0 is not in 1-65535",
-            "spec.ports[0].protocol: \"ICMP\" is not one of TCP, UDP, SCTP",
-            "spec.ports[0].nodePort: 1 is not in 30000-32767",
-            "spec.externalIPs[0]: \"nope\" is not an IP address",
-            "spec.sessionAffinity: \"Sticky\" is not one of None, ClientIP",
-        ]
-    );
 }
