@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use kproxy_dataplane::plan::IpFamily;
 
-use crate::cli::{Cli, Command, ProxyArgs, Settings};
+use crate::cli::{Cli, Command, Settings};
+use crate::config::watch::ConfigFileWatch;
 use crate::dataplane::{Dataplane, cleanup_all, render};
 use crate::node::node_name;
 use crate::servers::{self, Metrics, ProxyHealth};
@@ -13,21 +14,50 @@ use std::time::{Duration, Instant};
 use crate::source::{ConnectOptions, KubeSource, Loaded, ManifestWatcher};
 use crate::sync::{self, ObjectSource, log_reports, plan_for, report_problems};
 
-/// Runs the command line.
-pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Some(Command::Render(args)) => render_command(&args).await,
-        None => {
-            let settings = cli.proxy.settings()?;
-            if cli.proxy.cleanup {
-                cleanup(&settings).await
-            } else if cli.proxy.once {
-                once(&settings).await
-            } else {
-                run(&settings).await
-            }
-        }
+/// Runs the command line with its merged settings.
+pub async fn main(cli: Cli, settings: Settings) -> anyhow::Result<ExitCode> {
+    if matches!(cli.command, Some(Command::Render(_))) {
+        return render_command(&settings).await;
     }
+    let args = &cli.proxy;
+    if let Some(path) = &args.write_config_to {
+        write_config(&settings, path)
+    } else if args.cleanup == Some(true) {
+        cleanup(&settings).await
+    } else if args.init_only == Some(true) {
+        host_setup(&settings)?;
+        Ok(ExitCode::SUCCESS)
+    } else if args.once {
+        once(&settings).await
+    } else {
+        run(&settings).await
+    }
+}
+
+/// `--write-config-to`: the effective configuration as a KubeProxyConfiguration file.
+fn write_config(settings: &Settings, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = serde_saphyr::to_string(&settings.config)
+        .map_err(|e| anyhow::anyhow!("cannot encode the configuration: {e}"))?;
+    std::fs::write(path, text)
+        .map_err(|e| anyhow::anyhow!("--write-config-to {}: {e}", path.display()))?;
+    println!("kproxy: wrote the configuration to {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The privileged set-up of a proxy run (upstream's `platformSetup`): the conntrack
+/// sysctls and the OOM score.
+fn host_setup(settings: &Settings) -> anyhow::Result<()> {
+    let changed = crate::host_setup::apply_conntrack(
+        &settings.conntrack,
+        crate::host_setup::machine_cpus(),
+        std::path::Path::new(crate::host_setup::PROC_NETFILTER),
+        std::path::Path::new(crate::host_setup::HASHSIZE),
+    )?;
+    if !changed.is_empty() {
+        tracing::info!(sysctls = ?changed, "set conntrack sysctls");
+    }
+    crate::host_setup::apply_oom_score_adj(settings.oom_score_adj);
+    Ok(())
 }
 
 /// How long `--once` and `render` wait for the API server's first lists.
@@ -61,6 +91,8 @@ async fn open_source(
     let opts = ConnectOptions {
         kubeconfig: settings.kubeconfig.clone(),
         master: settings.master.clone(),
+        qps: settings.api_qps,
+        burst: settings.api_burst,
     };
     let mut api = KubeSource::connect(&opts, node)
         .await
@@ -106,6 +138,7 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
     );
     let name = node_name(settings.hostname_override.as_deref())?;
     let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
+    host_setup(settings)?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let mut dataplane = Dataplane::new(settings, plan.node.families().collect()).await?;
     let reports = dataplane
@@ -125,6 +158,7 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
 async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let name = node_name(settings.hostname_override.as_deref())?;
     let (loaded, source) = open_source(settings, &name, None, true).await?;
+    host_setup(settings)?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let families: Vec<IpFamily> = plan.node.families().collect();
     tracing::info!(node = %name, mode = settings.mode.name(), families = ?families, "starting kproxy");
@@ -137,9 +171,14 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         settings.metrics_bind_address,
         &health,
         &metrics,
-        settings.to_json(),
+        settings.configz(),
+        settings.bind_address_hard_fail,
     )?;
-    let observers = sync::Observers { health, metrics };
+    let observers = sync::Observers {
+        health,
+        metrics,
+        config_watch: ConfigFileWatch::new(settings.config_file.clone()),
+    };
     sync::run(
         settings,
         &name,
@@ -159,12 +198,11 @@ async fn cleanup(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn render_command(args: &ProxyArgs) -> anyhow::Result<ExitCode> {
-    let settings = args.settings()?;
+async fn render_command(settings: &Settings) -> anyhow::Result<ExitCode> {
     let name = node_name(settings.hostname_override.as_deref())?;
-    let (loaded, _) = open_source(&settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
-    let plan = plan_for(&settings, &name, &loaded.snapshot)?;
-    for (title, text) in render(&settings, &plan).await? {
+    let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
+    let plan = plan_for(settings, &name, &loaded.snapshot)?;
+    for (title, text) in render(settings, &plan).await? {
         println!("# {title} of a full sync (node {name})");
         print!("{text}");
     }

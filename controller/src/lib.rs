@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod healthcheck;
+pub mod host_setup;
 pub mod model;
 pub mod node;
 pub mod planner;

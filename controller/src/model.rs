@@ -173,6 +173,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// `status.addresses` of type InternalIP then ExternalIP, in order.
     pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (else `spec.podCIDR`): this node's pod ranges, for
+    /// `detectLocalMode: NodeCIDR`.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl NodeInfo {

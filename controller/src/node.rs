@@ -10,7 +10,8 @@ use kproxy_dataplane::plan::{
     FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
 };
 
-use crate::cli::{NodePortAddressSpec, Settings};
+use crate::cli::{DetectLocal, Settings, bind_address_ip};
+use crate::config::NodePortAddresses as NodePortSpec;
 use crate::model::NodeInfo;
 
 /// What the host itself says about its addresses.
@@ -81,12 +82,18 @@ pub fn node_context(
     };
     let served = |family| node_ips.iter().any(|ip| IpFamily::of(ip) == family);
     let no_ips = node_ips.is_empty();
+    // A specific bindAddress is the node's primary IP of its family (upstream's nodeIP).
+    let bind_ip = bind_address_ip(&settings.config);
     let family_ctx = |family: IpFamily| {
-        let ips: Vec<IpAddr> = node_ips
+        let mut ips: Vec<IpAddr> = node_ips
             .iter()
             .copied()
             .filter(|ip| IpFamily::of(ip) == family)
             .collect();
+        if let Some(bind) = bind_ip.filter(|ip| IpFamily::of(ip) == family) {
+            ips.retain(|ip| *ip != bind);
+            ips.insert(0, bind);
+        }
         FamilyContext {
             nodeport_addresses: nodeport_addresses(
                 &settings.nodeport_addresses,
@@ -94,13 +101,7 @@ pub fn node_context(
                 &ips,
                 host,
             ),
-            local_detector: settings
-                .cluster_cidrs
-                .iter()
-                .find(|c| IpFamily::of_net(c) == family)
-                .map_or(LocalTrafficDetector::None, |c| {
-                    LocalTrafficDetector::ClusterCidr(*c)
-                }),
+            local_detector: local_detector(&settings.detect_local, family, node),
             node_ips: ips,
         }
     };
@@ -114,38 +115,60 @@ pub fn node_context(
     }
 }
 
-/// Resolves `--nodeport-addresses` for one family, as upstream: no CIDR of the family (or a
-/// zero CIDR) means every local address; `primary` is the node's first IP of the family.
+/// How pod traffic of `family` is told apart (`detectLocalMode`): the first CIDR of the
+/// family (the cluster's, or with NodeCIDR this Node's pod CIDR), or an interface match.
+fn local_detector(
+    detect: &DetectLocal,
+    family: IpFamily,
+    node: Option<&NodeInfo>,
+) -> LocalTrafficDetector {
+    let cidr_of = |cidrs: &[ipnet::IpNet]| {
+        cidrs
+            .iter()
+            .find(|c| IpFamily::of_net(c) == family)
+            .map_or(LocalTrafficDetector::None, |c| {
+                LocalTrafficDetector::ClusterCidr(*c)
+            })
+    };
+    match detect {
+        DetectLocal::ClusterCidr(cidrs) => cidr_of(cidrs),
+        DetectLocal::NodeCidr => cidr_of(node.map_or(&[][..], |n| &n.pod_cidrs)),
+        DetectLocal::BridgeInterface(name) => LocalTrafficDetector::BridgeInterface(name.clone()),
+        DetectLocal::InterfaceNamePrefix(prefix) => {
+            LocalTrafficDetector::InterfaceNamePrefix(prefix.clone())
+        }
+    }
+}
+
+/// Resolves `nodePortAddresses` for one family, as upstream: `primary` is the node's first
+/// IP of the family (loopback excepted); CIDRs (with `localhost` and `all` expanded) select
+/// the local addresses inside them; nothing for the family, or a zero CIDR, means every
+/// local address.
 fn nodeport_addresses(
-    spec: &NodePortAddressSpec,
+    spec: &NodePortSpec,
     family: IpFamily,
     node_ips: &[IpAddr],
     host: &HostAddresses,
 ) -> NodePortAddresses {
-    match spec {
-        NodePortAddressSpec::All => NodePortAddresses::All,
-        NodePortAddressSpec::Primary => match node_ips.first() {
-            Some(ip) => NodePortAddresses::Only(vec![*ip]),
-            None => NodePortAddresses::All,
-        },
-        NodePortAddressSpec::Cidrs(cidrs) => {
-            let cidrs: Vec<_> = cidrs
-                .iter()
-                .filter(|c| IpFamily::of_net(c) == family)
-                .collect();
-            if cidrs.is_empty() || cidrs.iter().any(|c| c.prefix_len() == 0) {
-                return NodePortAddresses::All;
-            }
-            let mut ips: Vec<IpAddr> = host
-                .all
-                .iter()
-                .copied()
-                .filter(|ip| cidrs.iter().any(|c| c.contains(ip)))
-                .collect();
-            ips.dedup();
-            NodePortAddresses::Only(ips)
+    let primary = node_ips
+        .first()
+        .filter(|ip| spec.primary && !ip.is_loopback())
+        .copied();
+    let cidrs: Vec<_> = spec
+        .cidrs
+        .iter()
+        .filter(|c| IpFamily::of_net(c) == family)
+        .collect();
+    if cidrs.iter().any(|c| c.prefix_len() == 0) || (primary.is_none() && cidrs.is_empty()) {
+        return NodePortAddresses::All;
+    }
+    let mut ips: Vec<IpAddr> = primary.into_iter().collect();
+    for ip in &host.all {
+        if cidrs.iter().any(|c| c.contains(ip)) && !ips.contains(ip) {
+            ips.push(*ip);
         }
     }
+    NodePortAddresses::Only(ips)
 }
 
 #[cfg(test)]

@@ -169,6 +169,8 @@ pub struct Observers {
     pub health: ProxyHealth,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The `--config` file, whose change ends the run (as upstream).
+    pub config_watch: crate::config::watch::ConfigFileWatch,
 }
 
 /// Network programming latency: from an EndpointSlice's
@@ -324,7 +326,11 @@ pub async fn run(
     mut dataplane: Dataplane,
     observers: Observers,
 ) -> anyhow::Result<()> {
-    let Observers { health, metrics } = observers;
+    let Observers {
+        health,
+        metrics,
+        mut config_watch,
+    } = observers;
     let mut schedule = Schedule::new(settings);
     let mut service_health = ServiceHealthServer::new();
     let mut pipeline = Pipeline {
@@ -352,6 +358,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.into()) => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            reason = config_watch.updated() => anyhow::bail!(reason),
         }
         let polled = Instant::now();
         if let Some(update) = source.poll() {

@@ -224,14 +224,55 @@ impl ServicePortPlan {
     }
 }
 
-/// How kproxy tells traffic from this node's pods apart from other traffic.
+/// How kproxy tells traffic from this node's pods apart from other traffic
+/// (`detectLocalMode`), with the match each rule dialect writes for it (upstream's
+/// `pkg/proxy/util/localdetector.go`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum LocalTrafficDetector {
     /// No detection: cluster-IP traffic is not masqueraded by source.
     #[default]
     None,
-    /// Pod traffic comes from the cluster CIDR of this family (`--cluster-cidr`).
+    /// Pod traffic comes from this CIDR of this family (`ClusterCIDR`: the cluster's;
+    /// `NodeCIDR`: the node's pod CIDR).
     ClusterCidr(IpNet),
+    /// Pod traffic arrives on this bridge (`BridgeInterface`).
+    BridgeInterface(String),
+    /// Pod traffic arrives on interfaces whose name starts with this
+    /// (`InterfaceNamePrefix`).
+    InterfaceNamePrefix(String),
+}
+
+impl LocalTrafficDetector {
+    /// Whether traffic can be told apart at all.
+    pub fn is_some(&self) -> bool {
+        !matches!(self, LocalTrafficDetector::None)
+    }
+
+    /// The iptables match of pod traffic (`local`) or of other traffic, `None` without
+    /// detection.
+    pub fn iptables_match(&self, local: bool) -> Option<String> {
+        let not = if local { "" } else { "! " };
+        match self {
+            LocalTrafficDetector::None => None,
+            LocalTrafficDetector::ClusterCidr(cidr) => Some(format!("{not}-s {cidr}")),
+            LocalTrafficDetector::BridgeInterface(name) => Some(format!("{not}-i {name}")),
+            LocalTrafficDetector::InterfaceNamePrefix(prefix) => Some(format!("{not}-i {prefix}+")),
+        }
+    }
+
+    /// The nftables match of pod traffic (`local`) or of other traffic (`ip` is the
+    /// family's `ip`/`ip6`), `None` without detection.
+    pub fn nftables_match(&self, ip: &str, local: bool) -> Option<String> {
+        let op = if local { "" } else { "!= " };
+        match self {
+            LocalTrafficDetector::None => None,
+            LocalTrafficDetector::ClusterCidr(cidr) => Some(format!("{ip} saddr {op}{cidr}")),
+            LocalTrafficDetector::BridgeInterface(name) => Some(format!("iifname {op}\"{name}\"")),
+            LocalTrafficDetector::InterfaceNamePrefix(prefix) => {
+                Some(format!("iifname {op}\"{prefix}*\""))
+            }
+        }
+    }
 }
 
 /// Which destination addresses accept NodePort traffic.

@@ -161,6 +161,8 @@ impl OneNodeCluster {
             NODE_NAME.into(),
             "--cluster-cidr".into(),
             format!("{CLUSTER_CIDR},{CLUSTER_CIDR6}"),
+            // nf_conntrack_max belongs to the host: leave it alone, as kind does.
+            "--conntrack-max-per-core=0".into(),
         ]
     }
 

@@ -30,7 +30,7 @@ use super::exposition::{
 use crate::cli::ProxyMode;
 
 /// The key `/configz` files the configuration under, as kube-proxy.
-pub const CONFIGZ_KEY: &str = "kubeproxy.config.k8s.io";
+pub const CONFIGZ_KEY: &str = crate::config::GROUP;
 
 type FamilyLabel = [(&'static str, &'static str); 1];
 type TwoLabels = [(&'static str, &'static str); 2];
@@ -470,11 +470,12 @@ struct Ctx {
 
 /// The metrics server's routes: `/metrics` (OpenMetrics when the `Accept` header asks
 /// for it, else Prometheus text 0.0.4), `/proxyMode` (the mode's name),
-/// `/configz` (`{"kubeproxy.config.k8s.io": configz}`), and `/healthz` and `/livez`
+/// `/configz` (`configz`: `{"kubeproxy.config.k8s.io": ..., "kproxy": ...}`), and
+/// `/healthz` and `/livez`
 /// answering `ok` (the metrics port's generic checks, as kube-proxy's; the proxy's real
 /// health is on the health server).
 pub fn router(metrics: Metrics, configz: serde_json::Value) -> Router {
-    let configz = serde_json::json!({ CONFIGZ_KEY: configz }).to_string();
+    let configz = configz.to_string();
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/proxyMode", get(proxy_mode))

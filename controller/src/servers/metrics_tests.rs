@@ -510,7 +510,8 @@ fn the_checker_rejects_broken_text() {
 #[tokio::test(flavor = "current_thread")]
 async fn server_answers_every_route() {
     let (m, _clock) = exercised(ProxyMode::Iptables);
-    let config = serde_json::json!({ "mode": "iptables", "bindAddress": "0.0.0.0" });
+    let config =
+        serde_json::json!({ CONFIGZ_KEY: { "Mode": "iptables", "BindAddress": "0.0.0.0" } });
     let server = serve(
         "metrics-bind-address",
         "127.0.0.1:0".parse().expect("addr"),
@@ -553,7 +554,7 @@ async fn server_answers_every_route() {
     assert_eq!(configz.status, 200);
     assert_eq!(configz.header("content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_str(&configz.body).expect("json");
-    assert_eq!(v[CONFIGZ_KEY]["mode"], "iptables");
+    assert_eq!(v[CONFIGZ_KEY]["Mode"], "iptables");
 
     for path in ["/healthz", "/livez"] {
         let r = testing::get(addr, path).await;

@@ -12,7 +12,7 @@ mod manifest_set;
 mod manifests;
 mod problem;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod validate;
 mod watcher;
 
@@ -25,4 +25,5 @@ pub use self::validate::{
     Checked, DEFAULT_NAMESPACE, FieldError, validate_endpoint_slice, validate_node,
     validate_service,
 };
+pub(crate) use self::validate::{parse_cidr as parse_cidr_sloppy, parse_ip as parse_ip_sloppy};
 pub use self::watcher::ManifestWatcher;

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::plan::{IpFamily, LocalTrafficDetector, Protocol, ProxyPlan};
+use crate::plan::{IpFamily, Protocol, ProxyPlan};
 
 use super::apply::{IpvsError, run_tool};
 use super::ipset::{self, set_name};
@@ -163,11 +163,11 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
                 "-m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set {cluster} dst,dst -j {KUBE_MARK_MASQ}"
             ),
         );
-    } else if let LocalTrafficDetector::ClusterCidr(cidr) = &ctx.local_detector {
+    } else if let Some(not_local) = ctx.local_detector.iptables_match(false) {
         add(
             KUBE_SERVICES,
             format!(
-                "-m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set {cluster} dst,dst ! -s {cidr} -j {KUBE_MARK_MASQ}"
+                "-m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set {cluster} dst,dst {not_local} -j {KUBE_MARK_MASQ}"
             ),
         );
     }

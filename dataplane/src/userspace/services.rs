@@ -148,9 +148,11 @@ impl ServiceTable {
     ) -> Self {
         let facts = |f: Option<&crate::plan::FamilyContext>| FamilyFacts {
             node_ips: f.map(|c| c.node_ips.clone()).unwrap_or_default(),
+            // The forwarder sees packets after routing into its TUN device: it can tell
+            // pod traffic by source address only (the settings refuse the interface modes).
             cluster_cidr: f.and_then(|c| match &c.local_detector {
                 LocalTrafficDetector::ClusterCidr(n) => Some(*n),
-                LocalTrafficDetector::None => None,
+                _ => None,
             }),
         };
         let mut table = ServiceTable {

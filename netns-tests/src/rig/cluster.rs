@@ -76,7 +76,8 @@ impl Rig {
 
     /// Starts the real kproxy in every node namespace (stopping any earlier ones) with
     /// `--manifests <manifests_dir> --hostname-override node-<i> --cluster-cidr
-    /// 10.244.0.0/16 --min-sync-period 50ms` and `extra_args`, logging to
+    /// 10.244.0.0/16 --min-sync-period 50ms --conntrack-max-per-core=0` and `extra_args`,
+    /// logging to
     /// [`Rig::kproxy_log_path`].
     pub fn start_kproxy(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         self.stop_kproxy();
@@ -91,6 +92,8 @@ impl Rig {
                 CLUSTER_CIDR,
                 "--min-sync-period",
                 "50ms",
+                // nf_conntrack_max belongs to the host: leave it alone, as kind does.
+                "--conntrack-max-per-core=0",
             ];
             args.extend_from_slice(extra_args);
             let log = self.kproxy_log_path(i);

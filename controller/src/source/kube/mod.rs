@@ -13,6 +13,7 @@
 //! handed to another proxy, and the slices of headless Services, are never transferred),
 //! and the Node with the field selector `metadata.name=<node>`.
 
+mod rate_limit;
 mod snapshot;
 mod watch;
 
@@ -48,13 +49,17 @@ pub fn proxy_label_selector() -> String {
 }
 
 /// How to reach the API server.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConnectOptions {
     /// `--kubeconfig`: a kubeconfig file (its current context is used). Unset: the
     /// `KUBECONFIG` variable, `~/.kube/config`, then the in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
     /// `--master`: the API server's URL, overriding the kubeconfig's server.
     pub master: Option<String>,
+    /// Requests per second (`clientConnection.qps`; not positive: no limit).
+    pub qps: f32,
+    /// Requests above `qps` in a burst (`clientConnection.burst`).
+    pub burst: u32,
 }
 
 /// Why the API source cannot start.
@@ -145,7 +150,10 @@ impl KubeSource {
     pub async fn connect(options: &ConnectOptions, node_name: &str) -> Result<Self, ConnectError> {
         let config = client_config(options).await?;
         tracing::info!(server = %config.cluster_url, node = node_name, "watching the Kubernetes API");
-        let client = Client::try_from(config).map_err(ConnectError::Client)?;
+        let client = ::kube::client::ClientBuilder::try_from(config)
+            .map_err(ConnectError::Client)?
+            .with_layer(&rate_limit::RateLimitLayer::new(options.qps, options.burst))
+            .build();
         Ok(Self::start(client, node_name))
     }
 

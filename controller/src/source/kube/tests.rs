@@ -463,16 +463,43 @@ async fn connects_through_a_kubeconfig_file_or_master() {
     let path = dir.write("kubeconfig", &kubeconfig);
     let options = ConnectOptions {
         kubeconfig: Some(path),
-        master: None,
+        ..ConnectOptions::default()
     };
     let mut source = Mirrored::from(KubeSource::connect(&options, NODE).await.expect("connect"));
     poll_until(&mut source, "the lists through a kubeconfig", |l| {
         web_port(l) == Some(80)
     })
     .await;
+    // kubeadm's kubeconfig.conf (a service account token file), pointed at the test
+    // server (plain HTTP, so without its certificate-authority line).
+    let fixture = include_str!("../../config/testdata/kubeadm-kubeconfig.conf");
+    let token = dir.write("token", "service-account-token");
+    let kubeadm: String = fixture
+        .lines()
+        .filter(|l| !l.contains("certificate-authority"))
+        .map(|l| {
+            l.replace("https://10.128.0.16:6443", &server.url())
+                .replace(
+                    "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                    &token.display().to_string(),
+                )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     let options = ConnectOptions {
-        kubeconfig: None,
+        kubeconfig: Some(dir.write("kubeconfig.conf", &kubeadm)),
+        ..ConnectOptions::default()
+    };
+    let mut source = Mirrored::from(KubeSource::connect(&options, NODE).await.expect("connect"));
+    poll_until(&mut source, "the lists through kubeadm's kubeconfig", |l| {
+        web_port(l) == Some(80)
+    })
+    .await;
+    let options = ConnectOptions {
         master: Some(server.url()),
+        qps: 5.0,
+        burst: 10,
+        ..ConnectOptions::default()
     };
     let mut source = Mirrored::from(KubeSource::connect(&options, NODE).await.expect("connect"));
     poll_until(&mut source, "the lists through --master", |l| {
@@ -481,15 +508,15 @@ async fn connects_through_a_kubeconfig_file_or_master() {
     .await;
     let missing = ConnectOptions {
         kubeconfig: Some(dir.path().join("missing")),
-        master: None,
+        ..ConnectOptions::default()
     };
     let err = KubeSource::connect(&missing, NODE)
         .await
         .expect_err("missing kubeconfig");
     assert!(err.to_string().starts_with("kubeconfig "), "{err}");
     let bad = ConnectOptions {
-        kubeconfig: None,
         master: Some("http://[::1".into()),
+        ..ConnectOptions::default()
     };
     assert!(matches!(
         client_config(&bad).await,

@@ -2,9 +2,11 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use k8s_openapi::api::core::v1::{Node, NodeAddress};
 
-use super::{Checked, FieldError, check_name, object_key, parse_ip};
+use super::{Checked, FieldError, check_name, object_key, parse_cidr, parse_ip};
 use crate::model::NodeInfo;
 
 /// The address types kproxy uses, in the order it lists them.
@@ -33,8 +35,40 @@ pub fn validate_node(node: &Node) -> Checked<NodeInfo> {
         name: key.name,
         labels: node.metadata.labels.clone().unwrap_or_default(),
         addresses,
+        pod_cidrs: pod_cidrs(node, &mut problems),
     };
     Checked::with(info, problems)
+}
+
+/// `spec.podCIDRs` (else `spec.podCIDR`), without the ones that do not parse.
+fn pod_cidrs(node: &Node, problems: &mut Vec<FieldError>) -> Vec<IpNet> {
+    let spec = node.spec.as_ref();
+    let listed = spec
+        .and_then(|s| s.pod_cidrs.clone())
+        .filter(|l| !l.is_empty());
+    let (field, raw) = match listed {
+        Some(list) => ("spec.podCIDRs", list),
+        None => (
+            "spec.podCIDR",
+            spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
+        ),
+    };
+    let mut cidrs = Vec::with_capacity(raw.len());
+    for (i, text) in raw.iter().enumerate() {
+        match parse_cidr(text) {
+            Ok(cidr) => cidrs.push(cidr),
+            Err(message) => problems.push(FieldError::left_out(
+                if field == "spec.podCIDRs" {
+                    format!("{field}[{i}]")
+                } else {
+                    field.to_string()
+                },
+                message,
+                "this pod CIDR",
+            )),
+        }
+    }
+    cidrs
 }
 
 /// The parsed addresses of one type, in manifest order.
@@ -126,6 +160,22 @@ status:
         assert_eq!(
             addresses,
             ["192.168.10.21", "fd00:192:168:10::21", "203.0.113.21"]
+        );
+    }
+
+    #[test]
+    fn pod_cidrs_are_read_for_node_cidr_detection() {
+        let node = validate(&patched(NODE, &[])).expect("valid");
+        let cidrs: Vec<String> = node.pod_cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(cidrs, ["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        let single = patched(NODE, &[("/spec/podCIDRs", json!(null))]);
+        let node = validate(&single).expect("valid");
+        assert_eq!(node.pod_cidrs.len(), 1, "spec.podCIDR alone");
+        let (node, problems) = checked(&patched(NODE, &[("/spec/podCIDRs/1", json!("x"))]));
+        assert_eq!(node.expect("kept").pod_cidrs.len(), 1);
+        assert_eq!(
+            problems,
+            ["spec.podCIDRs[1]: \"x\" is not a CIDR; this pod CIDR is left out"]
         );
     }
 

@@ -5,7 +5,7 @@
 //! decision: which chain traffic of each kind (cluster IP, external IP, LB IP, NodePort)
 //! jumps to, and which REJECT/DROP replaces it when there is no endpoint for it.
 
-use crate::plan::{Endpoint, FamilyContext, LocalTrafficDetector, NodeContext, ServicePortPlan};
+use crate::plan::{Endpoint, FamilyContext, NodeContext, ServicePortPlan};
 
 use super::super::names::*;
 use super::super::ruleset::{Rule, Ruleset, Table};
@@ -174,11 +174,11 @@ pub(super) fn render_service_port(rs: &mut Ruleset, env: &Env, svc: &ServicePort
         let rule = capture(&svc.cluster_ip, &cluster_comment);
         if env.node.masquerade_all {
             rs.append(Table::Nat, internal_chain, rule.jump(KUBE_MARK_MASQ));
-        } else if let LocalTrafficDetector::ClusterCidr(cidr) = &env.family.local_detector {
+        } else if let Some(not_local) = env.family.local_detector.iptables_match(false) {
             rs.append(
                 Table::Nat,
                 internal_chain,
-                rule.args(&format!("! -s {cidr}")).jump(KUBE_MARK_MASQ),
+                rule.args(&not_local).jump(KUBE_MARK_MASQ),
             );
         }
     }
@@ -241,13 +241,13 @@ fn render_external_chain(
     } else {
         // Pods and the node itself reach external destinations as if through an external
         // load balancer: they are not subject to the Local policy.
-        if let LocalTrafficDetector::ClusterCidr(cidr) = &env.family.local_detector {
+        if let Some(local) = env.family.local_detector.iptables_match(true) {
             rs.append(
                 Table::Nat,
                 ext,
                 Rule::new()
                     .comment(&format!("pod traffic for {name} external destinations"))
-                    .src_net(cidr)
+                    .args(&local)
                     .jump(&chains.cluster),
             );
         }

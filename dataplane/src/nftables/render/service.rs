@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::plan::{Endpoint, LocalTrafficDetector, ServicePortPlan};
+use crate::plan::{Endpoint, ServicePortPlan};
 
 use super::super::names::*;
 use super::Ctx;
@@ -94,8 +94,7 @@ pub(super) fn render_service_port(ctx: &Ctx, svc: &ServicePortPlan) -> Fragment 
             affinity,
         };
         write_endpoints(&mut frag, ctx, sel, &key, internal_eps);
-        let masquerades = ctx.node.masquerade_all
-            || matches!(ctx.fam.local_detector, LocalTrafficDetector::ClusterCidr(_));
+        let masquerades = ctx.node.masquerade_all || ctx.fam.local_detector.is_some();
         let target = if masquerades {
             frag.entry(Entry::ClusterIp(sel))
         } else {

@@ -15,7 +15,6 @@ use super::super::names::*;
 use super::super::table::{NftTable, Set};
 use super::Ctx;
 use super::service::Fragment;
-use crate::plan::LocalTrafficDetector;
 
 /// Kernel limit of entries of each affinity set (shared by all services using that slot).
 pub const AFFINITY_SET_SIZE: u32 = 1 << 20;
@@ -154,17 +153,14 @@ fn write_entry(table: &mut NftTable, ctx: &Ctx, entry: &Entry) {
     let ip = ctx.ip;
     let name = entry.chain_name();
     let mut rules = Vec::new();
-    let pod_cidr = match &ctx.fam.local_detector {
-        LocalTrafficDetector::ClusterCidr(cidr) => Some(cidr),
-        LocalTrafficDetector::None => None,
-    };
+    let detector = &ctx.fam.local_detector;
     match entry {
         Entry::ClusterIp(sel) => {
             if ctx.node.masquerade_all {
                 rules.push(format!("jump {MARK_MASQ}"));
-            } else if let Some(cidr) = pod_cidr {
+            } else if let Some(not_local) = detector.nftables_match(ip, false) {
                 rules.push(format!(
-                    "{ip} saddr != {cidr} jump {MARK_MASQ} comment \"masquerade off-cluster traffic to cluster IPs\""
+                    "{not_local} jump {MARK_MASQ} comment \"masquerade off-cluster traffic to cluster IPs\""
                 ));
             }
             rules.push(format!("goto {}", sel.pick_chain()));
@@ -180,9 +176,9 @@ fn write_entry(table: &mut NftTable, ctx: &Ctx, entry: &Entry) {
             let (cluster, local) = entry.selections();
             // Pods and the node itself reach external destinations as if through an
             // external load balancer: they are not subject to the Local policy.
-            if let (Some(cidr), Some(c)) = (pod_cidr, cluster) {
+            if let (Some(local), Some(c)) = (detector.nftables_match(ip, true), cluster) {
                 rules.push(format!(
-                    "{ip} saddr {cidr} goto {} comment \"short-circuit pod traffic\"",
+                    "{local} goto {} comment \"short-circuit pod traffic\"",
                     c.pick_chain()
                 ));
             }

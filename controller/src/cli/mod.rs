@@ -1,0 +1,67 @@
+//! The command line: kube-proxy's flags (every one of upstream's parses) and kproxy's own,
+//! and their merge with `--config` into [`Settings`].
+//!
+//! [`flags`] declares the flags, [`settings`] merges them with the config file as upstream
+//! does (the file replaces the flags' configuration) and checks the result.
+
+mod flags;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use clap::{Parser, Subcommand};
+
+pub use self::flags::ProxyArgs;
+pub use self::settings::{ConntrackSettings, DetectLocal, Settings, bind_address_ip};
+
+/// kproxy: a Kubernetes service proxy (kube-proxy) in Rust.
+///
+/// Watches Services, EndpointSlices and this Node (from manifests) and programs the kernel
+/// so that traffic to ClusterIPs, NodePorts, external IPs and load-balancer IPs is DNATed
+/// to a backend pod on the node where it starts.
+#[derive(Debug, Parser)]
+#[command(name = "kproxy", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: run the proxy).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Proxy flags.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the rules a full sync would program (iptables-restore input, per IP family),
+    /// without touching the kernel. Takes the same flags as running the proxy.
+    Render(ProxyArgs),
+}
+
+/// The proxy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Upstream kube-proxy's iptables chain layout, applied with iptables-restore.
+    Iptables,
+    /// One nftables table per family (`ip kproxy`, `ip6 kproxy`) with verdict maps and
+    /// shared chains, applied as one `nft -f` transaction per sync.
+    Nftables,
+    /// IPVS virtual servers over generic netlink, service IPs on `kube-ipvs0`, ipsets and
+    /// a small iptables ruleset (needs a kernel with IP_VS).
+    Ipvs,
+    /// kproxy's own forwarder: service traffic is routed into a TUN device, balanced,
+    /// NATed and conntracked in userspace.
+    Userspace,
+}
+
+impl ProxyMode {
+    /// The mode's name as in `--proxy-mode` and the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Ipvs => "ipvs",
+            ProxyMode::Userspace => "userspace",
+        }
+    }
+}
