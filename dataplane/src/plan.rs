@@ -457,3 +457,40 @@ impl PlanDelta {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_detectors_write_upstreams_matches() {
+        let cidr = LocalTrafficDetector::ClusterCidr("10.244.0.0/16".parse().expect("cidr"));
+        let bridge = LocalTrafficDetector::BridgeInterface("cbr0".into());
+        let prefix = LocalTrafficDetector::InterfaceNamePrefix("cali".into());
+        let iptables = |d: &LocalTrafficDetector| (d.iptables_match(true), d.iptables_match(false));
+        let nft = |d: &LocalTrafficDetector| {
+            (d.nftables_match("ip", true), d.nftables_match("ip", false))
+        };
+        let some = |a: &str, b: &str| (Some(a.to_owned()), Some(b.to_owned()));
+        assert_eq!(
+            iptables(&cidr),
+            some("-s 10.244.0.0/16", "! -s 10.244.0.0/16")
+        );
+        assert_eq!(iptables(&bridge), some("-i cbr0", "! -i cbr0"));
+        assert_eq!(iptables(&prefix), some("-i cali+", "! -i cali+"));
+        assert_eq!(
+            nft(&cidr),
+            some("ip saddr 10.244.0.0/16", "ip saddr != 10.244.0.0/16")
+        );
+        assert_eq!(
+            nft(&bridge),
+            some("iifname \"cbr0\"", "iifname != \"cbr0\"")
+        );
+        assert_eq!(
+            nft(&prefix),
+            some("iifname \"cali*\"", "iifname != \"cali*\"")
+        );
+        assert_eq!(iptables(&LocalTrafficDetector::None), (None, None));
+        assert!(!LocalTrafficDetector::None.is_some());
+    }
+}

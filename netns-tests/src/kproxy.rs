@@ -104,6 +104,23 @@ impl KproxyProcess {
     }
 }
 
+impl KproxyProcess {
+    /// Waits (at most `timeout`) for the process to exit on its own; its exit status.
+    pub fn wait_exit(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        bail!("kproxy still runs after {timeout:?}:\n{}", self.log())
+    }
+}
+
 impl Drop for KproxyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -12,6 +12,7 @@
 //! - [`stats`]: chi-square judgement of load distributions.
 //! - [`traffic`]: traffic generators (pnet raw packets with capture, smoltcp over TUN).
 
+pub mod api;
 pub mod echo;
 pub mod kproxy;
 pub mod manifests;

@@ -291,6 +291,68 @@ fn turned_away_without_local_endpoint(mode: &str, outcome: &Outcome) -> bool {
     }
 }
 
+/// detectLocalMode: pod traffic told apart by the node's pod CIDR (NodeCIDR), the pods'
+/// bridge (BridgeInterface) or their ports' name prefix (InterfaceNamePrefix) instead of
+/// the cluster CIDR. A pod reaches a ClusterIP backend with its own address; a pod on a
+/// node without endpoints of an externalTrafficPolicy: Local NodePort is short-circuited to
+/// the cluster's endpoints, while a client outside is turned away (IPVS, as upstream's,
+/// uses the detector for cluster-IP masquerading only). Userspace mode tells pods by
+/// address only: NodeCIDR.
+fn detect_local_modes(mode: &str) -> Result {
+    let detectors: &[&[&str]] = if mode == "userspace" {
+        &[&["--detect-local-mode=NodeCIDR"]]
+    } else {
+        &[
+            &["--detect-local-mode=NodeCIDR"],
+            &[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=cbr0",
+            ],
+            // Bridged pod traffic enters the IP layer on the bridge, not on the pod's
+            // port (`vp<j>`): the prefix that matches it here is the bridge's.
+            &[
+                "--detect-local-mode=InterfaceNamePrefix",
+                "--pod-interface-name-prefix=cbr",
+            ],
+        ]
+    };
+    for args in detectors {
+        let mut c = Cluster::start(mode, 2, 1, &[], args)?;
+        let mut spec = web(vec![c.endpoint("pod-1-0")?]);
+        spec.service_type = ServiceType::NodePort;
+        spec.ports = vec![PortSpec::tcp("http", 80, BACKEND_PORT).node_port(30091)];
+        spec.external_local = true;
+        c.apply(&spec)?;
+        let pod = c.pod_ns("pod-0-0")?;
+        let own = c.pod_ip("pod-0-0")?.to_string();
+        let hits = c.tcp_hits(pod, sock(ip(10, 96, 0, 10), 80), 3);
+        assert_eq!(hits.failures, 0, "{args:?}: {hits:?}");
+        assert_eq!(
+            hits.peers.keys().collect::<Vec<_>>(),
+            vec![&own],
+            "{args:?}: pod source kept"
+        );
+        if mode != "ipvs" {
+            let hits = c.tcp_hits(pod, sock(c.node_ip(0), 30091), 3);
+            assert_eq!(
+                hits.failures, 0,
+                "{args:?}: pod traffic short-circuited: {hits:?}"
+            );
+        }
+        let outcome = try_ask(
+            &c.rig.external,
+            None,
+            sock(c.node_ip(0), 30091),
+            DROP_TIMEOUT,
+        );
+        assert!(
+            turned_away_without_local_endpoint(mode, &outcome),
+            "{args:?}: outside traffic is not pod traffic: got {outcome:?}"
+        );
+    }
+    Ok(())
+}
+
 /// sessionAffinity: ClientIP: every connection of a client sticks to one backend; many
 /// clients spread over all of them.
 fn session_affinity(mode: &str) -> Result {
@@ -578,6 +640,10 @@ macro_rules! suite {
             #[test]
             fn internal_traffic_policy_local() -> super::Result {
                 super::internal_traffic_policy_local(MODE)
+            }
+            #[test]
+            fn detect_local_modes() -> super::Result {
+                super::detect_local_modes(MODE)
             }
             #[test]
             fn session_affinity() -> super::Result {

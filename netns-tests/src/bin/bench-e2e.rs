@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kproxy::source::kube::test_server::{Collection, TestApiServer};
+use kproxy_netns_tests::api::NodeApiServer;
 use kproxy_netns_tests::kproxy::KproxyProcess;
 use kproxy_netns_tests::manifests::{EndpointSpec, PortSpec, ServiceSpec};
 use kproxy_netns_tests::netns::Netns;
@@ -252,7 +253,7 @@ fn measure(mode: &str, n: usize, source: Source, opts: &Options) -> anyhow::Resu
             write_manifests(&dir, n, pods[0].ip)?;
             None
         }
-        Source::Api => Some(ApiServer::start(&cluster.node, n, pods[0].ip)?),
+        Source::Api => Some(api_server(&cluster.node, n, pods[0].ip)?),
     };
     let vip = SocketAddr::new(cluster_ip(0)?.into(), 80);
     let mut args: Vec<String> = match &api {
@@ -332,57 +333,18 @@ impl Change {
     }
 }
 
-/// The in-suite API server, serving on the node's loopback from a thread inside the node
-/// namespace (its own runtime), holding the node and `n` Services with their slices.
-struct ApiServer {
-    server: Arc<TestApiServer>,
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl ApiServer {
-    fn start(node: &Netns, n: usize, target: Ipv4Addr) -> anyhow::Result<Self> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = node.spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let server = Arc::new(TestApiServer::start().await);
-                let _ = ready_tx.send(server.clone());
-                let _ = stop_rx.await;
-            });
-            Ok(())
-        })?;
-        let server = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("the API server did not start")?;
-        server.apply(Collection::Nodes, node_object());
-        for i in 0..n {
-            let spec = service(i, target)?;
-            server.apply(Collection::Services, spec.service());
-            server.apply(Collection::EndpointSlices, spec.endpoint_slice());
-        }
-        Ok(ApiServer {
-            url: server.url(),
-            server,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+/// The in-suite API server in the node, holding the node and `n` Services with their
+/// slices.
+fn api_server(node: &Netns, n: usize, target: Ipv4Addr) -> anyhow::Result<NodeApiServer> {
+    let api = NodeApiServer::start(node)?;
+    api.server.apply(Collection::Nodes, node_object());
+    for i in 0..n {
+        let spec = service(i, target)?;
+        api.server.apply(Collection::Services, spec.service());
+        api.server
+            .apply(Collection::EndpointSlices, spec.endpoint_slice());
     }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    Ok(api)
 }
 
 /// This node's Node object (as `node_yaml`).

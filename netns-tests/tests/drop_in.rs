@@ -1,0 +1,244 @@
+//! kproxy as a drop-in for kube-proxy, with real packets (root only): started with the
+//! arguments of kubeadm's DaemonSet and the ConfigMap kubeadm generates, it dials the API
+//! server named in the kubeconfig, serves upstream's default ports, sets the conntrack
+//! sysctls of the node's network namespace, programs what the API server holds, and exits
+//! when its config file changes.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kproxy::source::kube::test_server::Collection;
+use kproxy_netns_tests::api::NodeApiServer;
+use kproxy_netns_tests::echo::ask;
+use kproxy_netns_tests::kproxy::{KproxyProcess, run};
+use kproxy_netns_tests::netns::Netns;
+use kproxy_netns_tests::node::*;
+
+const WEB_CLUSTER_IP: &str = "10.96.0.10";
+
+/// The fixtures kubeadm generates (`kubectl -n kube-system get cm kube-proxy`).
+fn fixture(name: &str) -> anyhow::Result<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../controller/src/config/testdata")
+        .join(name);
+    Ok(std::fs::read_to_string(path)?)
+}
+
+/// kubeadm's ConfigMap as mounted at /var/lib/kube-proxy, with the API server's address
+/// and the service account token of this rig; `edit` changes config.conf further.
+fn kubeadm_configmap(
+    dir: &Path,
+    api: &NodeApiServer,
+    edit: impl Fn(String) -> String,
+) -> anyhow::Result<PathBuf> {
+    let token = dir.join("token");
+    std::fs::write(&token, "service-account-token")?;
+    // The in-suite server speaks plain HTTP: no certificate authority.
+    let kubeconfig: Vec<String> = fixture("kubeadm-kubeconfig.conf")?
+        .lines()
+        .filter(|l| !l.contains("certificate-authority"))
+        .map(|l| {
+            l.replace("https://10.128.0.16:6443", &api.url).replace(
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                &token.display().to_string(),
+            )
+        })
+        .collect();
+    let kubeconfig_path = dir.join("kubeconfig.conf");
+    std::fs::write(&kubeconfig_path, kubeconfig.join("\n"))?;
+    let config = fixture("kubeadm-config.conf")?
+        .replace(
+            "kubeconfig: /var/lib/kube-proxy/kubeconfig.conf",
+            &format!("kubeconfig: {}", kubeconfig_path.display()),
+        )
+        .replace(
+            "clusterCIDR: 10.244.0.0/16",
+            &format!("clusterCIDR: {CLUSTER_CIDR}"),
+        );
+    let path = dir.join("config.conf");
+    std::fs::write(&path, edit(config))?;
+    Ok(path)
+}
+
+/// The node, the web Service and its slice in the API server.
+fn cluster_objects(api: &NodeApiServer, cluster: &OneNodeCluster) -> anyhow::Result<()> {
+    let ips: Vec<_> = cluster.pods.iter().map(|p| p.ip).collect();
+    api.apply_yaml(Collection::Nodes, &node_yaml())?;
+    api.apply_yaml(
+        Collection::Services,
+        &service_yaml("web", WEB_CLUSTER_IP, 80, None),
+    )?;
+    api.apply_yaml(Collection::EndpointSlices, &slice_yaml("web", &ips))?;
+    Ok(())
+}
+
+/// kubeadm's DaemonSet command line.
+fn kubeadm_args(config: &Path) -> Vec<String> {
+    vec![
+        format!("--config={}", config.display()),
+        format!("--hostname-override={NODE_NAME}"),
+    ]
+}
+
+/// `GET path` on `addr` from inside `ns`: status and body.
+fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let path = path.to_owned();
+    ns.run_in(move || {
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        Ok((status, body))
+    })
+}
+
+/// Retries `get` until it answers 200 (bounded).
+fn wait_ok(
+    ns: &Netns,
+    addr: SocketAddr,
+    path: &str,
+    kproxy: &KproxyProcess,
+) -> anyhow::Result<String> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok((200, body)) = http_get(ns, addr, path) {
+            return Ok(body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("{path} on {addr} never answered 200:\n{}", kproxy.log())
+}
+
+fn sysctl(ns: &Netns, name: &str) -> anyhow::Result<String> {
+    let path = format!("/proc/sys/net/netfilter/{name}");
+    Ok(ns.exec("cat", &[&path])?.trim().to_owned())
+}
+
+#[test]
+fn kubeadms_daemonset_args_and_configmap_run_kproxy() -> anyhow::Result<()> {
+    let cluster = OneNodeCluster::new(2)?;
+    let api = NodeApiServer::start(&cluster.node)?;
+    cluster_objects(&api, &cluster)?;
+    let host_established =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")?;
+
+    // As generated, the config asks for nf_conntrack_max, which a node namespace cannot
+    // set (it belongs to the host): kproxy says so and how to leave it alone.
+    let config = kubeadm_configmap(&cluster.dir, &api, |c| c)?;
+    let mut once = kubeadm_args(&config);
+    once.push("--once".into());
+    let once: Vec<&str> = once.iter().map(String::as_str).collect();
+    let out = run(&cluster.node, &once)?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "nf_conntrack_max is read-only here:\n{log}"
+    );
+    assert!(
+        log.contains("nf_conntrack_max") && log.contains("conntrack.maxPerCore: 0"),
+        "names the sysctl and the way out:\n{log}"
+    );
+
+    // With `maxPerCore: 0` (as kind writes it) everything else is kubeadm's.
+    let config = kubeadm_configmap(&cluster.dir, &api, |c| {
+        c.replace("maxPerCore: null", "maxPerCore: 0")
+    })?;
+    let args = kubeadm_args(&config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut kproxy = KproxyProcess::start(&cluster.node, &args, cluster.dir.join("kproxy.log"))?;
+    let metrics: SocketAddr = "127.0.0.1:10249".parse()?;
+    let healthz: SocketAddr = format!("{NODE_IP}:10256").parse()?;
+    assert_eq!(
+        wait_ok(&cluster.node, metrics, "/proxyMode", &kproxy)?,
+        "iptables"
+    );
+    wait_ok(&cluster.node, healthz, "/healthz", &kproxy)?;
+    let configz: serde_json::Value =
+        serde_json::from_str(&wait_ok(&cluster.node, metrics, "/configz", &kproxy)?)?;
+    let effective = &configz["kubeproxy.config.k8s.io"];
+    assert_eq!(effective["HealthzBindAddress"], "0.0.0.0:10256");
+    assert_eq!(effective["MetricsBindAddress"], "127.0.0.1:10249");
+    assert_eq!(
+        effective["Linux"]["Conntrack"]["TCPEstablishedTimeout"],
+        "24h0m0s"
+    );
+
+    // The Service from the API server works, and the node namespace's own conntrack
+    // timeout is upstream's default while the host's is untouched.
+    let web = SocketAddr::new(WEB_CLUSTER_IP.parse()?, 80);
+    let start = std::time::Instant::now();
+    let reply = loop {
+        match ask(&cluster.client, web) {
+            Ok(reply) => break reply,
+            Err(_) if start.elapsed() < Duration::from_secs(15) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => anyhow::bail!("{e:#}\n{}", kproxy.log()),
+        }
+    };
+    assert!(reply.pod.starts_with("pod-"), "{reply:?}");
+    assert_eq!(
+        sysctl(&cluster.node, "nf_conntrack_tcp_timeout_established")?,
+        "86400"
+    );
+    assert_eq!(
+        sysctl(&cluster.node, "nf_conntrack_tcp_timeout_close_wait")?,
+        "3600"
+    );
+    let host_now =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")?;
+    assert_eq!(host_now, host_established, "the host's value is its own");
+
+    // A ConfigMap update ends the run, to be restarted with it (as kube-proxy).
+    let updated =
+        std::fs::read_to_string(&config)?.replace("oomScoreAdj: null", "oomScoreAdj: -998");
+    std::fs::write(&config, updated)?;
+    let status = kproxy.wait_exit(Duration::from_secs(10))?;
+    assert!(!status.success());
+    let log = kproxy.log();
+    assert!(log.contains("was updated"), "says why it exits:\n{log}");
+    Ok(())
+}
+
+#[test]
+fn write_config_to_prints_the_effective_configuration() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("kproxy-write-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("config.conf");
+    std::fs::write(&config, fixture("kubeadm-config.conf")?)?;
+    let written = dir.join("written.yaml");
+    let bin = kproxy_netns_tests::kproxy::kproxy_bin()?;
+    let out = std::process::Command::new(bin)
+        .arg(format!("--config={}", config.display()))
+        .arg(format!("--write-config-to={}", written.display()))
+        .output()?;
+    let text = std::fs::read_to_string(&written).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "healthzBindAddress: 0.0.0.0:10256",
+        "metricsBindAddress: 127.0.0.1:10249",
+        "mode: iptables",
+        "detectLocalMode: ClusterCIDR",
+        "maxPerCore: 32768",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    Ok(())
+}
