@@ -159,6 +159,15 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let name = node_name(settings.hostname_override.as_deref())?;
     let (loaded, source) = open_source(settings, &name, None, true).await?;
     host_setup(settings)?;
+    if let ObjectSource::Api(api) = &source {
+        // As upstream, the Event is best effort: it never delays or stops the run.
+        let (client, node) = (api.client(), name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::source::kube::events::node_starting(client, &node).await {
+                tracing::warn!(node, error = %e, "cannot post the Starting event about this Node");
+            }
+        });
+    }
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let families: Vec<IpFamily> = plan.node.families().collect();
     tracing::info!(node = %name, mode = settings.mode.name(), families = ?families, "starting kproxy");

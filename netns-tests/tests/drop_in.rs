@@ -1,8 +1,8 @@
 //! kproxy as a drop-in for kube-proxy, with real packets (root only): started with the
 //! arguments of kubeadm's DaemonSet and the ConfigMap kubeadm generates, it dials the API
-//! server named in the kubeconfig, serves upstream's default ports, sets the conntrack
-//! sysctls of the node's network namespace, programs what the API server holds, and exits
-//! when its config file changes.
+//! server named in the kubeconfig, posts the `Starting` Event about its Node, serves
+//! upstream's default ports, sets the conntrack sysctls of the node's network namespace,
+//! programs what the API server holds, and exits when its config file changes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -165,6 +165,27 @@ fn kubeadms_daemonset_args_and_configmap_run_kproxy() -> anyhow::Result<()> {
         "iptables"
     );
     wait_ok(&cluster.node, healthz, "/healthz", &kproxy)?;
+    // The Starting event about the Node, as kube-proxy posts it.
+    let start = std::time::Instant::now();
+    let starting = loop {
+        let found = api
+            .server
+            .events()
+            .into_iter()
+            .find(|e| e["reason"] == "Starting");
+        match found {
+            Some(event) => break event,
+            None if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            None => anyhow::bail!("no Starting event:\n{}", kproxy.log()),
+        }
+    };
+    assert_eq!(starting["action"], "StartKubeProxy");
+    assert_eq!(starting["type"], "Normal");
+    assert_eq!(starting["regarding"]["kind"], "Node");
+    assert_eq!(starting["regarding"]["name"], NODE_NAME);
+    assert_eq!(starting["reportingController"], "kube-proxy");
     let configz: serde_json::Value =
         serde_json::from_str(&wait_ok(&cluster.node, metrics, "/configz", &kproxy)?)?;
     let effective = &configz["kubeproxy.config.k8s.io"];

@@ -93,6 +93,38 @@ struct Inner {
     livez_total: Family<CodeLabel, Counter>,
     conntrack_duration: HistogramFamily,
     conntrack_deleted: Family<FamilyLabel, Counter>,
+    build_info: Family<BuildLabels, Gauge>,
+}
+
+/// The labels of `kubernetes_build_info`.
+type BuildLabels = [(&'static str, String); 9];
+
+/// `kubernetes_build_info`'s labels for this kproxy build: upstream's names, kproxy's
+/// values (its version, the Rust compiler, the platform as Go names it).
+fn build_labels() -> BuildLabels {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut parts = version.split('.');
+    let major = parts.next().unwrap_or_default().to_owned();
+    let minor = parts.next().unwrap_or_default().to_owned();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    [
+        ("major", major),
+        ("minor", minor),
+        ("git_version", format!("v{version}")),
+        (
+            "git_commit",
+            option_env!("KPROXY_GIT_COMMIT").unwrap_or("").to_owned(),
+        ),
+        ("git_tree_state", String::new()),
+        ("build_date", String::new()),
+        ("go_version", String::new()),
+        ("compiler", "rustc".to_owned()),
+        ("platform", format!("{}/{arch}", std::env::consts::OS)),
+    ]
 }
 
 /// kube-proxy's metrics for one proxy mode. Clones share the same registry.
@@ -149,7 +181,9 @@ impl Metrics {
             livez_total: Family::default(),
             conntrack_duration: new_sync_family(),
             conntrack_deleted: Family::default(),
+            build_info: Family::default(),
         };
+        inner.build_info.get_or_create(&build_labels()).set(1);
         register(&mut inner);
         Metrics {
             inner: Arc::new(inner),
@@ -347,6 +381,11 @@ impl Metrics {
 /// suffix from the encoder).
 fn register(i: &mut Inner) {
     let r = &mut i.registry;
+    r.register(
+        "kubernetes_build_info",
+        "A metric with a constant '1' value labeled by major, minor, git version, git commit, git tree state, build date, Go version, and compiler from which Kubernetes was built, and platform on which it is running",
+        i.build_info.clone(),
+    );
     r.register(
         "kubeproxy_sync_proxy_rules_duration_seconds",
         "SyncProxyRules latency in seconds",

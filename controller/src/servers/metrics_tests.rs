@@ -31,6 +31,7 @@ const LISTED: &[&str] = &[
     "kubeproxy_proxy_livez_total",
     "kubeproxy_conntrack_reconciler_sync_duration_seconds_bucket",
     "kubeproxy_conntrack_reconciler_deleted_entries_total",
+    "kubernetes_build_info",
 ];
 
 /// One sample: name, labels, value.
@@ -302,6 +303,14 @@ fn exposition_parses_and_has_every_listed_name() {
         types["kubeproxy_sync_proxy_rules_duration_seconds"],
         "histogram"
     );
+    let build = samples
+        .iter()
+        .find(|(n, _, _)| n == "kubernetes_build_info")
+        .expect("build info");
+    assert_eq!(build.2, 1.0);
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(build.1.get("git_version"), Some(&version));
+    assert_eq!(build.1.get("compiler").map(String::as_str), Some("rustc"));
     assert_eq!(
         types["kubeproxy_sync_proxy_rules_service_changes"],
         "counter"

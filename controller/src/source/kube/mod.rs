@@ -13,6 +13,7 @@
 //! handed to another proxy, and the slices of headless Services, are never transferred),
 //! and the Node with the field selector `metadata.name=<node>`.
 
+pub mod events;
 mod rate_limit;
 mod snapshot;
 mod watch;
@@ -124,6 +125,7 @@ fn parse_master(master: &str) -> Result<axum::http::Uri, ConnectError> {
 
 /// The Kubernetes API source. Dropping it stops its watch tasks.
 pub struct KubeSource {
+    client: Client,
     node_name: String,
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
@@ -146,6 +148,11 @@ impl std::fmt::Debug for KubeSource {
 }
 
 impl KubeSource {
+    /// The API client (for the Events kproxy posts).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// Connects as `options` says and starts watching (see [`KubeSource::start`]).
     pub async fn connect(options: &ConnectOptions, node_name: &str) -> Result<Self, ConnectError> {
         let config = client_config(options).await?;
@@ -183,7 +190,7 @@ impl KubeSource {
                 progress.clone(),
             ),
             watch::spawn(
-                Api::<Node>::all(client),
+                Api::<Node>::all(client.clone()),
                 node_config,
                 ObjectKind::Node,
                 nodes_writer,
@@ -191,6 +198,7 @@ impl KubeSource {
             ),
         ];
         KubeSource {
+            client,
             node_name: node_name.to_string(),
             services,
             endpoint_slices,

@@ -109,6 +109,8 @@ struct ServerState {
     /// How many `BOOKMARK` events the watches have queued.
     bookmarks_sent: usize,
     requests: Vec<LoggedRequest>,
+    /// Events created (`POST .../events.k8s.io/v1/.../events`), as sent.
+    events: Vec<Value>,
 }
 
 impl ServerState {
@@ -186,6 +188,7 @@ impl TestApiServer {
             bookmarks: 0,
             bookmarks_sent: 0,
             requests: Vec::new(),
+            events: Vec::new(),
         }));
         let signal = Arc::new(watch::channel(0).0);
         let shared = Shared {
@@ -303,6 +306,11 @@ impl TestApiServer {
         self.lock().bookmarks_sent
     }
 
+    /// The Events created so far, as sent.
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.clone()
+    }
+
     /// The requests served so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.lock().requests.clone()
@@ -402,6 +410,10 @@ fn json_response(code: StatusCode, body: &Value) -> Response {
 }
 
 async fn handle(State(shared): State<Shared>, request: Request) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/apis/events.k8s.io/v1/namespaces/") && path.ends_with("/events") {
+        return record_event(&shared, request).await;
+    }
     let Some(collection) = Collection::from_path(request.uri().path()) else {
         let message = format!("the server could not find {}", request.uri().path());
         return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &message));
@@ -417,6 +429,36 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
         start_watch(shared, collection, query)
     } else {
         list(&shared, collection, &query)
+    }
+}
+
+/// Stores a created Event and answers with it (201), as the API server does.
+async fn record_event(shared: &Shared, request: Request) -> Response {
+    if request.method() != axum::http::Method::POST {
+        let message = "the test server only creates events";
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", message),
+        );
+    }
+    let body = match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+        Ok(body) => body,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", &e.to_string()),
+            );
+        }
+    };
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(event) => {
+            shared.lock().events.push(event.clone());
+            json_response(StatusCode::CREATED, &event)
+        }
+        Err(e) => json_response(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", &e.to_string()),
+        ),
     }
 }
 
