@@ -6,7 +6,7 @@ use kproxy_dataplane::plan::IpFamily;
 
 use crate::cli::{Cli, Command, Settings};
 use crate::config::watch::ConfigFileWatch;
-use crate::dataplane::{Dataplane, cleanup_all, render};
+use crate::dataplane::{Dataplane, cleanup_all, cleanup_other_modes, render};
 use crate::node::node_name;
 use crate::servers::{self, Metrics, ProxyHealth};
 use std::time::{Duration, Instant};
@@ -146,6 +146,7 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("sync failed, rules not live: {e:#}"))?;
     log_reports(&reports);
+    cleanup_other_modes(settings).await;
     println!(
         "kproxy: {} rules live for {} service ports on node {name} ({} problems in manifests)",
         settings.mode.name(),
@@ -183,10 +184,20 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         settings.configz(),
         settings.bind_address_hard_fail,
     )?;
+    // Other modes' leftovers go once this mode's rules are live, so that switching modes
+    // leaves no moment without rules for the live Services.
+    let (first_sync, synced) = tokio::sync::oneshot::channel();
+    let cleanup_settings = settings.clone();
+    tokio::spawn(async move {
+        if synced.await.is_ok() {
+            cleanup_other_modes(&cleanup_settings).await;
+        }
+    });
     let observers = sync::Observers {
         health,
         metrics,
         config_watch: ConfigFileWatch::new(settings.config_file.clone()),
+        first_sync: Some(first_sync),
     };
     sync::run(
         settings,

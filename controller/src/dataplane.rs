@@ -241,64 +241,32 @@ pub async fn render(
     })
 }
 
+/// The rules and objects one mode leaves on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leftovers {
+    /// iptables chains and jump rules (kproxy's and upstream's iptables mode: the same names).
+    Iptables,
+    /// nftables tables (`kproxy`, its canaries, and upstream's `kube-proxy`).
+    Nftables,
+    /// IPVS virtual servers, `kube-ipvs0`, ipsets and IPVS mode's chains.
+    Ipvs,
+    /// The userspace forwarder's device, routes and tables.
+    Userspace,
+}
+
 /// Removes what kproxy owns in every mode (a node may switch modes), nothing else.
 /// Returns one line per thing done; fails only if something kproxy owns could not be
 /// removed.
 pub async fn cleanup_all(settings: &Settings) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     let mut failures = Vec::new();
-    let ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
-    for family in IpFamily::ALL {
-        if family == IpFamily::V6 && !ipv6 {
-            continue;
-        }
-        match IptablesProxier::new(settings.iptables_backend, [family]).await {
-            Ok(mut p) => match p.cleanup().await {
-                Ok(r) => done.push(format!(
-                    "iptables {family}: removed {} chains and {} jump rules",
-                    r.chains_deleted, r.rules_written
-                )),
-                Err(e) => failures.push(format!("iptables {family}: {e}")),
-            },
-            // No iptables on this node: kproxy cannot have written iptables rules here.
-            Err(e @ IptablesError::Missing { .. }) => {
-                done.push(format!("iptables {family}: skipped ({e})"))
-            }
-            Err(e) => failures.push(format!("iptables {family}: {e}")),
-        }
-    }
-    let families: Vec<IpFamily> = IpFamily::ALL
-        .into_iter()
-        .filter(|f| *f == IpFamily::V4 || ipv6)
-        .collect();
-    match NftablesProxier::new(families).await {
-        Ok(mut p) => match p.cleanup().await {
-            Ok(n) => done.push(format!("nftables: removed {n} kproxy tables")),
-            Err(e) => failures.push(format!("nftables: {e}")),
-        },
-        // No nft on this node: kproxy cannot have written nftables rules here.
-        Err(e) => done.push(format!("nftables: skipped ({e})")),
-    }
-    let v4_and_v6: Vec<IpFamily> = IpFamily::ALL
-        .into_iter()
-        .filter(|f| *f == IpFamily::V4 || ipv6)
-        .collect();
-    if kernel_has_ipvs() {
-        match ipvs_proxier(settings, v4_and_v6.clone(), false)
-            .await
-            .and_then(|mut p| Ok(p.cleanup(None)?))
-        {
-            Ok(n) => done.push(format!(
-                "ipvs: removed {n} virtual servers, kube-ipvs0, ipsets and rules"
-            )),
-            Err(e) => failures.push(format!("ipvs: {e:#}")),
-        }
-    } else {
-        done.push("ipvs: skipped (no IP_VS in this kernel)".to_owned());
-    }
-    match userspace_cleanup(&v4_and_v6).await {
-        Ok(()) => done.push("userspace: removed its device, routes and NodePort chain".to_owned()),
-        Err(e) => failures.push(format!("userspace: {e}")),
+    for which in [
+        Leftovers::Iptables,
+        Leftovers::Nftables,
+        Leftovers::Ipvs,
+        Leftovers::Userspace,
+    ] {
+        clean(settings, which, &mut done, &mut failures).await;
     }
     anyhow::ensure!(
         failures.is_empty(),
@@ -306,4 +274,89 @@ pub async fn cleanup_all(settings: &Settings) -> anyhow::Result<Vec<String>> {
         failures.join("; ")
     );
     Ok(done)
+}
+
+/// At start, as upstream's `platformCleanup`: removes what the other modes left, so a node
+/// switches modes (or moves from kube-proxy's nftables mode to kproxy) by a restart.
+/// nftables and userspace mode remove iptables and IPVS leftovers; iptables and IPVS mode
+/// remove nftables tables (upstream's `kube-proxy` included) and leave each other's alone,
+/// as upstream (they share chains); every mode but userspace removes the forwarder's.
+/// Best effort, as upstream: a failure is logged and the run goes on.
+pub async fn cleanup_other_modes(settings: &Settings) {
+    let others: &[Leftovers] = match settings.mode {
+        ProxyMode::Nftables => &[Leftovers::Iptables, Leftovers::Ipvs, Leftovers::Userspace],
+        ProxyMode::Iptables | ProxyMode::Ipvs => &[Leftovers::Nftables, Leftovers::Userspace],
+        ProxyMode::Userspace => &[Leftovers::Iptables, Leftovers::Ipvs, Leftovers::Nftables],
+    };
+    let (mut done, mut failures) = (Vec::new(), Vec::new());
+    for which in others {
+        clean(settings, *which, &mut done, &mut failures).await;
+    }
+    tracing::debug!(done = ?done, "removed other modes' leftovers");
+    for failure in failures {
+        tracing::warn!(failure, "cannot remove another mode's leftovers");
+    }
+}
+
+/// Removes one mode's leftovers, noting what was done or what failed.
+async fn clean(
+    settings: &Settings,
+    which: Leftovers,
+    done: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    let ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
+    let families: Vec<IpFamily> = IpFamily::ALL
+        .into_iter()
+        .filter(|f| *f == IpFamily::V4 || ipv6)
+        .collect();
+    match which {
+        Leftovers::Iptables => {
+            for family in &families {
+                match IptablesProxier::new(settings.iptables_backend, [*family]).await {
+                    Ok(mut p) => match p.cleanup().await {
+                        Ok(r) => done.push(format!(
+                            "iptables {family}: removed {} chains and {} jump rules",
+                            r.chains_deleted, r.rules_written
+                        )),
+                        Err(e) => failures.push(format!("iptables {family}: {e}")),
+                    },
+                    // No iptables on this node: kproxy cannot have written iptables rules here.
+                    Err(e @ IptablesError::Missing { .. }) => {
+                        done.push(format!("iptables {family}: skipped ({e})"))
+                    }
+                    Err(e) => failures.push(format!("iptables {family}: {e}")),
+                }
+            }
+        }
+        Leftovers::Nftables => match NftablesProxier::new(families).await {
+            Ok(mut p) => match p.cleanup().await {
+                Ok(n) => done.push(format!("nftables: removed {n} tables")),
+                Err(e) => failures.push(format!("nftables: {e}")),
+            },
+            // No nft on this node: nothing can have written nftables rules here.
+            Err(e) => done.push(format!("nftables: skipped ({e})")),
+        },
+        Leftovers::Ipvs => {
+            if !kernel_has_ipvs() {
+                done.push("ipvs: skipped (no IP_VS in this kernel)".to_owned());
+                return;
+            }
+            match ipvs_proxier(settings, families, false)
+                .await
+                .and_then(|mut p| Ok(p.cleanup(None)?))
+            {
+                Ok(n) => done.push(format!(
+                    "ipvs: removed {n} virtual servers, kube-ipvs0, ipsets and rules"
+                )),
+                Err(e) => failures.push(format!("ipvs: {e:#}")),
+            }
+        }
+        Leftovers::Userspace => match userspace_cleanup(&families).await {
+            Ok(()) => {
+                done.push("userspace: removed its device, routes and NodePort chain".to_owned())
+            }
+            Err(e) => failures.push(format!("userspace: {e}")),
+        },
+    }
 }

@@ -171,6 +171,8 @@ pub struct Observers {
     pub metrics: Metrics,
     /// The `--config` file, whose change ends the run (as upstream).
     pub config_watch: crate::config::watch::ConfigFileWatch,
+    /// Told once the first sync succeeded (the rules are live).
+    pub first_sync: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Network programming latency: from an EndpointSlice's
@@ -330,6 +332,7 @@ pub async fn run(
         health,
         metrics,
         mut config_watch,
+        mut first_sync,
     } = observers;
     let mut schedule = Schedule::new(settings);
     let mut service_health = ServiceHealthServer::new();
@@ -431,6 +434,9 @@ pub async fn run(
                 }
                 service_health.sync(plan, health.is_healthy());
                 pipeline.delta = PlanDelta::default();
+                if let Some(live) = first_sync.take() {
+                    let _ = live.send(());
+                }
             }
             Err(err) => {
                 tracing::error!("sync failed, retrying with a full sync: {err:#}");

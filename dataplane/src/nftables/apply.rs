@@ -10,7 +10,7 @@ use tokio::process::Command;
 
 use crate::plan::IpFamily;
 
-use super::names::{CANARY_TABLE, FIREWALL_IPS, TABLE, family_keyword};
+use super::names::{CANARY_TABLE, FIREWALL_IPS, TABLE, UPSTREAM_TABLE, family_keyword};
 
 const NFT: &str = "nft";
 
@@ -102,6 +102,12 @@ pub async fn delete_table(family: IpFamily) -> Result<bool, NftError> {
         &super::transaction::delete_table(family),
     )
     .await
+}
+
+/// Deletes upstream kube-proxy's table of `family`; `false` if there was none.
+pub async fn delete_upstream_table(family: IpFamily) -> Result<bool, NftError> {
+    let name = format!("{} {UPSTREAM_TABLE}", family_keyword(family));
+    delete(&name, &super::transaction::delete_upstream_table(family)).await
 }
 
 /// Deletes kproxy's canary table of `family`; `false` if there was none.

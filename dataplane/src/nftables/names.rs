@@ -11,6 +11,9 @@ use crate::plan::IpFamily;
 
 /// The name of kproxy's table in both families.
 pub const TABLE: &str = "kproxy";
+/// The table of upstream kube-proxy's nftables mode (`ip kube-proxy`, `ip6 kube-proxy`):
+/// kproxy deletes it when it takes a node over, and on `--cleanup`.
+pub const UPSTREAM_TABLE: &str = "kube-proxy";
 /// A tiny table per family (one empty chain, [`CANARY_CHAIN`]) that full syncs create and
 /// whose disappearance reveals an external `nft flush ruleset`.
 pub const CANARY_TABLE: &str = "kproxy-canary";

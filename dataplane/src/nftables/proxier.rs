@@ -137,9 +137,9 @@ impl NftablesProxier {
         intact
     }
 
-    /// Deletes kproxy's tables (`ip kproxy` and `ip6 kproxy`, whichever exist) and its
-    /// canary tables, and nothing else; returns how many kproxy tables (canaries not
-    /// counted) were deleted.
+    /// Deletes kproxy's tables (`ip kproxy` and `ip6 kproxy`, whichever exist), its
+    /// canary tables and upstream kube-proxy's (`ip kube-proxy`, `ip6 kube-proxy`), and
+    /// nothing else; returns how many tables (canaries not counted) were deleted.
     pub async fn cleanup(&mut self) -> Result<usize, NftError> {
         for state in &mut self.families {
             state.rendered = None;
@@ -147,8 +147,11 @@ impl NftablesProxier {
         }
         let mut deleted = 0;
         for family in IpFamily::ALL {
-            if apply::delete_table(family).await? {
-                deleted += 1;
+            for gone in [
+                apply::delete_table(family).await?,
+                apply::delete_upstream_table(family).await?,
+            ] {
+                deleted += usize::from(gone);
             }
             apply::delete_canary(family).await?;
         }

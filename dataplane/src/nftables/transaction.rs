@@ -19,7 +19,7 @@
 
 use std::fmt::Write as _;
 
-use super::names::{CANARY_CHAIN, CANARY_TABLE, TABLE, family_keyword};
+use super::names::{CANARY_CHAIN, CANARY_TABLE, TABLE, UPSTREAM_TABLE, family_keyword};
 use super::render::ElementDelta;
 use super::table::{Chain, Elements, NftTable, Set, Shape};
 
@@ -376,6 +376,11 @@ mod tests;
 pub fn canary(family: crate::plan::IpFamily) -> String {
     let f = family_keyword(family);
     format!("add table {f} {CANARY_TABLE}\nadd chain {f} {CANARY_TABLE} {CANARY_CHAIN}\n")
+}
+
+/// Deletes upstream kube-proxy's table of `family`; fails if it does not exist.
+pub fn delete_upstream_table(family: crate::plan::IpFamily) -> String {
+    format!("delete table {} {UPSTREAM_TABLE}\n", family_keyword(family))
 }
 
 /// Deletes the canary table of `family`; fails if it does not exist.
