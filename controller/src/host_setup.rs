@@ -140,7 +140,7 @@ pub fn apply_oom_score_adj(value: Option<i32>) {
     let Some(value) = value else { return };
     match std::fs::write("/proc/self/oom_score_adj", value.to_string()) {
         Ok(()) => tracing::debug!(value, "set oom_score_adj"),
-        Err(e) => tracing::info!(value, error = %e, "cannot set oom_score_adj"),
+        Err(e) => tracing::debug!(value, error = %e, "cannot set oom_score_adj"),
     }
 }
 

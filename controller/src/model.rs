@@ -185,6 +185,17 @@ impl NodeInfo {
     }
 }
 
+/// A `networking.k8s.io/v1` ServiceCIDR: ranges the API server allocates cluster IPs
+/// from. Traffic to an address inside one that no Service has is dropped (nftables mode,
+/// as upstream).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceCidr {
+    /// Its name (cluster-scoped).
+    pub name: String,
+    /// `spec.cidrs` (host bits cleared).
+    pub cidrs: Vec<IpNet>,
+}
+
 /// One change to the objects a source knows: the new validated value of an object, or
 /// `None` when it is gone (deleted, or no longer valid).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +206,8 @@ pub enum ObjectChange {
     EndpointSlice(ObjectKey, Option<Arc<EndpointSlice>>),
     /// A Node was added, changed or removed.
     Node(String, Option<Arc<NodeInfo>>),
+    /// A ServiceCIDR was added, changed or removed.
+    ServiceCidr(String, Option<Arc<ServiceCidr>>),
 }
 
 /// What applying changes to a [`Snapshot`] touched: the input of an incremental re-plan.
@@ -208,12 +221,14 @@ pub struct Touched {
     pub service_objects: usize,
     /// The EndpointSlices whose object changed (added, changed or removed).
     pub slice_objects: BTreeSet<ObjectKey>,
+    /// The service CIDRs changed (node-wide: everything is re-planned).
+    pub service_cidrs: bool,
 }
 
 impl Touched {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.nodes.is_empty()
+        self.services.is_empty() && self.nodes.is_empty() && !self.service_cidrs
     }
 }
 
@@ -229,6 +244,7 @@ pub struct Snapshot {
     /// sorted vector costs a fraction of a B-tree node).
     slices_by_service: BTreeMap<ObjectKey, Vec<ObjectKey>>,
     nodes: BTreeMap<String, Arc<NodeInfo>>,
+    service_cidrs: BTreeMap<String, Arc<ServiceCidr>>,
 }
 
 impl Snapshot {
@@ -254,6 +270,21 @@ impl Snapshot {
             );
         snapshot.apply(changes);
         snapshot
+    }
+
+    /// ServiceCIDRs by name.
+    pub fn service_cidrs(&self) -> &BTreeMap<String, Arc<ServiceCidr>> {
+        &self.service_cidrs
+    }
+
+    /// Every range of every ServiceCIDR, sorted, without repeats.
+    pub fn service_cidr_ranges(&self) -> Vec<IpNet> {
+        let ranges: BTreeSet<IpNet> = self
+            .service_cidrs
+            .values()
+            .flat_map(|c| c.cidrs.iter().copied())
+            .collect();
+        ranges.into_iter().collect()
     }
 
     /// Services by namespace/name.
@@ -300,6 +331,13 @@ impl Snapshot {
                     }
                 }
                 ObjectChange::EndpointSlice(key, new) => self.apply_slice(key, new, &mut touched),
+                ObjectChange::ServiceCidr(name, new) => {
+                    let old = match new {
+                        Some(cidr) => self.service_cidrs.insert(name.clone(), cidr),
+                        None => self.service_cidrs.remove(&name),
+                    };
+                    touched.service_cidrs |= old.as_ref() != self.service_cidrs.get(&name);
+                }
                 ObjectChange::Node(name, new) => {
                     let old = match new {
                         Some(node) => self.nodes.insert(name.clone(), node),

@@ -74,6 +74,7 @@ pub fn node_context(
     settings: &Settings,
     name: &str,
     node: Option<&NodeInfo>,
+    service_cidrs: &[ipnet::IpNet],
     host: &HostAddresses,
 ) -> NodeContext {
     let node_ips: Vec<IpAddr> = match node.filter(|n| !n.addresses.is_empty()) {
@@ -102,6 +103,11 @@ pub fn node_context(
                 host,
             ),
             local_detector: local_detector(&settings.detect_local, family, node),
+            service_cidrs: service_cidrs
+                .iter()
+                .filter(|c| IpFamily::of_net(c) == family)
+                .copied()
+                .collect(),
             node_ips: ips,
         }
     };
@@ -206,7 +212,7 @@ mod tests {
 
     #[test]
     fn node_ips_from_interfaces_skip_loopback_and_link_local() {
-        let ctx = node_context(&settings(&[]), "n1", None, &host());
+        let ctx = node_context(&settings(&[]), "n1", None, &[], &host());
         assert_eq!(
             ctx.ipv4.as_ref().map(|c| c.node_ips.clone()),
             Some(ips(&["192.168.0.10", "10.1.0.1"]))
@@ -224,7 +230,7 @@ mod tests {
             addresses: ips(&["172.18.0.2"]),
             ..NodeInfo::default()
         };
-        let ctx = node_context(&settings(&[]), "n1", Some(&node), &host());
+        let ctx = node_context(&settings(&[]), "n1", Some(&node), &[], &host());
         assert_eq!(ctx.ipv4.map(|c| c.node_ips), Some(ips(&["172.18.0.2"])));
         assert!(ctx.ipv6.is_none(), "no IPv6 node address: IPv6 not served");
     }
@@ -235,6 +241,7 @@ mod tests {
             &settings(&["--nodeport-addresses", "192.168.0.0/16,127.0.0.0/8"]),
             "n1",
             None,
+            &[],
             &host(),
         );
         assert_eq!(
@@ -249,6 +256,7 @@ mod tests {
             &settings(&["--nodeport-addresses", "primary"]),
             "n1",
             None,
+            &[],
             &host(),
         );
         assert_eq!(
@@ -259,6 +267,7 @@ mod tests {
             &settings(&["--nodeport-addresses", "0.0.0.0/0"]),
             "n1",
             None,
+            &[],
             &host(),
         );
         assert_eq!(
@@ -273,6 +282,7 @@ mod tests {
             &settings(&["--cluster-cidr", "10.244.0.0/16"]),
             "n1",
             None,
+            &[],
             &host(),
         );
         assert_eq!(
@@ -288,11 +298,23 @@ mod tests {
     }
 
     #[test]
+    fn service_cidrs_go_to_their_family() {
+        let cidrs: Vec<ipnet::IpNet> = ["10.96.0.0/16", "fd00:10:96::/112"]
+            .iter()
+            .map(|s| s.parse().expect("cidr"))
+            .collect();
+        let ctx = node_context(&settings(&[]), "n1", None, &cidrs, &host());
+        assert_eq!(ctx.ipv4.map(|c| c.service_cidrs), Some(vec![cidrs[0]]));
+        assert_eq!(ctx.ipv6.map(|c| c.service_cidrs), Some(vec![cidrs[1]]));
+    }
+
+    #[test]
     fn a_node_without_addresses_still_serves_ipv4() {
         let ctx = node_context(
             &settings(&[]),
             "n1",
             None,
+            &[],
             &HostAddresses {
                 all: ips(&["127.0.0.1"]),
             },

@@ -47,7 +47,8 @@ fn node_inputs(
     let host = HostAddresses::read()
         .map_err(|e| anyhow::anyhow!("cannot read this host's addresses: {e}"))?;
     let node = snapshot.nodes().get(node_name).map(|n| &**n);
-    let ctx = node_context(settings, node_name, node, &host);
+    let cidrs = snapshot.service_cidr_ranges();
+    let ctx = node_context(settings, node_name, node, &cidrs, &host);
     Ok((ctx, node.and_then(|n| n.zone()).map(str::to_owned)))
 }
 
@@ -64,7 +65,7 @@ pub fn plan_for(
 /// Logs problems (each names its file, document and object).
 pub fn report_problems(problems: &[ManifestProblem]) {
     for problem in problems {
-        tracing::warn!("skipped: {problem}");
+        tracing::warn!("{problem}");
     }
 }
 

@@ -73,6 +73,7 @@ fn plan() -> ProxyPlan {
         node: NodeContext {
             node_name: "node".into(),
             ipv4: Some(FamilyContext {
+                service_cidrs: Vec::new(),
                 node_ips: vec!["10.244.1.1".parse().expect("ip")],
                 nodeport_addresses: NodePortAddresses::All,
                 local_detector: LocalTrafficDetector::ClusterCidr(

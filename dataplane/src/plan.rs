@@ -294,6 +294,9 @@ pub struct FamilyContext {
     pub nodeport_addresses: NodePortAddresses,
     /// How pod traffic is recognised.
     pub local_detector: LocalTrafficDetector,
+    /// The service CIDRs of this family (ServiceCIDR objects): traffic to an address inside
+    /// them that no Service has is dropped (nftables mode, as upstream's).
+    pub service_cidrs: Vec<IpNet>,
 }
 
 /// Node-wide settings and per-family facts.

@@ -70,7 +70,8 @@ pub fn with_endpoints(mut svc: ServicePortPlan, endpoints: Vec<Endpoint>) -> Ser
     svc
 }
 
-/// A node `node-a` with IPv4 192.168.0.10 and pod CIDR detection on 10.0.0.0/8, and IPv6.
+/// A node `node-a` with IPv4 192.168.0.10, pod CIDR detection on 10.0.0.0/8 and the
+/// service CIDR 172.30.0.0/16 (upstream's test values), and IPv6.
 pub fn node() -> NodeContext {
     NodeContext {
         node_name: "node-a".into(),
@@ -78,6 +79,7 @@ pub fn node() -> NodeContext {
             node_ips: vec![ip("192.168.0.10")],
             nodeport_addresses: NodePortAddresses::All,
             local_detector: LocalTrafficDetector::ClusterCidr("10.0.0.0/8".parse().expect("cidr")),
+            service_cidrs: vec!["172.30.0.0/16".parse().expect("cidr")],
         }),
         ipv6: Some(FamilyContext {
             node_ips: vec![ip("fd00::10")],
@@ -85,6 +87,7 @@ pub fn node() -> NodeContext {
             local_detector: LocalTrafficDetector::ClusterCidr(
                 "fd00:10::/64".parse().expect("cidr"),
             ),
+            service_cidrs: vec!["fd00:10:96::/112".parse().expect("cidr")],
         }),
         masquerade_all: false,
         masquerade_mark: 0x4000,

@@ -64,6 +64,7 @@ fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
         node: NodeContext {
             node_name: "node".into(),
             ipv4: Some(FamilyContext {
+                service_cidrs: Vec::new(),
                 node_ips: vec!["10.77.1.1".parse().unwrap()],
                 ..FamilyContext::default()
             }),

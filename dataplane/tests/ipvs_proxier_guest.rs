@@ -43,6 +43,7 @@ fn node() -> NodeContext {
     NodeContext {
         node_name: "guest".into(),
         ipv4: Some(FamilyContext {
+            service_cidrs: Vec::new(),
             node_ips: vec![ip("10.0.0.1")],
             nodeport_addresses: NodePortAddresses::Only(vec![ip("10.0.0.1")]),
             local_detector: LocalTrafficDetector::ClusterCidr(
@@ -438,6 +439,7 @@ fn dual_stack_sets_survive_full_resync() {
     require_ipvs("dual_stack_sets_survive_full_resync");
     let mut node = node();
     node.ipv6 = Some(FamilyContext {
+        service_cidrs: Vec::new(),
         node_ips: vec![ip("fd00::1")],
         nodeport_addresses: NodePortAddresses::Only(vec![ip("fd00::1")]),
         local_detector: LocalTrafficDetector::ClusterCidr("fd00:244::/64".parse().expect("cidr")),

@@ -261,6 +261,7 @@ fn node_context() -> NodeContext {
     NodeContext {
         node_name: "node".into(),
         ipv4: Some(FamilyContext {
+            service_cidrs: Vec::new(),
             node_ips: vec![NODE_IP.parse().expect("ip")],
             nodeport_addresses: NodePortAddresses::All,
             local_detector: LocalTrafficDetector::ClusterCidr(
@@ -400,6 +401,7 @@ fn rich_dual_stack_plan_applies() {
     let cluster = Cluster::new();
     let mut node = node_context();
     node.ipv6 = Some(FamilyContext {
+        service_cidrs: Vec::new(),
         node_ips: vec!["fd00:77::1".parse().expect("ip")],
         nodeport_addresses: NodePortAddresses::Only(vec!["fd00:77::1".parse().expect("ip")]),
         local_detector: LocalTrafficDetector::None,

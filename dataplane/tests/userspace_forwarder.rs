@@ -87,6 +87,7 @@ fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
         node: NodeContext {
             node_name: "node-a".into(),
             ipv4: Some(FamilyContext {
+                service_cidrs: Vec::new(),
                 node_ips: vec!["192.168.0.10".parse().expect("ip")],
                 nodeport_addresses: NodePortAddresses::All,
                 local_detector: LocalTrafficDetector::ClusterCidr(

@@ -91,6 +91,7 @@ fn plan(sizes: &[usize]) -> ProxyPlan {
         node: NodeContext {
             node_name: "n".into(),
             ipv4: Some(FamilyContext {
+                service_cidrs: Vec::new(),
                 node_ips: vec!["192.168.0.1".parse().expect("ip")],
                 nodeport_addresses: NodePortAddresses::All,
                 local_detector: LocalTrafficDetector::ClusterCidr(

@@ -85,6 +85,7 @@ fn forwarder() -> Forwarder {
             node_name: "n".into(),
             ipv4: None,
             ipv6: Some(FamilyContext {
+                service_cidrs: Vec::new(),
                 node_ips: vec!["fd00::1".parse().expect("ip")],
                 nodeport_addresses: NodePortAddresses::All,
                 local_detector: LocalTrafficDetector::ClusterCidr(

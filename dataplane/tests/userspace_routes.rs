@@ -49,6 +49,7 @@ fn plan(services: Vec<ServicePortPlan>, addrs: NodePortAddresses) -> ProxyPlan {
         node: NodeContext {
             node_name: "n".into(),
             ipv4: Some(FamilyContext {
+                service_cidrs: Vec::new(),
                 node_ips: vec!["192.168.0.1".parse().expect("ip")],
                 nodeport_addresses: addrs,
                 local_detector: LocalTrafficDetector::None,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kproxy::source::kube::test_server::Collection;
 use kproxy_netns_tests::api::NodeApiServer;
-use kproxy_netns_tests::echo::ask;
+use kproxy_netns_tests::echo::{EchoServer, Outcome, ask, try_ask};
 use kproxy_netns_tests::kproxy::{KproxyProcess, run};
 use kproxy_netns_tests::netns::Netns;
 use kproxy_netns_tests::node::*;
@@ -261,5 +261,74 @@ fn write_config_to_prints_the_effective_configuration() -> anyhow::Result<()> {
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }
+    Ok(())
+}
+
+/// A ServiceCIDR with an address no Service has, where something outside the node
+/// answers: reachable without the ServiceCIDR, dropped with it (nftables mode, as
+/// upstream), reachable again once it is gone; a port no Service has on a live cluster
+/// IP is rejected.
+#[test]
+fn service_cidrs_drop_unallocated_addresses_in_nftables_mode() -> anyhow::Result<()> {
+    let cluster = OneNodeCluster::new(2)?;
+    let ips: Vec<_> = cluster.pods.iter().map(|p| p.ip).collect();
+    cluster.write_manifest("node.yaml", &node_yaml())?;
+    cluster.write_manifest("web.yaml", &service_yaml("web", WEB_CLUSTER_IP, 80, None))?;
+    cluster.write_manifest("web-slice.yaml", &slice_yaml("web", &ips))?;
+    // 10.96.0.99 answers outside the node (routed there by the node's default route).
+    let unallocated: SocketAddr = "10.96.0.99:8080".parse()?;
+    cluster
+        .external
+        .ip(&["addr", "add", "10.96.0.99/32", "dev", "eth0"])?;
+    cluster
+        .external
+        .ip(&["route", "add", "10.244.0.0/16", "via", NODE_IP])?;
+    let _outside = EchoServer::start(&cluster.external, unallocated, "outside")?;
+    let mut args = cluster.kproxy_args(&cluster.manifests());
+    args.extend(["--proxy-mode".to_owned(), "nftables".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let kproxy = KproxyProcess::start(&cluster.node, &args, cluster.dir.join("kproxy.log"))?;
+    let ask_within = |addr: SocketAddr, want: fn(&Outcome) -> bool, what: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let outcome = try_ask(&cluster.client, None, addr, Duration::from_millis(500));
+            if want(&outcome) {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let ruleset = cluster
+                    .node
+                    .exec("nft", &["list", "ruleset"])
+                    .unwrap_or_default();
+                anyhow::bail!("{what}: last {outcome:?}\n{}\n{ruleset}", kproxy.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let replied = |o: &Outcome| matches!(o, Outcome::Replied(_));
+    let web = SocketAddr::new(WEB_CLUSTER_IP.parse()?, 80);
+    ask_within(web, replied, "the web Service")?;
+    ask_within(
+        unallocated,
+        replied,
+        "without a ServiceCIDR the address is not kproxy's",
+    )?;
+    let wrong_port = SocketAddr::new(WEB_CLUSTER_IP.parse()?, 81);
+    ask_within(
+        wrong_port,
+        |o| matches!(o, Outcome::Refused),
+        "a port no Service has on a cluster IP is rejected",
+    )?;
+
+    let service_cidr = "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata:\n  name: kubernetes\nspec:\n  cidrs: [10.96.0.0/16]\n";
+    cluster.write_manifest("service-cidr.yaml", service_cidr)?;
+    ask_within(
+        unallocated,
+        |o| matches!(o, Outcome::TimedOut),
+        "an unallocated address of the ServiceCIDR is dropped",
+    )?;
+    ask_within(web, replied, "the web Service still works")?;
+    std::fs::remove_file(cluster.manifests().join("service-cidr.yaml"))?;
+    ask_within(unallocated, replied, "without the ServiceCIDR again")?;
     Ok(())
 }

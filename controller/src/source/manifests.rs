@@ -2,8 +2,8 @@
 //!
 //! Each document is parsed on its own into a JSON value, its `apiVersion`/`kind` read, and
 //! then decoded into the k8s-openapi type (`v1` Service, `discovery.k8s.io/v1`
-//! EndpointSlice, `v1` Node) and validated. Lists (`v1` List, ServiceList,
-//! EndpointSliceList, NodeList) expand to their items; other kinds are ignored. A problem
+//! EndpointSlice, `v1` Node, `networking.k8s.io/v1` ServiceCIDR) and validated. Lists (`v1`
+//! List, ServiceList, EndpointSliceList, NodeList, ServiceCIDRList) expand to their items; other kinds are ignored. A problem
 //! skips only the file, document or object it concerns. Of two objects with the same kind,
 //! namespace and name, the first in path order wins even when it is invalid (so that the
 //! second never silently stands in for a broken first); the second is reported.
@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -22,6 +23,7 @@ use super::manifest_set::ManifestSet;
 use super::problem::{ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind};
 use super::validate::{
     Checked, DEFAULT_NAMESPACE, validate_endpoint_slice, validate_node, validate_service,
+    validate_service_cidr,
 };
 use crate::model::{self, ObjectChange, ObjectKey, Snapshot};
 
@@ -81,6 +83,7 @@ pub(crate) enum Validated {
     Service(Arc<model::Service>),
     EndpointSlice(Arc<model::EndpointSlice>),
     Node(Arc<model::NodeInfo>),
+    ServiceCidr(Arc<model::ServiceCidr>),
 }
 
 impl Validated {
@@ -94,6 +97,10 @@ impl Validated {
 
     pub(crate) fn node(node: model::NodeInfo) -> Self {
         Validated::Node(Arc::new(node))
+    }
+
+    pub(crate) fn service_cidr(cidr: model::ServiceCidr) -> Self {
+        Validated::ServiceCidr(Arc::new(cidr))
     }
 }
 
@@ -119,6 +126,13 @@ pub(crate) fn change_of(object: &ObjectRef, value: Option<&Validated>) -> Object
             key.name,
             match value {
                 Some(Validated::Node(n)) => Some(n.clone()),
+                _ => None,
+            },
+        ),
+        ObjectKind::ServiceCidr => ObjectChange::ServiceCidr(
+            key.name,
+            match value {
+                Some(Validated::ServiceCidr(c)) => Some(c.clone()),
                 _ => None,
             },
         ),
@@ -185,6 +199,10 @@ fn handling(api_version: &str, kind: &str) -> Handling {
         ("v1", "Service") => Handling::Object(ObjectKind::Service),
         ("discovery.k8s.io/v1", "EndpointSlice") => Handling::Object(ObjectKind::EndpointSlice),
         ("v1", "Node") => Handling::Object(ObjectKind::Node),
+        ("networking.k8s.io/v1", "ServiceCIDR") => Handling::Object(ObjectKind::ServiceCidr),
+        ("networking.k8s.io/v1", "ServiceCIDRList") => {
+            Handling::List(Some(("networking.k8s.io/v1", "ServiceCIDR")))
+        }
         ("v1", "List") => Handling::List(None),
         ("v1", "ServiceList") => Handling::List(Some(("v1", "Service"))),
         ("discovery.k8s.io/v1", "EndpointSliceList") => {
@@ -319,6 +337,10 @@ fn validated(
             Validated::endpoint_slice,
         ),
         ObjectKind::Node => checked_value(validate_node(&decode::<Node>(value)?), Validated::node),
+        ObjectKind::ServiceCidr => checked_value(
+            validate_service_cidr(&decode::<ServiceCIDR>(value)?),
+            Validated::service_cidr,
+        ),
     })
 }
 
@@ -354,7 +376,7 @@ fn key_of(value: &Value, kind: ObjectKind) -> ObjectKey {
     let meta = |field: &str| value.get("metadata")?.get(field)?.as_str();
     let name = meta("name").unwrap_or("");
     let namespace = match (kind, meta("namespace")) {
-        (ObjectKind::Node, _) => "",
+        (ObjectKind::Node | ObjectKind::ServiceCidr, _) => "",
         (_, None | Some("")) => DEFAULT_NAMESPACE,
         (_, Some(namespace)) => namespace,
     };

@@ -73,6 +73,8 @@ pub enum ObjectKind {
     EndpointSlice,
     /// `v1` Node.
     Node,
+    /// `networking.k8s.io/v1` ServiceCIDR.
+    ServiceCidr,
 }
 
 impl fmt::Display for ObjectKind {
@@ -81,6 +83,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Node => "Node",
+            ObjectKind::ServiceCidr => "ServiceCIDR",
         })
     }
 }

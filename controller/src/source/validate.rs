@@ -19,6 +19,7 @@
 mod endpoint_slice;
 mod node;
 mod service;
+mod service_cidr;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,6 +34,7 @@ use crate::model::ObjectKey;
 pub use self::endpoint_slice::validate_endpoint_slice;
 pub use self::node::validate_node;
 pub use self::service::validate_service;
+pub use self::service_cidr::validate_service_cidr;
 
 /// The namespace of a namespaced object whose manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";

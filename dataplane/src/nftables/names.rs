@@ -20,6 +20,11 @@ pub const CANARY_TABLE: &str = "kproxy-canary";
 /// The canary table's only chain.
 pub const CANARY_CHAIN: &str = "canary";
 
+/// Every cluster IP of the family (`ipv4_addr` set).
+pub const CLUSTER_IPS: &str = "cluster-ips";
+/// Filter chain after DNAT: rejects traffic to a cluster IP on a port no Service has, and
+/// drops traffic to an address of a service CIDR that no Service has.
+pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 /// Entry of the nat hooks: dispatch by destination (`service-ips`, `service-nodeports`).
 pub const SERVICES: &str = "services";
 /// Filter chain that rejects or drops traffic to destinations without (usable) endpoints.

@@ -33,6 +33,7 @@ use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::watcher;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 pub use self::snapshot::API_LOCATION;
 use self::snapshot::{Lookup, ValidationCache};
@@ -130,6 +131,7 @@ pub struct KubeSource {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     nodes: Store<Node>,
+    service_cidrs: Store<ServiceCIDR>,
     progress: Arc<Progress>,
     /// The change count at the last load, `None` before the first.
     last: Option<u64>,
@@ -165,7 +167,7 @@ impl KubeSource {
     }
 
     /// Starts the watches of Services and EndpointSlices (all namespaces, kube-proxy's
-    /// label selector) and of the Node `node_name`, as tasks on the current tokio runtime
+    /// label selector), of ServiceCIDRs and of the Node `node_name`, as tasks on the current tokio runtime
     /// (it may be a current-thread one). Must be called from within that runtime.
     pub fn start(client: Client, node_name: &str) -> Self {
         let progress = Arc::new(Progress::default());
@@ -173,6 +175,7 @@ impl KubeSource {
         let (services, services_writer) = reflector::store();
         let (endpoint_slices, slices_writer) = reflector::store();
         let (nodes, nodes_writer) = reflector::store();
+        let (service_cidrs, service_cidrs_writer) = reflector::store();
         let node_config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let tasks = vec![
             watch::spawn(
@@ -184,7 +187,7 @@ impl KubeSource {
             ),
             watch::spawn(
                 Api::<EndpointSlice>::all(client.clone()),
-                selected,
+                selected.clone(),
                 ObjectKind::EndpointSlice,
                 slices_writer,
                 progress.clone(),
@@ -196,6 +199,14 @@ impl KubeSource {
                 nodes_writer,
                 progress.clone(),
             ),
+            // As upstream, through the same label selector (its shared informer factory).
+            watch::spawn(
+                Api::<ServiceCIDR>::all(client.clone()),
+                selected,
+                ObjectKind::ServiceCidr,
+                service_cidrs_writer,
+                progress.clone(),
+            ),
         ];
         KubeSource {
             client,
@@ -203,6 +214,7 @@ impl KubeSource {
             services,
             endpoint_slices,
             nodes,
+            service_cidrs,
             progress,
             last: None,
             cache: ValidationCache::default(),
@@ -255,12 +267,14 @@ impl KubeSource {
                 &self.services.state(),
                 &self.endpoint_slices.state(),
                 &self.nodes.state(),
+                &self.service_cidrs.state(),
             ));
         }
         let lookup = Lookup {
             service: &|k| self.services.get(&namespaced(k)),
             slice: &|k| self.endpoint_slices.get(&namespaced(k)),
             node: &|k| self.nodes.get(&reflector::ObjectRef::new(&k.name)),
+            service_cidr: &|k| self.service_cidrs.get(&reflector::ObjectRef::new(&k.name)),
         };
         Some(self.cache.update_objects(delivered.objects, &lookup))
     }

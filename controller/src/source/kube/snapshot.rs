@@ -11,13 +11,14 @@ use std::sync::Arc;
 use ::kube::Resource;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use super::super::manifests::{SourceUpdate, Validated, change_of, checked_value};
 use super::super::problem::{
     ManifestLocation, ManifestProblem, ObjectKind, ObjectRef, ProblemKind,
 };
 use super::super::validate::{
-    object_key, validate_endpoint_slice, validate_node, validate_service,
+    object_key, validate_endpoint_slice, validate_node, validate_service, validate_service_cidr,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -35,6 +36,7 @@ pub(super) struct Lookup<'a> {
     pub service: &'a dyn Fn(&ObjectKey) -> Option<Arc<Service>>,
     pub slice: &'a dyn Fn(&ObjectKey) -> Option<Arc<EndpointSlice>>,
     pub node: &'a dyn Fn(&ObjectKey) -> Option<Arc<Node>>,
+    pub service_cidr: &'a dyn Fn(&ObjectKey) -> Option<Arc<ServiceCIDR>>,
 }
 
 /// Validated objects by kind and key, with the resource version they were validated at.
@@ -52,6 +54,7 @@ impl ValidationCache {
         services: &[Arc<Service>],
         endpoint_slices: &[Arc<EndpointSlice>],
         nodes: &[Arc<Node>],
+        service_cidrs: &[Arc<ServiceCIDR>],
     ) -> SourceUpdate {
         let mut old = std::mem::take(&mut self.entries);
         let mut update = SourceUpdate::default();
@@ -66,6 +69,10 @@ impl ValidationCache {
         for n in nodes {
             let kind = ObjectKind::Node;
             self.refresh(&mut old, &mut update, kind, &n.metadata, || node(n));
+        }
+        for c in service_cidrs {
+            let kind = ObjectKind::ServiceCidr;
+            self.refresh(&mut old, &mut update, kind, &c.metadata, || service_cidr(c));
         }
         for gone in old.into_keys() {
             update.changes.push(change_of(&gone, None));
@@ -96,6 +103,11 @@ impl ValidationCache {
                     .map(|s| self.refresh(&mut old, &mut update, kind, &s.metadata, || slice(&s))),
                 ObjectKind::Node => (lookup.node)(&object.key)
                     .map(|n| self.refresh(&mut old, &mut update, kind, &n.metadata, || node(&n))),
+                ObjectKind::ServiceCidr => (lookup.service_cidr)(&object.key).map(|c| {
+                    self.refresh(&mut old, &mut update, kind, &c.metadata, || {
+                        service_cidr(&c)
+                    })
+                }),
             };
             if found.is_none() && old.remove(&object).is_some() {
                 update.changes.push(change_of(&object, None));
@@ -139,7 +151,10 @@ impl ValidationCache {
 pub(super) fn object_ref(kind: ObjectKind, meta: &ObjectMeta) -> ObjectRef {
     ObjectRef {
         kind,
-        key: object_key(meta, kind != ObjectKind::Node),
+        key: object_key(
+            meta,
+            !matches!(kind, ObjectKind::Node | ObjectKind::ServiceCidr),
+        ),
     }
 }
 
@@ -169,6 +184,11 @@ fn slice(s: &EndpointSlice) -> Outcome {
     outcome(ObjectKind::EndpointSlice, s, checked)
 }
 
+fn service_cidr(c: &ServiceCIDR) -> Outcome {
+    let checked = checked_value(validate_service_cidr(c), Validated::service_cidr);
+    outcome(ObjectKind::ServiceCidr, c, checked)
+}
+
 fn node(n: &Node) -> Outcome {
     let checked = checked_value(validate_node(n), Validated::node);
     outcome(ObjectKind::Node, n, checked)
@@ -194,7 +214,7 @@ mod tests {
     }
 
     fn load(cache: &mut ValidationCache, services: &[Arc<Service>]) -> SourceUpdate {
-        cache.update(services, &[], &[])
+        cache.update(services, &[], &[], &[])
     }
 
     #[test]

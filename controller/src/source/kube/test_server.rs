@@ -39,6 +39,7 @@ pub enum Collection {
     Services,
     EndpointSlices,
     Nodes,
+    ServiceCidrs,
 }
 
 impl Collection {
@@ -47,6 +48,7 @@ impl Collection {
             "/api/v1/services" => Some(Collection::Services),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Collection::EndpointSlices),
             "/api/v1/nodes" => Some(Collection::Nodes),
+            "/apis/networking.k8s.io/v1/servicecidrs" => Some(Collection::ServiceCidrs),
             _ => None,
         }
     }
@@ -54,6 +56,7 @@ impl Collection {
     fn api_version(self) -> &'static str {
         match self {
             Collection::EndpointSlices => "discovery.k8s.io/v1",
+            Collection::ServiceCidrs => "networking.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -63,6 +66,7 @@ impl Collection {
             Collection::Services => "Service",
             Collection::EndpointSlices => "EndpointSlice",
             Collection::Nodes => "Node",
+            Collection::ServiceCidrs => "ServiceCIDR",
         }
     }
 }

@@ -373,18 +373,61 @@ async fn error_event_410_forces_a_relist() {
 }
 
 #[tokio::test]
+async fn service_cidrs_come_through_and_follow_changes() {
+    let server = server().await;
+    let cidr = |name: &str, cidrs: &[&str]| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": name},
+            "spec": {"cidrs": cidrs},
+        })
+    };
+    server.apply(
+        Collection::ServiceCidrs,
+        cidr("kubernetes", &["10.96.0.0/16"]),
+    );
+    let mut source = source(&server);
+    let loaded = poll_until(&mut source, "the initial lists", |l| {
+        !l.snapshot.service_cidrs().is_empty()
+    })
+    .await;
+    let ranges: Vec<String> = loaded
+        .snapshot
+        .service_cidr_ranges()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ranges, ["10.96.0.0/16"]);
+    server.apply(
+        Collection::ServiceCidrs,
+        cidr("extra", &["10.97.0.0/16", "fd00:10:96::/112"]),
+    );
+    let loaded = poll_until(&mut source, "the second ServiceCIDR", |l| {
+        l.snapshot.service_cidrs().len() == 2
+    })
+    .await;
+    assert_eq!(loaded.snapshot.service_cidr_ranges().len(), 3);
+}
+
+#[tokio::test]
 async fn bookmarks_move_the_resume_version() {
     let server = server().await;
     let mut source = source(&server);
     poll_until(&mut source, "the initial lists", |_| true).await;
-    wait_for_requests(&server, "the first service watch", |s| {
-        s.count(Collection::Services, true) == 1
+    let collections = [
+        Collection::Services,
+        Collection::EndpointSlices,
+        Collection::Nodes,
+        Collection::ServiceCidrs,
+    ];
+    wait_for_requests(&server, "the first watch of every collection", |s| {
+        collections.iter().all(|c| s.count(*c, true) == 1)
     })
     .await;
     let bookmark = server.bookmark();
-    // Once the bookmarks are queued on the three watches, the connections drop behind them.
+    // Once the bookmarks are queued on the four watches, the connections drop behind them.
     wait_for_requests(&server, "the bookmarks to be sent", |s| {
-        s.bookmarks_sent() == 3
+        s.bookmarks_sent() == collections.len()
     })
     .await;
     server.disconnect_watches();

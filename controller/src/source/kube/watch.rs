@@ -32,7 +32,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub(super) struct Progress {
     changes: AtomicU64,
-    synced: [AtomicBool; 3],
+    synced: [AtomicBool; 4],
     /// Wakes the sync loop.
     wake: tokio::sync::Notify,
     /// What the watches delivered since the source last looked.
@@ -55,17 +55,27 @@ impl Progress {
             ObjectKind::Service => 0,
             ObjectKind::EndpointSlice => 1,
             ObjectKind::Node => 2,
+            ObjectKind::ServiceCidr => 3,
         }
     }
+
+    /// The kinds the source must have listed before it has a complete view (as upstream,
+    /// whose readiness waits for Services and EndpointSlices; ServiceCIDRs only refine
+    /// what is dropped).
+    const REQUIRED: [ObjectKind; 3] = [
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::Node,
+    ];
 
     /// How many store changes happened so far.
     pub(super) fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
     }
 
-    /// Whether every kind has completed its first list.
+    /// Whether every required kind has completed its first list.
     pub(super) fn all_synced(&self) -> bool {
-        self.synced.iter().all(|s| s.load(Ordering::Acquire))
+        Self::REQUIRED.iter().all(|kind| self.synced(*kind))
     }
 
     /// Whether `kind` has completed its first list.
@@ -117,6 +127,16 @@ impl Backoff {
     }
 }
 
+/// The HTTP status of an error the API server answered, if it is one.
+fn api_code(err: &watcher::Error) -> Option<u16> {
+    match err {
+        watcher::Error::InitialListFailed(::kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(::kube::Error::Api(status)) => Some(status.code),
+        watcher::Error::WatchError(status) => Some(status.code),
+        _ => None,
+    }
+}
+
 /// Whether an error means the watcher's resource version is gone and it must relist.
 fn is_gone(err: &watcher::Error) -> bool {
     match err {
@@ -158,6 +178,17 @@ async fn run<K>(
                 Ok(event) => event,
                 Err(err) => {
                     let delay = backoff.next_delay();
+                    if kind == ObjectKind::ServiceCidr && api_code(&err) == Some(404) {
+                        tracing::info!(
+                            "the API server has no networking.k8s.io/v1 ServiceCIDRs (before Kubernetes 1.33): not watched"
+                        );
+                        return;
+                    }
+                    if api_code(&err) == Some(403) {
+                        tracing::warn!(%kind, error = %err, retry_in = ?delay, "list/watch forbidden: the credentials need list and watch (the ClusterRole system:node-proxier)");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
                     let gone = is_gone(&err);
                     if gone {
                         tracing::info!(%kind, error = %err, retry_in = ?delay, "watch expired, relisting");
@@ -219,7 +250,8 @@ mod tests {
         p.mark_synced(ObjectKind::EndpointSlice);
         assert!(!p.all_synced());
         p.mark_synced(ObjectKind::Node);
-        assert!(p.all_synced());
+        assert!(p.all_synced(), "ServiceCIDRs are not required");
+        assert!(!p.synced(ObjectKind::ServiceCidr));
         p.changed();
         assert_eq!(p.changes(), 1);
     }

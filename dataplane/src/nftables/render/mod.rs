@@ -64,6 +64,7 @@ pub(crate) fn render_node(ctx: &Ctx, opts: &RenderOptions) -> NftTable {
     declare_node_maps(&mut table, ctx.family);
     write_dispatch(&mut table, ctx);
     write_firewall_check(&mut table, ctx);
+    write_cluster_ips_check(&mut table, ctx);
     write_masquerading(&mut table, ctx);
     write_forward(&mut table, ctx.node.masquerade_mark, opts);
     table
@@ -71,7 +72,7 @@ pub(crate) fn render_node(ctx: &Ctx, opts: &RenderOptions) -> NftTable {
 
 /// Base chains: filter chains at `dstnat - 10` (-110) see pre-DNAT destinations (firewall),
 /// the ones after DNAT (input, forward, `output-post-dnat` at `dstnat + 10`) see services
-/// that were not DNATed (no endpoints); nat chains dispatch (`dstnat`, -100) and masquerade
+/// that were not DNATed (no endpoints, a port no Service has, an unallocated address); nat chains dispatch (`dstnat`, -100) and masquerade
 /// (`srcnat`, 100). Priorities are numeric: nft 1.0.6 refuses `dstnat` on the output hook.
 const BASE_CHAINS: [(&str, BaseChain, &[&str]); 8] = [
     (
@@ -87,7 +88,11 @@ const BASE_CHAINS: [(&str, BaseChain, &[&str]); 8] = [
     (
         "filter-forward",
         base("filter", "forward", "-110"),
-        &["ct state new jump endpoints-check", "jump forward"],
+        &[
+            "ct state new jump endpoints-check",
+            "ct state new jump cluster-ips-check",
+            "jump forward",
+        ],
     ),
     (
         "filter-output",
@@ -97,7 +102,10 @@ const BASE_CHAINS: [(&str, BaseChain, &[&str]); 8] = [
     (
         "filter-output-post-dnat",
         base("filter", "output", "-90"),
-        &["ct state new jump endpoints-check"],
+        &[
+            "ct state new jump endpoints-check",
+            "ct state new jump cluster-ips-check",
+        ],
     ),
     (
         "nat-prerouting",
@@ -152,6 +160,7 @@ fn declare_node_maps(table: &mut NftTable, family: IpFamily) {
     table.declare(HAIRPIN, || {
         Set::managed("set", format!("type {addr} . {addr};"))
     });
+    table.declare(CLUSTER_IPS, || Set::managed("set", format!("type {addr};")));
 }
 
 /// `services` (nat) and `endpoints-check` (filter) look up the same keys: the first in the
@@ -211,6 +220,34 @@ fn write_firewall_check(table: &mut NftTable, ctx: &Ctx) {
             "{vip} @{FIREWALL_IPS} drop comment \"loadBalancerSourceRanges: source not allowed\""
         ),
     );
+}
+
+/// After DNAT (a Service's traffic no longer goes to its cluster IP), new connections to a
+/// cluster IP on a port no Service has are rejected, and those to an unallocated address
+/// of a service CIDR dropped, as upstream's nftables mode.
+fn write_cluster_ips_check(table: &mut NftTable, ctx: &Ctx) {
+    let ip = ctx.ip;
+    table.rule(
+        CLUSTER_IPS_CHECK,
+        format!(
+            "{ip} daddr @{CLUSTER_IPS} reject comment \"Reject traffic to invalid ports of ClusterIPs\""
+        ),
+    );
+    if !ctx.fam.service_cidrs.is_empty() {
+        let cidrs: Vec<String> = ctx
+            .fam
+            .service_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        table.rule(
+            CLUSTER_IPS_CHECK,
+            format!(
+                "{ip} daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"",
+                cidrs.join(", ")
+            ),
+        );
+    }
 }
 
 fn write_masquerading(table: &mut NftTable, ctx: &Ctx) {

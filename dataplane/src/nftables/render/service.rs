@@ -85,6 +85,7 @@ pub(super) fn render_service_port(ctx: &Ctx, svc: &ServicePortPlan) -> Fragment 
     };
 
     // Cluster IP.
+    frag.element(CLUSTER_IPS, svc.cluster_ip.to_string(), String::new());
     let key = vip_key(&svc.cluster_ip, proto, svc.port);
     if has_internal {
         let sel = Selection {
