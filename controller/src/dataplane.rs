@@ -110,9 +110,13 @@ impl Dataplane {
     /// The backend of `settings.mode` for `families`, with its tools checked.
     pub async fn new(settings: &Settings, families: Vec<IpFamily>) -> anyhow::Result<Self> {
         Ok(match settings.mode {
-            ProxyMode::Iptables => Dataplane::Iptables(
-                IptablesProxier::new(settings.iptables_backend, families).await?,
-            ),
+            ProxyMode::Iptables => {
+                // The counters of upstream's two iptables packet metrics.
+                kproxy_dataplane::iptables::nfacct::ensure_counters();
+                Dataplane::Iptables(
+                    IptablesProxier::new(settings.iptables_backend, families).await?,
+                )
+            }
             ProxyMode::Nftables => Dataplane::Nftables(NftablesProxier::new(families).await?),
             ProxyMode::Ipvs => Dataplane::Ipvs(Some(ipvs_proxier(settings, families, true).await?)),
             ProxyMode::Userspace => Dataplane::Userspace(Box::new(
@@ -193,9 +197,11 @@ pub async fn render(
     let families: Vec<IpFamily> = plan.node.families().collect();
     Ok(match mode {
         ProxyMode::Iptables => {
+            // What a run would use: it creates the nfacct counters where the kernel has them.
             let options = RenderOptions {
                 random_fully: true,
                 conntrack_tcp_be_liberal: conntrack_tcp_be_liberal(),
+                nfacct: kproxy_dataplane::iptables::nfacct::counters_exist(),
             };
             families
                 .into_iter()

@@ -254,6 +254,46 @@ fn foreign_rules_survive_sync_partial_sync_and_cleanup_legacy() -> anyhow::Resul
     foreign_rules_survive("legacy")
 }
 
+/// Upstream's two nfacct-based metrics: the kernel's counters, created at start, count
+/// NodePort packets to 127.0.0.1 and are read on every scrape of /metrics.
+#[test]
+fn nfacct_counters_count_localhost_nodeport_packets() -> anyhow::Result<()> {
+    let cluster = web_cluster()?;
+    let a = args(&cluster, &["--iptables-backend", "nft"]);
+    let proxy = KproxyProcess::start(&cluster.node, &strs(&a), cluster.dir.join("kproxy.log"))?;
+    proxy.wait_for_log("synced rules", 1, Duration::from_secs(20))?;
+    let metric = |name: &str| -> anyhow::Result<Option<f64>> {
+        let text = cluster.node.run_in(|| {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect("127.0.0.1:10249")?;
+            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text)?;
+            Ok(text)
+        })?;
+        let sample = format!("{name} ");
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .and_then(|v| v.trim().parse().ok()))
+    };
+    const LOCALHOST: &str = "kubeproxy_iptables_localhost_nodeports_accepted_packets_total";
+    const INVALID: &str = "kubeproxy_iptables_ct_state_invalid_dropped_packets_total";
+    assert_eq!(metric(LOCALHOST)?, Some(0.0));
+    assert_eq!(metric(INVALID)?, Some(0.0));
+    let localhost = SocketAddr::new("127.0.0.1".parse()?, WEB_NODE_PORT);
+    for _ in 0..3 {
+        let reply = cluster.node.run_in(move || ask_here(localhost))?;
+        assert!(reply.pod.starts_with("pod-"), "{reply:?}");
+    }
+    let counted = metric(LOCALHOST)?.unwrap_or_default();
+    assert!(
+        counted >= 3.0,
+        "three connections, one new packet each: {counted}"
+    );
+    Ok(())
+}
+
 /// A NodePort outside the API server's default range, as a cluster with a wider
 /// `--service-node-port-range` admits it.
 const LOW_NODE_PORT: u16 = 3001;

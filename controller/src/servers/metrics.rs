@@ -483,6 +483,7 @@ fn register(i: &mut Inner) {
                 "Number of iptables rules written by kube-proxy in last sync",
                 i.iptables_last.clone(),
             );
+            r.register_collector(Box::new(NfacctCounters));
         }
         ProxyMode::Nftables => {
             r.register(
@@ -574,3 +575,37 @@ fn plain(body: String) -> Response {
 #[cfg(test)]
 #[path = "metrics_tests.rs"]
 mod tests;
+
+/// Upstream's two nfacct-based iptables metrics, read from the kernel's counters on every
+/// scrape (`kproxy_dataplane::iptables::nfacct`); a counter that cannot be read (no nfacct
+/// in the kernel) has no sample, as upstream.
+#[derive(Debug)]
+struct NfacctCounters;
+
+impl prometheus_client::collector::Collector for NfacctCounters {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let described = [
+            (
+                "kubeproxy_iptables_ct_state_invalid_dropped_packets",
+                "packets dropped by iptables to work around conntrack problems",
+            ),
+            (
+                "kubeproxy_iptables_localhost_nodeports_accepted_packets",
+                "Number of packets accepted on nodeports of loopback interface",
+            ),
+        ];
+        let counters = kproxy_dataplane::iptables::nfacct::read_counters();
+        for ((name, help), value) in described.into_iter().zip(counters) {
+            let Some(value) = value else { continue };
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}

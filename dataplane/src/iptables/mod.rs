@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod jumps;
 pub mod names;
+pub mod nfacct;
 pub mod proxier;
 pub mod render;
 pub mod restore;

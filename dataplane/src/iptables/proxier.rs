@@ -53,6 +53,7 @@ impl IptablesProxier {
             let options = RenderOptions {
                 random_fully: tool.supports_random_fully().await,
                 conntrack_tcp_be_liberal: conntrack_tcp_be_liberal(),
+                nfacct: super::nfacct::counters_exist(),
             };
             tracing::info!(%family, %backend, random_fully = options.random_fully, "iptables backend");
             states.push(FamilyState {

@@ -14,6 +14,7 @@ use crate::plan::{
 };
 
 use super::names::*;
+use super::nfacct::CT_STATE_INVALID_DROPPED;
 use super::ruleset::{Rule, Ruleset, Table};
 
 /// Above this many endpoints (of one family), per-endpoint rules carry no comment, as in
@@ -29,6 +30,9 @@ pub struct RenderOptions {
     pub random_fully: bool,
     /// `net.netfilter.nf_conntrack_tcp_be_liberal` is set: no need to drop INVALID packets.
     pub conntrack_tcp_be_liberal: bool,
+    /// The nfacct counters exist: count INVALID drops and localhost NodePort packets with
+    /// them, as upstream (`super::nfacct`).
+    pub nfacct: bool,
 }
 
 /// Renders the ruleset of `family`, or `None` if the node does not serve that family.
@@ -44,8 +48,9 @@ pub fn render(plan: &ProxyPlan, family: IpFamily, opts: &RenderOptions) -> Optio
 /// for the same plan.
 #[derive(Debug, Default)]
 pub struct RenderCache {
-    /// What every fragment was rendered under; any change invalidates them all.
-    context: Option<(FamilyContext, bool, bool)>,
+    /// What every fragment was rendered under (family facts, masquerade-all, endpoint
+    /// comments, localhost NodePort counting); any change invalidates them all.
+    context: Option<(FamilyContext, bool, bool, bool)>,
     fragments: HashMap<ServicePortName, (ServicePortPlan, Ruleset)>,
     /// The ruleset of the last render.
     ruleset: Option<Ruleset>,
@@ -113,8 +118,14 @@ pub fn render_update(
         node: &plan.node,
         family: ctx,
         endpoint_comments: endpoints <= LARGE_CLUSTER_ENDPOINTS,
+        localhost_counter: opts.nfacct && family == IpFamily::V4 && plan.node.localhost_nodeports,
     };
-    let context = (ctx.clone(), plan.node.masquerade_all, env.endpoint_comments);
+    let context = (
+        ctx.clone(),
+        plan.node.masquerade_all,
+        env.endpoint_comments,
+        env.localhost_counter,
+    );
     if cache.context.as_ref() != Some(&context) {
         cache.fragments.clear();
         cache.context = Some(context);
@@ -345,13 +356,15 @@ fn write_forward_chain(rs: &mut Ruleset, masquerade_mark: u32, opts: &RenderOpti
     if !opts.conntrack_tcp_be_liberal {
         // Without tcp_be_liberal, out-of-window packets are INVALID and would escape DNAT
         // reversal, causing spurious resets (kubernetes#74839).
-        rs.append(
-            Table::Filter,
-            KUBE_FORWARD,
-            Rule::new()
-                .args("-m conntrack --ctstate INVALID")
-                .jump("DROP"),
-        );
+        let invalid = Rule::new().args("-m conntrack --ctstate INVALID");
+        let invalid = if opts.nfacct {
+            invalid.args(&format!(
+                "-m nfacct --nfacct-name {CT_STATE_INVALID_DROPPED}"
+            ))
+        } else {
+            invalid
+        };
+        rs.append(Table::Filter, KUBE_FORWARD, invalid.jump("DROP"));
     }
     let m = mark(masquerade_mark);
     rs.append(

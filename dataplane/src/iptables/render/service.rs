@@ -8,6 +8,7 @@
 use crate::plan::{Endpoint, FamilyContext, NodeContext, ServicePortPlan};
 
 use super::super::names::*;
+use super::super::nfacct::LOCALHOST_NODEPORTS_ACCEPTED;
 use super::super::ruleset::{Rule, Ruleset, Table};
 
 /// Node facts the per-service rules depend on.
@@ -16,6 +17,9 @@ pub(super) struct Env<'a> {
     pub family: &'a FamilyContext,
     /// Comment the per-endpoint rules (off in large clusters, see `render`).
     pub endpoint_comments: bool,
+    /// Count the packets of NodePorts on 127.0.0.0/8 with the nfacct counter (IPv4 with
+    /// localhost NodePorts, when the counters exist).
+    pub localhost_counter: bool,
 }
 
 /// What happens to traffic that has no endpoint to go to.
@@ -132,6 +136,22 @@ pub(super) fn render_service_port(rs: &mut Ruleset, env: &Env, svc: &ServicePort
     // NodePort.
     if let Some(node_port) = svc.node_port {
         if has_endpoints {
+            if env.localhost_counter {
+                // As upstream: the same jump for 127.0.0.0/8 first, counted.
+                rs.append(
+                    Table::Nat,
+                    KUBE_NODEPORTS,
+                    Rule::new()
+                        .comment(&name)
+                        .protocol(proto)
+                        .args("-d 127.0.0.0/8")
+                        .dport(node_port)
+                        .args(&format!(
+                            "-m nfacct --nfacct-name {LOCALHOST_NODEPORTS_ACCEPTED}"
+                        ))
+                        .jump(&chains.external),
+                );
+            }
             rs.append(
                 Table::Nat,
                 KUBE_NODEPORTS,
