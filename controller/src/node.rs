@@ -298,6 +298,23 @@ mod tests {
     }
 
     #[test]
+    fn a_specific_bind_address_is_the_primary_ip_of_its_family() {
+        let ctx = node_context(
+            &settings(&["--bind-address=10.1.0.1", "--nodeport-addresses=primary"]),
+            "n1",
+            None,
+            &[],
+            &host(),
+        );
+        let v4 = ctx.ipv4.expect("IPv4");
+        assert_eq!(v4.node_ips, ips(&["10.1.0.1", "192.168.0.10"]));
+        assert_eq!(
+            v4.nodeport_addresses,
+            NodePortAddresses::Only(ips(&["10.1.0.1"]))
+        );
+    }
+
+    #[test]
     fn service_cidrs_go_to_their_family() {
         let cidrs: Vec<ipnet::IpNet> = ["10.96.0.0/16", "fd00:10:96::/112"]
             .iter()

@@ -332,3 +332,32 @@ fn service_cidrs_drop_unallocated_addresses_in_nftables_mode() -> anyhow::Result
     ask_within(unallocated, replied, "without the ServiceCIDR again")?;
     Ok(())
 }
+
+/// `--init-only` does the privileged set-up (the conntrack sysctls of the node's
+/// namespace) and exits, programming nothing.
+#[test]
+fn init_only_sets_the_conntrack_sysctls_and_exits() -> anyhow::Result<()> {
+    let cluster = OneNodeCluster::new(1)?;
+    let out = run(
+        &cluster.node,
+        &[
+            "--init-only",
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=2h",
+            "--conntrack-tcp-be-liberal",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sysctl(&cluster.node, "nf_conntrack_tcp_timeout_established")?,
+        "7200"
+    );
+    assert_eq!(sysctl(&cluster.node, "nf_conntrack_tcp_be_liberal")?, "1");
+    let save = cluster.node.exec("iptables-nft-save", &[])?;
+    assert!(!save.contains("KUBE-"), "nothing programmed:\n{save}");
+    Ok(())
+}
