@@ -12,8 +12,8 @@
 #   scripts/bench-e2e.sh 1000 nftables --changes 3 --no-resync   # extra bench-e2e flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-cargo build --release -q -p kproxy -p kproxy-netns-tests --bins
+scripts/install-deps.sh demo
+cargo build --release -p kproxy -p kproxy-netns-tests --bins
 export KPROXY_BIN="$PWD/target/release/kproxy"
 if [ "$#" -eq 0 ]; then
   target/release/bench-e2e --sizes 1000,10000 --modes nftables,iptables-nft,iptables-legacy,userspace

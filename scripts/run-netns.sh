@@ -8,7 +8,7 @@
 #   scripts/run-netns.sh [--mode iptables|nftables|userspace] [--requests N] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh demo
 
 echo "==> removing leftovers of interrupted runs"
 scripts/netns-clean.sh | tail -n 1
@@ -16,5 +16,5 @@ scripts/netns-clean.sh | tail -n 1
 trap 'scripts/netns-clean.sh >/dev/null 2>&1 || true' EXIT
 
 echo "==> building kproxy and run-netns"
-cargo build -q -p kproxy -p kproxy-netns-tests --bins
+cargo build -p kproxy -p kproxy-netns-tests --bins
 ./target/debug/run-netns "$@"

@@ -29,6 +29,18 @@ pub struct ServiceResult {
 }
 
 impl ServiceResult {
+    /// Every backend to show: the expected ones in order, then any other that answered
+    /// (a stray backend, which makes the result fail).
+    pub fn backends(&self) -> Vec<(&str, bool)> {
+        let expected = self.endpoints.iter().map(|e| (e.as_str(), true));
+        let strays = self
+            .hits
+            .keys()
+            .filter(|k| !self.endpoints.contains(k))
+            .map(|k| (k.as_str(), false));
+        expected.chain(strays).collect()
+    }
+
     /// Whether this result is what kproxy promises.
     pub fn ok(&self) -> bool {
         self.failures == 0
@@ -60,11 +72,12 @@ pub fn text_table(mode: &str, results: &[ServiceResult], sync_ms: &[f64]) -> Str
     );
     for r in results {
         let hits: Vec<String> = r
-            .endpoints
-            .iter()
-            .map(|e| {
+            .backends()
+            .into_iter()
+            .map(|(e, expected)| {
                 let short = e.strip_prefix("pod-").unwrap_or(e);
-                format!("{short}={}", r.hits.get(e).copied().unwrap_or(0))
+                let stray = if expected { "" } else { "!" };
+                format!("{stray}{short}={}", r.hits.get(e).copied().unwrap_or(0))
             })
             .collect();
         let p = r
@@ -89,6 +102,9 @@ pub fn text_table(mode: &str, results: &[ServiceResult], sync_ms: &[f64]) -> Str
             }
         );
     }
+    for line in LEGEND {
+        let _ = writeln!(out, "{line}");
+    }
     if !sync_ms.is_empty() {
         let max = sync_ms.iter().copied().fold(0.0, f64::max);
         let mean = sync_ms.iter().sum::<f64>() / sync_ms.len() as f64;
@@ -101,6 +117,14 @@ pub fn text_table(mode: &str, results: &[ServiceResult], sync_ms: &[f64]) -> Str
     out
 }
 
+/// What the columns mean, printed once under the table and in the chart.
+pub const LEGEND: [&str; 4] = [
+    "hits per backend: answers per pod (node-pod), from the pods that should answer; !name: a pod that should not",
+    "chi² p: how likely equal shares give hits this uneven (below 0.001 fails); - when shares need not be equal",
+    "DNAT: a probe left the client's node already translated (as kube-proxy does: on the source node); - not checked",
+    "live in: from writing the Service's manifest to every node's kproxy having synced it",
+];
+
 const COLORS: [&str; 6] = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
 ];
@@ -110,7 +134,7 @@ pub fn svg(mode: &str, results: &[ServiceResult]) -> String {
     let group_w = 200.0;
     let (top, chart_h, left) = (60.0, 220.0, 50.0);
     let width = left + group_w * results.len().max(1) as f64 + 20.0;
-    let height = top + chart_h + 80.0;
+    let height = top + chart_h + 80.0 + 16.0 * LEGEND.len() as f64;
     let max = results
         .iter()
         .flat_map(|r| r.hits.values())
@@ -136,13 +160,18 @@ pub fn svg(mode: &str, results: &[ServiceResult]) -> String {
     );
     for (g, r) in results.iter().enumerate() {
         let x0 = left + g as f64 * group_w + 10.0;
-        let n = r.endpoints.len().max(1) as f64;
+        let backends = r.backends();
+        let n = backends.len().max(1) as f64;
         let bar_w = ((group_w - 30.0) / n).min(40.0);
-        for (i, e) in r.endpoints.iter().enumerate() {
+        for (i, (e, expected)) in backends.into_iter().enumerate() {
             let hits = r.hits.get(e).copied().unwrap_or(0) as f64;
             let h = chart_h * hits / max;
             let x = x0 + i as f64 * bar_w;
-            let color = COLORS[i % COLORS.len()];
+            let color = if expected {
+                COLORS[i % COLORS.len()]
+            } else {
+                "#b00020"
+            };
             let _ = writeln!(
                 out,
                 r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{color}"><title>{e}: {hits}</title></rect>"#,
@@ -156,6 +185,11 @@ pub fn svg(mode: &str, results: &[ServiceResult]) -> String {
                 base - h - 3.0
             );
             let short = e.strip_prefix("pod-").unwrap_or(e);
+            let short = if expected {
+                short.to_owned()
+            } else {
+                format!("!{short}")
+            };
             let _ = writeln!(
                 out,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{short}</text>"#,
@@ -186,6 +220,14 @@ pub fn svg(mode: &str, results: &[ServiceResult]) -> String {
             r#"<text x="{label_x:.1}" y="{:.1}" text-anchor="middle" font-size="9" fill="dimgray">{}</text>"#,
             base + 59.0,
             r.path
+        );
+    }
+    for (i, line) in LEGEND.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r#"<text x="{left}" y="{:.1}" font-size="10" fill="dimgray">{}</text>"#,
+            base + 80.0 + 16.0 * i as f64,
+            line.replace('&', "&amp;").replace('<', "&lt;")
         );
     }
     out.push_str("</svg>\n");
@@ -232,5 +274,21 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect x=").count(), 5, "one bar per backend");
         assert!(svg.contains("skewed ✗"));
+        assert!(
+            table.contains("chi² p: "),
+            "the columns are explained: {table}"
+        );
+    }
+
+    #[test]
+    fn a_backend_that_should_not_answer_is_shown_by_name() {
+        let mut stray = result(&[("pod-0-0", 100), ("pod-1-0", 98)], Some(true));
+        stray.hits.insert("pod-2-1".into(), 3);
+        assert!(!stray.ok());
+        let table = text_table("nftables", std::slice::from_ref(&stray), &[]);
+        assert!(table.contains("!2-1=3"), "{table}");
+        let svg = svg("nftables", &[stray]);
+        assert_eq!(svg.matches("<rect x=").count(), 3);
+        assert!(svg.contains(">!2-1<"), "{svg}");
     }
 }

@@ -5,7 +5,8 @@
 //! p-value, whether probes left the source node already DNATed, and kproxy's sync times;
 //! writes the same as an SVG bar chart. Exits non-zero if any Service misbehaves.
 //!
-//! Usage: `run-netns [--mode iptables|nftables] [--requests N] [--out DIR]`
+//! Usage: `run-netns [--mode iptables|nftables|userspace] [--requests N] [--out DIR]`
+//! (IPVS runs in the qemu guest of `scripts/run-ipvs-vm.sh`: this kernel has no IP_VS.)
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -43,7 +44,14 @@ fn parse_args() -> anyhow::Result<Options> {
             }
             "--out" => opts.out = value("--out")?.into(),
             "-h" | "--help" => {
-                println!("usage: run-netns [--mode iptables] [--requests N] [--out DIR]");
+                println!(
+                    "usage: run-netns [--mode iptables|nftables|userspace] [--requests N] [--out DIR]\n\
+                     \n\
+                     --mode      proxy mode of every node's kproxy (default iptables; ipvs needs a\n\
+                     \x20           kernel with IP_VS: scripts/run-ipvs-vm.sh)\n\
+                     --requests  requests per Service (default 300)\n\
+                     --out       where the SVG chart goes (default target/run-netns)"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
