@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod echo;
+pub mod http;
 pub mod kproxy;
 pub mod manifests;
 pub mod netns;

@@ -4,14 +4,14 @@
 //! upstream's default ports, sets the conntrack sysctls of the node's network namespace,
 //! programs what the API server holds, and exits when its config file changes.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kproxy::source::kube::test_server::Collection;
 use kproxy_netns_tests::api::NodeApiServer;
 use kproxy_netns_tests::echo::{EchoServer, Outcome, ask, try_ask};
+use kproxy_netns_tests::http::http_get;
 use kproxy_netns_tests::kproxy::{KproxyProcess, run};
 use kproxy_netns_tests::netns::Netns;
 use kproxy_netns_tests::node::*;
@@ -80,28 +80,6 @@ fn kubeadm_args(config: &Path) -> Vec<String> {
         format!("--config={}", config.display()),
         format!("--hostname-override={NODE_NAME}"),
     ]
-}
-
-/// `GET path` on `addr` from inside `ns`: status and body.
-fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let path = path.to_owned();
-    ns.run_in(move || {
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-        write!(
-            conn,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text)?;
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        Ok((status, body))
-    })
 }
 
 /// Retries `get` until it answers 200 (bounded).

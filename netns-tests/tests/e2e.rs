@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use kproxy_netns_tests::echo::{Outcome, try_ask};
+use kproxy_netns_tests::http::http_get;
 use kproxy_netns_tests::manifests::{PortSpec, ServiceSpec, ServiceType};
 use kproxy_netns_tests::rig::{EXTERNAL_IP, UPLINK};
 use kproxy_netns_tests::scenario::{BACKEND_PORT, Cluster, DROP_TIMEOUT};
@@ -249,7 +250,7 @@ fn external_traffic_policy_local(mode: &str) -> Result {
         "node-0 has no local endpoint: got {outcome:?}"
     );
 
-    let health = |node: usize| http_get(&c.rig.external, sock(c.node_ip(node), 32090));
+    let health = |node: usize| http_get(&c.rig.external, sock(c.node_ip(node), 32090), "/");
     let (status, body) = health(1)?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"localEndpoints\":2"), "{body}");
@@ -589,28 +590,6 @@ fn dnat_off_source_is_detected(mode: &str) -> Result {
         "a probe leaving node-0 with the ClusterIP must be reported"
     );
     Ok(())
-}
-
-/// `GET /` over HTTP/1.1 from `ns`; returns the status code and body.
-fn http_get(
-    ns: &kproxy_netns_tests::netns::Netns,
-    addr: SocketAddr,
-) -> anyhow::Result<(u16, String)> {
-    ns.run_in(move || {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-        conn.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text)?;
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        Ok((status, body))
-    })
 }
 
 macro_rules! suite {

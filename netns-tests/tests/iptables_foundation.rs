@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kproxy_netns_tests::echo::{ask, ask_here, ask_many};
+use kproxy_netns_tests::http::http_get;
 use kproxy_netns_tests::kproxy::{KproxyProcess, run, run_ok};
 use kproxy_netns_tests::netns::Netns;
 use kproxy_netns_tests::node::*;
@@ -263,14 +264,8 @@ fn nfacct_counters_count_localhost_nodeport_packets() -> anyhow::Result<()> {
     let proxy = KproxyProcess::start(&cluster.node, &strs(&a), cluster.dir.join("kproxy.log"))?;
     proxy.wait_for_log("synced rules", 1, Duration::from_secs(20))?;
     let metric = |name: &str| -> anyhow::Result<Option<f64>> {
-        let text = cluster.node.run_in(|| {
-            use std::io::{Read, Write};
-            let mut conn = std::net::TcpStream::connect("127.0.0.1:10249")?;
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-            let mut text = String::new();
-            conn.read_to_string(&mut text)?;
-            Ok(text)
-        })?;
+        let metrics = "127.0.0.1:10249".parse()?;
+        let (_, text) = http_get(&cluster.node, metrics, "/metrics")?;
         let sample = format!("{name} ");
         Ok(text
             .lines()

@@ -136,31 +136,23 @@ pub(super) fn render_service_port(rs: &mut Ruleset, env: &Env, svc: &ServicePort
     // NodePort.
     if let Some(node_port) = svc.node_port {
         if has_endpoints {
-            if env.localhost_counter {
-                // As upstream: the same jump for 127.0.0.0/8 first, counted.
-                rs.append(
-                    Table::Nat,
-                    KUBE_NODEPORTS,
-                    Rule::new()
-                        .comment(&name)
-                        .protocol(proto)
-                        .args("-d 127.0.0.0/8")
-                        .dport(node_port)
-                        .args(&format!(
-                            "-m nfacct --nfacct-name {LOCALHOST_NODEPORTS_ACCEPTED}"
-                        ))
-                        .jump(&chains.external),
-                );
-            }
-            rs.append(
-                Table::Nat,
-                KUBE_NODEPORTS,
-                Rule::new()
-                    .comment(&name)
-                    .protocol(proto)
+            let jump = |localhost: bool| {
+                let rule = Rule::new().comment(&name).protocol(proto);
+                if !localhost {
+                    return rule.dport(node_port).jump(&chains.external);
+                }
+                rule.args("-d 127.0.0.0/8")
                     .dport(node_port)
-                    .jump(&chains.external),
-            );
+                    .args(&format!(
+                        "-m nfacct --nfacct-name {LOCALHOST_NODEPORTS_ACCEPTED}"
+                    ))
+                    .jump(&chains.external)
+            };
+            // As upstream: with the counters, the same jump for 127.0.0.0/8 first, counted.
+            if env.localhost_counter {
+                rs.append(Table::Nat, KUBE_NODEPORTS, jump(true));
+            }
+            rs.append(Table::Nat, KUBE_NODEPORTS, jump(false));
         }
         if !has_external {
             rs.append(
