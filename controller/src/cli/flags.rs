@@ -23,8 +23,8 @@ use kproxy_dataplane::iptables::apply::BackendChoice;
 pub struct ProxyArgs {
     // ---- kproxy's own ----
     /// A file or directory of YAML/JSON manifests (v1 Service, discovery.k8s.io/v1
-    /// EndpointSlice, v1 Node; multi-document files and Lists welcome) to use instead of
-    /// the Kubernetes API. kproxy watches it and re-syncs when it changes.
+    /// EndpointSlice, v1 Node, networking.k8s.io/v1 ServiceCIDR; multi-document files and
+    /// Lists welcome) to use instead of the Kubernetes API. kproxy watches it and re-syncs when it changes.
     #[arg(long, value_name = "PATH")]
     pub manifests: Option<PathBuf>,
 

@@ -304,12 +304,6 @@ ports:
             .expect("not FQDN")
     }
 
-    /// The slice (still used) and the problems of what was left out of it.
-    fn partly(patches: &[(&str, Value)]) -> (model::EndpointSlice, Vec<String>) {
-        let (slice, problems) = checked(&patched(SLICE, patches));
-        (slice.expect("the slice is still used"), problems)
-    }
-
     /// The problems of a slice that is skipped.
     fn skipped(value: &Value) -> Vec<String> {
         let (slice, problems) = checked(value);
@@ -431,40 +425,6 @@ ports:
     }
 
     #[test]
-    fn a_bad_address_leaves_out_only_its_endpoint() {
-        // kube-proxy's endpointslicecache skips an endpoint without addresses; the API
-        // server (ValidateEndpointSlice) admits only addresses of the slice's family.
-        let cases = [
-            (
-                json!(["fd00:10:244::9"]),
-                "endpoints[1].addresses[0]: fd00:10:244::9 is IPv6 but the slice's addressType is IPv4; this endpoint is left out",
-            ),
-            (
-                json!(["10.244.1"]),
-                "endpoints[1].addresses[0]: \"10.244.1\" is not an IP address; this endpoint is left out",
-            ),
-            (
-                json!([]),
-                "endpoints[1].addresses: must have at least one address; this endpoint is left out",
-            ),
-        ];
-        for (addresses, problem) in cases {
-            let (slice, problems) = partly(&[("/endpoints/1/addresses", addresses)]);
-            let kept: Vec<IpAddr> = slice.endpoints.iter().map(|e| e.address).collect();
-            assert_eq!(kept, [ip("10.244.1.5")]);
-            assert_eq!(problems, [problem]);
-        }
-        let v6 = [
-            ("/addressType", json!("IPv6")),
-            (
-                "/endpoints",
-                json!([{"addresses": ["fd00:10:244::9", "not-used"]}]),
-            ),
-        ];
-        assert_eq!(ok(&v6).endpoints[0].address, ip("fd00:10:244::9"));
-    }
-
-    #[test]
     fn null_endpoints_and_ports_are_empty() {
         let slice = ok(&[("/endpoints", json!(null)), ("/ports", json!(null))]);
         assert!(slice.endpoints.is_empty());
@@ -472,7 +432,7 @@ ports:
     }
 
     #[test]
-    fn ports_are_checked() {
+    fn ports_default_their_name_and_protocol() {
         let slice = ok(&[("/ports", json!([{"port": 53, "protocol": "UDP"}]))]);
         assert_eq!(
             slice.ports,
@@ -482,37 +442,151 @@ ports:
                 port: 53,
             }]
         );
-        // kube-proxy's endpointslicecache ignores a port without a number; the rest of
-        // the slice still serves the ports that are fine.
-        let cases = [
-            (
-                json!({"name": "metrics"}),
-                "ports[1].port: is required; this port is left out",
-            ),
-            (
-                json!({"name": "metrics", "port": 0}),
-                "ports[1].port: 0 is not in 1-65535; this port is left out",
-            ),
-            (
-                json!({"name": "metrics", "port": 9090, "protocol": "QUIC"}),
-                "ports[1].protocol: \"QUIC\" is not one of TCP, UDP, SCTP; this port is left out",
-            ),
-            (
-                json!({"name": "http", "port": 8081}),
-                "ports[1].name: \"http\"/TCP is also the name of ports[0]; this port is left out",
-            ),
-        ];
+    }
+
+    /// How a row expects the slice to differ from the unpatched one.
+    enum Expect {
+        /// Used as the base, changed by this function.
+        Kept(fn(&mut model::EndpointSlice)),
+        /// Nothing of it is used.
+        Skipped,
+    }
+
+    /// A rule: its upstream source, a patch, what kproxy uses, the problems reported.
+    type Row = (
+        &'static str,
+        Vec<(&'static str, Value)>,
+        Expect,
+        &'static [&'static str],
+    );
+
+    /// Every rule of an EndpointSlice: a patch, what kproxy uses, the problems, and the
+    /// upstream rule it mirrors. "API" is pkg/apis/discovery/validation/validation.go
+    /// (ValidateEndpointSlice); "kube-proxy" is pkg/proxy/endpointslicecache.go
+    /// (endpointInfoByServicePort, addEndpoints) and endpointschangetracker.go.
+    fn rules() -> Vec<Row> {
         let http = json!({"name": "http", "port": 8080, "protocol": "TCP"});
-        let http_udp = json!({"name": "http", "port": 8080, "protocol": "UDP"});
-        let slice = ok(&[("/ports", json!([http, http_udp]))]);
-        assert_eq!(slice.ports.len(), 2, "name and protocol make the key");
-        for (second, problem) in cases {
-            let (slice, problems) = partly(&[("/ports", json!([http, second]))]);
-            let names: Vec<&str> = slice.ports.iter().map(|p| p.name.as_str()).collect();
-            assert_eq!(names, ["http"]);
-            assert_eq!(slice.endpoints.len(), 2);
-            assert_eq!(problems, [problem]);
+        let second = |port: Value| json!([http.clone(), port]);
+        vec![
+            (
+                "API: addresses must be IPs of the slice's family; kube-proxy uses addresses[0] \
+                 only: a wrong-family one cannot be programmed, the others still are",
+                vec![("/endpoints/1/addresses", json!(["fd00:10:244::9"]))],
+                Expect::Kept(|s| {
+                    s.endpoints.pop();
+                }),
+                &[
+                    "endpoints[1].addresses[0]: fd00:10:244::9 is IPv6 but the slice's addressType is IPv4; this endpoint is left out",
+                ],
+            ),
+            (
+                "API: IsValidIPv4Address; kube-proxy parses addresses[0] with ParseIPSloppy",
+                vec![("/endpoints/1/addresses", json!(["10.244.1"]))],
+                Expect::Kept(|s| {
+                    s.endpoints.pop();
+                }),
+                &[
+                    "endpoints[1].addresses[0]: \"10.244.1\" is not an IP address; this endpoint is left out",
+                ],
+            ),
+            (
+                "API: 1-100 addresses; kube-proxy's addEndpoints skips an endpoint without one",
+                vec![("/endpoints/1/addresses", json!([]))],
+                Expect::Kept(|s| {
+                    s.endpoints.pop();
+                }),
+                &[
+                    "endpoints[1].addresses: must have at least one address; this endpoint is left out",
+                ],
+            ),
+            (
+                "kube-proxy's ParseIPSloppy: a legacy address with leading zeros is decimal",
+                vec![("/endpoints/1/addresses", json!(["010.244.002.009"]))],
+                Expect::Kept(|_| {}),
+                &[],
+            ),
+            (
+                "API: port may be nil; kube-proxy ignores a port without a number",
+                vec![("/ports", second(json!({"name": "metrics"})))],
+                Expect::Kept(|_| {}),
+                &["ports[1].port: is required; this port is left out"],
+            ),
+            (
+                "kube-proxy ignores port 0 (\"Ignoring invalid endpoint port\")",
+                vec![("/ports", second(json!({"name": "metrics", "port": 0})))],
+                Expect::Kept(|_| {}),
+                &["ports[1].port: 0 is not in 1-65535; this port is left out"],
+            ),
+            (
+                "no port number above 65535 fits the kernel's 16 bits",
+                vec![("/ports", second(json!({"name": "metrics", "port": 70000})))],
+                Expect::Kept(|_| {}),
+                &["ports[1].port: 70000 is not in 1-65535; this port is left out"],
+            ),
+            (
+                "API: protocol is TCP, UDP or SCTP",
+                vec![(
+                    "/ports",
+                    second(json!({"name": "metrics", "port": 9090, "protocol": "QUIC"})),
+                )],
+                Expect::Kept(|_| {}),
+                &[
+                    "ports[1].protocol: \"QUIC\" is not one of TCP, UDP, SCTP; this port is left out",
+                ],
+            ),
+            (
+                "API: port names are unique; kube-proxy keys slice ports by name and protocol",
+                vec![("/ports", second(json!({"name": "http", "port": 8081})))],
+                Expect::Kept(|_| {}),
+                &[
+                    "ports[1].name: \"http\"/TCP is also the name of ports[0]; this port is left out",
+                ],
+            ),
+            (
+                "kube-proxy keys slice ports by name and protocol: another protocol is another key",
+                vec![(
+                    "/ports",
+                    second(json!({"name": "http", "port": 8080, "protocol": "UDP"})),
+                )],
+                Expect::Kept(|s| {
+                    s.ports.push(SlicePort {
+                        name: "http".into(),
+                        protocol: Protocol::Udp,
+                        port: 8080,
+                    })
+                }),
+                &[],
+            ),
+            (
+                "API: addressType is IPv4, IPv6 or FQDN; kube-proxy ignores any other slice",
+                vec![("/addressType", json!("IPX"))],
+                Expect::Skipped,
+                &["addressType: \"IPX\" is not one of IPv4, IPv6, FQDN; the slice is skipped"],
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_rule_leaves_out_the_least() {
+        let base = ok(&[]);
+        let mut failures = Vec::new();
+        for (rule, patches, expect, problems) in rules() {
+            let (value, found) = checked(&patched(SLICE, &patches));
+            let expected = match expect {
+                Expect::Skipped => None,
+                Expect::Kept(change) => {
+                    let mut slice = base.clone();
+                    change(&mut slice);
+                    Some(slice)
+                }
+            };
+            if value != expected || found != problems {
+                failures.push(format!(
+                    "rule: {rule}\n  got: {value:?}\n  problems: {found:?}"
+                ));
+            }
         }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     }
 }
 
