@@ -699,6 +699,49 @@ fn ipvs_vip_does_not_expose_node_ports() -> Result {
     Ok(())
 }
 
+/// A node switches between IPVS and nftables mode by restarting kproxy: each start removes
+/// the other mode's objects once its own rules are live (upstream's start-up cleanup), and
+/// the Service answers in every mode.
+#[cfg(feature = "ipvs-guest")]
+#[test]
+fn ipvs_and_nftables_switch_by_restart() -> Result {
+    let mut c = Cluster::start("nftables", 2, 1, &[], &[])?;
+    c.apply(&web(vec![c.endpoint("pod-1-0")?]))?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    let node = c.rig.nodes[0].ns.name().to_owned();
+    let has = |args: &[&str], needle: &str| -> anyhow::Result<bool> {
+        let mut all = vec!["netns", "exec", node.as_str()];
+        all.extend_from_slice(args);
+        let out = std::process::Command::new("ip").args(&all).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains(needle))
+    };
+    let nft_tables = ["nft", "list", "tables"];
+    let ipvs_device = ["ip", "link", "show"];
+    for mode in ["ipvs", "nftables", "ipvs"] {
+        c.rig.start_kproxy(&["--proxy-mode", mode])?;
+        c.rig.wait_synced(&[0, 0])?;
+        let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 3);
+        assert_eq!(hits.failures, 0, "{mode}: {hits:?}");
+        // The other mode's leftovers go once this mode's rules are live.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leftover = match mode {
+                "ipvs" => has(&nft_tables, "table ip kproxy")?,
+                _ => has(&ipvs_device, "kube-ipvs0")?,
+            };
+            if !leftover {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: the other mode's objects stay"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
 /// A long-lived TCP connection through a ClusterIP survives a restart of kproxy on every
 /// node: rules stay while kproxy is down and the restart's full sync does not disturb
 /// conntrack. Kernel modes only: userspace mode's flows live in the process.
