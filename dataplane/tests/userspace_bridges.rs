@@ -74,3 +74,24 @@ fn masquerade_chain_masquerades_the_masquerade_address() {
         "*nat\n:KPROXY-USERSPACE-POSTROUTING - [0:0]\nCOMMIT\n"
     );
 }
+
+#[test]
+fn backend_changes_are_element_changes_of_the_same_table() {
+    let one: BTreeSet<ReplyRule> = [rule("10.244.1.10", PROTO_TCP, 8080)].into_iter().collect();
+    let two: BTreeSet<ReplyRule> = [
+        rule("10.244.1.10", PROTO_TCP, 8080),
+        rule("fd00::11", PROTO_UDP, 53),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(bridges::families(&one), (true, false));
+    assert_eq!(bridges::families(&two), (true, true));
+    assert_eq!(
+        bridges::elements("add", two.difference(&one)),
+        "add element bridge kproxy_userspace replies6 { fd00::11 . 17 . 53 }\n"
+    );
+    assert_eq!(
+        bridges::elements("delete", one.iter()),
+        "delete element bridge kproxy_userspace replies4 { 10.244.1.10 . 6 . 8080 }\n"
+    );
+}

@@ -78,6 +78,22 @@ fn full_then_partial_steering() {
     assert_eq!((full.written.v4, full.deleted.v4), (5, 0));
     assert_eq!((full.written.v6, full.deleted.v6), (0, 0));
     assert_eq!(full.removals, Default::default(), "a full update only adds");
+    assert_eq!(full.nft_removals, "");
+    // The reply table is recreated with the backends as elements, in one transaction.
+    assert!(
+        full.nft_adds
+            .starts_with("table inet kproxy_userspace_replies\ndelete table")
+    );
+    for element in [
+        "add element inet kproxy_userspace_replies replies4 { 10.244.1.1 . 6 . 8080 }",
+        "add element inet kproxy_userspace_replies replies4 { 10.244.1.2 . 6 . 9090 }",
+    ] {
+        assert!(
+            full.nft_adds.lines().any(|l| l == element),
+            "{}",
+            full.nft_adds
+        );
+    }
     let full = full.adds;
     assert!(full.v6.is_empty());
     for line in [
@@ -86,7 +102,7 @@ fn full_then_partial_steering() {
         "route replace default dev kp0 table 4242",
         "route replace 10.96.0.1/32 dev kp0",
         "route replace 169.254.42.1/32 dev kp0",
-        "rule add priority 4242 from 10.244.1.2 ipproto tcp sport 9090 lookup 4242",
+        "rule add priority 4242 fwmark 0x100000/0x100000 lookup 4242",
     ] {
         assert!(
             full.v4.lines().any(|l| l == line),
@@ -94,6 +110,11 @@ fn full_then_partial_steering() {
             full.v4
         );
     }
+    assert!(
+        !full.v4.contains("rule add priority 4242 from"),
+        "no policy rule per backend: {}",
+        full.v4
+    );
     let one = plan(
         vec![svc("a", "10.96.0.1", "10.244.1.1:8080", None)],
         NodePortAddresses::All,
@@ -102,10 +123,11 @@ fn full_then_partial_steering() {
     let partial = second.batch(Some(&first), "kp0", 0, &[IpFamily::V4]);
     assert_eq!((partial.written.v4, partial.deleted.v4), (0, 2));
     assert!(partial.adds.v4.is_empty(), "nothing to add");
+    assert_eq!(partial.nft_adds, "");
+    assert_eq!(partial.removals.v4, "route del 10.96.0.2/32 dev kp0\n");
     assert_eq!(
-        partial.removals.v4,
-        "route del 10.96.0.2/32 dev kp0\n\
-         rule del priority 4242 from 10.244.1.2 ipproto tcp sport 9090 lookup 4242\n"
+        partial.nft_removals,
+        "delete element inet kproxy_userspace_replies replies4 { 10.244.1.2 . 6 . 9090 }\n"
     );
 }
 
@@ -142,13 +164,14 @@ fn a_new_backend_is_steered_before_the_old_one_is_removed() {
     let new = Steering::of(&ServiceTable::build(&after, Algorithm::Random, 0), &[]);
     let batch = new.batch(Some(&old), "kp0", 0, &[IpFamily::V4]);
     assert_eq!(
-        batch.adds.v4,
-        "rule add priority 4242 from 10.244.1.2 ipproto tcp sport 8080 lookup 4242\n"
+        batch.nft_adds,
+        "add element inet kproxy_userspace_replies replies4 { 10.244.1.2 . 6 . 8080 }\n"
     );
     assert_eq!(
-        batch.removals.v4,
-        "rule del priority 4242 from 10.244.1.1 ipproto tcp sport 8080 lookup 4242\n"
+        batch.nft_removals,
+        "delete element inet kproxy_userspace_replies replies4 { 10.244.1.1 . 6 . 8080 }\n"
     );
+    assert!(batch.adds.v4.is_empty() && batch.removals.v4.is_empty());
 }
 
 #[test]

@@ -66,6 +66,34 @@ pub fn local_bridges() -> Vec<Bridge> {
     out
 }
 
+/// Whether `rules` has replies of IPv4 and of IPv6 backends: with the bridges, what decides
+/// the table's chain rules (its sets' elements aside).
+pub fn families(rules: &BTreeSet<ReplyRule>) -> (bool, bool) {
+    (
+        rules.iter().any(|r| r.from.is_ipv4()),
+        rules.iter().any(|r| !r.from.is_ipv4()),
+    )
+}
+
+/// `nft -f` input adding (`add`) or deleting (`delete`) the elements of `rules` in the
+/// sets of a table [`render`] wrote.
+pub fn elements<'a>(verb: &str, rules: impl IntoIterator<Item = &'a ReplyRule>) -> String {
+    let mut out = String::new();
+    for r in rules {
+        let set = if r.from.is_ipv4() {
+            "replies4"
+        } else {
+            "replies6"
+        };
+        let _ = writeln!(
+            out,
+            "{verb} element bridge {TABLE} {set} {{ {} . {} . {} }}",
+            r.from, r.proto, r.sport
+        );
+    }
+    out
+}
+
 /// The `nft -f` input that replaces [`TABLE`] with rules redirecting the bridged frames of
 /// `rules` on each of `bridges` to the IP stack (only deleting the table when either is
 /// empty).

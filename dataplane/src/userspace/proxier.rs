@@ -7,12 +7,13 @@
 //! `rp_filter=0` and `accept_local=1`, since translated packets re-enter with the client's
 //! or the node's own source). `sync` builds the new [`ServiceTable`] on the caller's thread,
 //! posts it to the forwarder (an atomic swap between packet batches) and applies the
-//! routes and rules that changed with one `ip -force -batch -`. After a failure the next
-//! sync is full. NodePorts and masquerading additionally get small iptables nat chains
+//! routes that changed with one `ip -force -batch -` and the reply-steering elements that
+//! changed with one `nft -f` ([`super::routes`]). After a failure the next sync is full.
+//! NodePorts and masquerading additionally get small iptables nat chains
 //! ([`super::nodeports`]), and replies on pod bridges an nftables bridge table
 //! ([`super::bridges`]). `cleanup` stops the thread (the TUN, and with it its routes,
-//! disappears) and deletes the policy rules, the steering table, the nat chains and the
-//! bridge table.
+//! disappears) and deletes the policy rules, the steering and reply tables, the nat chains
+//! and the bridge table.
 
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -119,8 +120,10 @@ pub struct UserspaceProxier {
     /// The NodePort and masquerade chains last written, per family (`None`: unknown,
     /// rewrite).
     nodeport_chains: Vec<(IpFamily, Option<String>)>,
-    /// The bridge table last written (`None`: unknown, rewrite).
-    bridge_table: Option<String>,
+    /// What the bridge table in the kernel was rendered from: the bridges and which
+    /// families had replies (`None`: unknown, rewrite). While it stays the same, backend
+    /// changes are element changes.
+    bridge_table: Option<(Vec<super::bridges::Bridge>, (bool, bool))>,
     syncs: u64,
 }
 
@@ -271,22 +274,44 @@ impl UserspaceProxier {
         // (routes and rules, and the bridge table lifting same-bridge replies), then the
         // forwarder's new table, then the removals.
         let local_bridges = super::bridges::local_bridges();
-        let bridges = super::bridges::render(&local_bridges, &wanted.rules);
-        let bridges_changed = full || self.bridge_table.as_deref() != Some(bridges.as_str());
+        let shape = (
+            local_bridges.clone(),
+            super::bridges::families(&wanted.rules),
+        );
+        // The same bridges and families, and a table in the kernel (some bridge, some
+        // replies): only the sets' elements change.
+        let table_exists = !shape.0.is_empty() && (shape.1.0 || shape.1.1);
+        let incremental = match (&prev, &self.bridge_table) {
+            (Some(p), Some(written)) => {
+                table_exists && *written == shape && p.rules != wanted.rules
+            }
+            _ => false,
+        };
+        let rewrite =
+            !incremental && (full || self.bridge_table.as_ref() != Some(&shape) || prev.is_none());
         self.run_batches(&batch.adds).await?;
-        if bridges_changed {
+        apply_replies(&batch.nft_adds).await?;
+        if incremental && let Some(p) = &prev {
+            let added = wanted.rules.difference(&p.rules);
+            apply_bridges(&super::bridges::elements("add", added)).await?;
+        } else if rewrite {
             let both = prev
                 .as_ref()
                 .map(|p| p.rules.union(&wanted.rules).copied().collect());
+            let bridges = super::bridges::render(&local_bridges, &wanted.rules);
             let transition = both.map(|both| super::bridges::render(&local_bridges, &both));
             self.bridge_table = None;
             apply_bridges(transition.as_deref().unwrap_or(&bridges)).await?;
         }
         self.mailbox.post(table);
         self.run_batches(&batch.removals).await?;
-        if bridges_changed {
-            apply_bridges(&bridges).await?;
-            self.bridge_table = Some(bridges);
+        apply_replies(&batch.nft_removals).await?;
+        if incremental && let Some(p) = &prev {
+            let removed = p.rules.difference(&wanted.rules);
+            apply_bridges(&super::bridges::elements("delete", removed)).await?;
+        } else if rewrite {
+            apply_bridges(&super::bridges::render(&local_bridges, &wanted.rules)).await?;
+            self.bridge_table = Some(shape);
         }
         self.steering = Some(wanted);
         for family in self.families.clone() {
@@ -363,10 +388,14 @@ impl UserspaceProxier {
 /// `kproxy --cleanup`; needs no running proxier.
 pub async fn cleanup_leftovers(families: &[IpFamily]) -> Result<(), UserspaceError> {
     let table = super::bridges::TABLE;
+    let replies = super::routes::REPLY_TABLE;
     let _ = run_with_input(
         "nft",
         &["-f", "-"],
-        &format!("table bridge {table}\ndelete table bridge {table}\n"),
+        &format!(
+            "table bridge {table}\ndelete table bridge {table}\n\
+             table inet {replies}\ndelete table inet {replies}\n"
+        ),
     )
     .await;
     for family in families {
@@ -389,6 +418,14 @@ impl Drop for UserspaceProxier {
     fn drop(&mut self) {
         self.mailbox.stop();
     }
+}
+
+/// Applies reply-steering `nft -f` input (nothing when empty).
+async fn apply_replies(input: &str) -> Result<(), UserspaceError> {
+    if input.is_empty() {
+        return Ok(());
+    }
+    run_with_input("nft", &["-f", "-"], input).await
 }
 
 /// How many rules sit at our priority (in the larger family).
@@ -496,6 +533,9 @@ async fn apply_nodeports(
 
 /// Replaces the bridge table ([`super::bridges`]) with `text`.
 async fn apply_bridges(text: &str) -> Result<(), UserspaceError> {
+    if text.is_empty() {
+        return Ok(());
+    }
     run_with_input("nft", &["-f", "-"], text).await
 }
 
