@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kproxy_dataplane::iptables::apply::{
-    IptablesBackend, IptablesError, IptablesTool, conntrack_tcp_be_liberal, resolve_backend,
+    IptablesBackend, IptablesTool, conntrack_tcp_be_liberal, resolve_backend,
 };
 use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::iptables::render::{RenderOptions, render as render_iptables};
@@ -17,6 +17,7 @@ use kproxy_dataplane::lb::Algorithm;
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::{IpFamily, ProxyPlan};
 use kproxy_dataplane::report::SyncReport;
+use kproxy_dataplane::tool::ToolError;
 use kproxy_dataplane::userspace::cleanup_leftovers as userspace_cleanup;
 use kproxy_dataplane::userspace::proxier::{UserspaceConfig, UserspaceProxier};
 
@@ -328,7 +329,7 @@ async fn clean(
                         Err(e) => failures.push(format!("iptables {family}: {e}")),
                     },
                     // No iptables on this node: kproxy cannot have written iptables rules here.
-                    Err(e @ IptablesError::Missing { .. }) => {
+                    Err(e @ ToolError::Missing { .. }) => {
                         done.push(format!("iptables {family}: skipped ({e})"))
                     }
                     Err(e) => failures.push(format!("iptables {family}: {e}")),

@@ -14,4 +14,5 @@ pub mod plan;
 pub mod report;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod tool;
 pub mod userspace;

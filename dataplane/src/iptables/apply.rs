@@ -6,14 +6,10 @@
 
 use std::fmt;
 use std::io;
-use std::process::Stdio;
 use std::str::FromStr;
 
-use thiserror::Error;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
 use crate::plan::IpFamily;
+use crate::tool::{Tool, ToolError};
 
 use super::restore::RestoreInput;
 use super::ruleset::Table;
@@ -63,37 +59,6 @@ impl FromStr for BackendChoice {
     }
 }
 
-/// An error of an iptables tool.
-#[derive(Debug, Error)]
-pub enum IptablesError {
-    /// The tool is not installed.
-    #[error("{binary} not found: install Debian's `iptables` package")]
-    Missing {
-        /// The binary.
-        binary: String,
-    },
-    /// The tool could not be run.
-    #[error("could not run {binary}: {source}")]
-    Exec {
-        /// The binary.
-        binary: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// The tool ran and failed.
-    #[error("{binary} failed ({status}): {stderr}{context}")]
-    Failed {
-        /// The binary.
-        binary: String,
-        /// Its exit status.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
-        /// The input lines around the line it complained about, if any.
-        context: String,
-    },
-}
-
 /// One iptables binary family (`iptables`/`ip6tables`) of one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IptablesTool {
@@ -118,7 +83,7 @@ impl IptablesTool {
     }
 
     /// `iptables-save` of kproxy's tables (filter and nat).
-    pub async fn save(&self) -> Result<String, IptablesError> {
+    pub async fn save(&self) -> Result<String, ToolError> {
         let mut out = String::new();
         for table in Table::ALL {
             out.push_str(&self.save_table(table).await?);
@@ -127,22 +92,23 @@ impl IptablesTool {
     }
 
     /// `iptables-save -t TABLE`.
-    pub async fn save_table(&self, table: Table) -> Result<String, IptablesError> {
-        run(&self.binary("save"), &["-t", table.name()], None).await
+    pub async fn save_table(&self, table: Table) -> Result<String, ToolError> {
+        let binary = self.binary("save");
+        iptables_tool(&binary)
+            .run(&["-t", table.name()], None)
+            .await
     }
 
     /// `iptables-restore --noflush` of `input` (no-op when empty).
-    pub async fn restore(&self, input: &RestoreInput) -> Result<(), IptablesError> {
+    pub async fn restore(&self, input: &RestoreInput) -> Result<(), ToolError> {
         if input.is_empty() {
             return Ok(());
         }
-        run(
-            &self.binary("restore"),
-            &["--noflush", "-w", "5"],
-            Some(&input.text),
-        )
-        .await
-        .map(|_| ())
+        let binary = self.binary("restore");
+        iptables_tool(&binary)
+            .run(&["--noflush", "-w", "5"], Some(&input.text))
+            .await
+            .map(drop)
     }
 
     /// Does `chain` exist in `table` (any table name, e.g. `mangle`)? One
@@ -150,44 +116,26 @@ impl IptablesTool {
     /// backend, a table the kernel does not have is answered from
     /// `/proc/thread-self/net/ip_tables_names` without running anything (listing would create it).
     /// `Err` when the tool could not answer (e.g. the xtables lock stayed busy).
-    pub async fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, IptablesError> {
+    pub async fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, ToolError> {
         if self.backend == IptablesBackend::Legacy && !legacy_table_exists(self.family, table) {
             return Ok(false);
         }
         let binary = self.binary("");
-        let output = Command::new(&binary)
-            .args(["-w", "5", "-t", table, "-S", chain])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output()
+        match iptables_tool(&binary)
+            .run(&["-w", "5", "-t", table, "-S", chain], None)
             .await
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => IptablesError::Missing {
-                    binary: binary.clone(),
-                },
-                _ => IptablesError::Exec {
-                    binary: binary.clone(),
-                    source,
-                },
-            })?;
-        match output.status.code() {
-            Some(0) => Ok(true),
+        {
+            Ok(_) => Ok(true),
             // No such chain (with nft, also: no such table). 4 would be a resource problem.
-            Some(1) => Ok(false),
-            _ => Err(IptablesError::Failed {
-                binary,
-                status: output.status.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                context: String::new(),
-            }),
+            Err(e) if e.exit_code() == Some(1) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
     /// `(major, minor, patch)` of the installed iptables.
-    pub async fn version(&self) -> Result<(u32, u32, u32), IptablesError> {
-        let text = run(&self.binary(""), &["--version"], None).await?;
+    pub async fn version(&self) -> Result<(u32, u32, u32), ToolError> {
+        let binary = self.binary("");
+        let text = iptables_tool(&binary).run(&["--version"], None).await?;
         Ok(parse_version(&text).unwrap_or((0, 0, 0)))
     }
 
@@ -212,7 +160,7 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 pub async fn resolve_backend(
     choice: BackendChoice,
     family: IpFamily,
-) -> Result<IptablesBackend, IptablesError> {
+) -> Result<IptablesBackend, ToolError> {
     match choice {
         BackendChoice::Legacy => Ok(IptablesBackend::Legacy),
         BackendChoice::Nft => Ok(IptablesBackend::Nft),
@@ -276,54 +224,9 @@ fn pick_backend(legacy: Option<&str>, nft: Option<&str>) -> IptablesBackend {
     }
 }
 
-async fn run(binary: &str, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
-    let mut cmd = Command::new(binary);
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => IptablesError::Missing {
-            binary: binary.to_owned(),
-        },
-        _ => IptablesError::Exec {
-            binary: binary.to_owned(),
-            source,
-        },
-    })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .await
-            .map_err(|source| IptablesError::Exec {
-                binary: binary.to_owned(),
-                source,
-            })?;
-    }
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|source| IptablesError::Exec {
-            binary: binary.to_owned(),
-            source,
-        })?;
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    let context = stdin
-        .and_then(|input| failing_line(&stderr).map(|n| input_context(input, n)))
-        .unwrap_or_default();
-    Err(IptablesError::Failed {
-        binary: binary.to_owned(),
-        status: output.status.to_string(),
-        stderr,
-        context,
-    })
+/// `binary` (an `iptables*` tool), whose restore errors blame an input line.
+fn iptables_tool(binary: &str) -> Tool<'_> {
+    Tool::new(binary, "iptables").blaming(failing_line)
 }
 
 /// The line number in `iptables-restore: line 12 failed` or `Error occurred at line: 12`.
@@ -340,16 +243,6 @@ fn failing_line(stderr: &str) -> Option<usize> {
             .parse()
             .ok()
     })
-}
-
-/// The input lines `n-2..=n+2` (1-based), each numbered.
-fn input_context(input: &str, n: usize) -> String {
-    let mut out = String::from("\n  input around the failing line:");
-    for (i, line) in input.lines().enumerate().skip(n.saturating_sub(3)).take(5) {
-        let marker = if i + 1 == n { ">" } else { " " };
-        out.push_str(&format!("\n  {marker}{:>6}: {line}", i + 1));
-    }
-    out
 }
 
 /// Writes `1` to `net.ipv4.conf.all.route_localnet` (of the current network namespace), as
@@ -379,15 +272,12 @@ mod tests {
     }
 
     #[test]
-    fn finds_failing_line_and_context() {
+    fn finds_failing_line() {
         assert_eq!(failing_line("iptables-restore: line 4 failed"), Some(4));
         assert_eq!(
             failing_line("Error occurred at line: 7\nTry `iptables-restore -h'"),
             Some(7)
         );
-        let ctx = input_context("a\nb\nc\nd\ne\nf\n", 4);
-        assert!(ctx.contains(">     4: d"), "{ctx}");
-        assert!(ctx.contains("      2: b"), "{ctx}");
     }
 
     #[test]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::plan::{IpFamily, NodePortAddresses, ProxyPlan};
 use crate::report::SyncReport;
+use crate::tool::ToolError;
 
 use super::apply::{
-    BackendChoice, IptablesError, IptablesTool, conntrack_tcp_be_liberal, enable_route_localnet,
-    resolve_backend,
+    BackendChoice, IptablesTool, conntrack_tcp_be_liberal, enable_route_localnet, resolve_backend,
 };
 use super::names::{CANARY_TABLES, KUBE_PROXY_CANARY};
 use super::render::{RenderCache, RenderOptions, RenderUpdate, render, render_update};
@@ -45,7 +45,7 @@ impl IptablesProxier {
     pub async fn new(
         choice: BackendChoice,
         families: impl IntoIterator<Item = IpFamily>,
-    ) -> Result<Self, IptablesError> {
+    ) -> Result<Self, ToolError> {
         let mut states = Vec::new();
         for family in families {
             let backend = resolve_backend(choice, family).await?;
@@ -86,7 +86,7 @@ impl IptablesProxier {
         &mut self,
         plan: &ProxyPlan,
         full: bool,
-    ) -> Result<Vec<SyncReport>, IptablesError> {
+    ) -> Result<Vec<SyncReport>, ToolError> {
         let mut reports = Vec::new();
         for state in &mut self.families {
             let start = Instant::now();
@@ -166,7 +166,7 @@ impl IptablesProxier {
 
     /// Removes every chain and jump rule kproxy owns (canaries included), in every family;
     /// touches nothing else.
-    pub async fn cleanup(&mut self) -> Result<RestoreInput, IptablesError> {
+    pub async fn cleanup(&mut self) -> Result<RestoreInput, ToolError> {
         let mut total = RestoreInput::default();
         for state in &mut self.families {
             state.trusted = false;

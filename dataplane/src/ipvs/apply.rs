@@ -4,13 +4,12 @@
 //! one `ip -batch` per sync.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 
 use crate::plan::IpFamily;
+use crate::tool::{Tool, ToolError};
 
 use super::diff::{IpvsChanges, IpvsOp, KernelService, KernelState};
 use super::ipset::SWAP_SET;
@@ -40,28 +39,9 @@ pub enum IpvsError {
         /// The first failure.
         first: Box<IpvsNetlinkError>,
     },
-    /// An iptables command failed.
-    #[error("{command} failed: {detail}")]
-    Iptables {
-        /// The command line.
-        command: String,
-        /// stderr or the spawn error.
-        detail: String,
-    },
-    /// `ipset restore` failed.
-    #[error("ipset restore of kproxy's IPVS sets failed: {detail}")]
-    Ipset {
-        /// stderr or the spawn error.
-        detail: String,
-    },
-    /// The `ip` tool failed on the dummy interface.
-    #[error("ip {what} on {DUMMY_INTERFACE} failed: {detail}")]
-    Link {
-        /// What was being done.
-        what: String,
-        /// stderr or the spawn error.
-        detail: String,
-    },
+    /// A tool (`iptables*`, `ipset`, `ip`) failed; the error names the command.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
 }
 
 /// Reads the kernel's virtual services of `family` whose address is in `owned` (service
@@ -146,69 +126,30 @@ pub fn apply_ops(sock: &mut IpvsSocket, changes: &IpvsChanges) -> Result<(), Ipv
     }
 }
 
-/// Runs `binary args`, writing `stdin` to it when given, and collects its output; the
-/// error says why it could not run. Every tool IPVS mode drives goes through here.
-pub(super) fn run_tool(
-    binary: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> Result<std::process::Output, String> {
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {binary}: {e}"))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| format!("writing to {binary}: {e}"))?;
-    }
-    child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for {binary}: {e}"))
-}
+/// `ip` (iproute2).
+const IP: Tool<'static> = Tool::new("ip", "iproute2");
+/// `ipset`.
+const IPSET: Tool<'static> = Tool::new("ipset", "ipset");
 
-/// The stderr of a failed run, for an error message.
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).trim().to_string()
-}
-
-fn run_ip(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, IpvsError> {
-    let err = |detail: String| IpvsError::Link {
-        what: what.to_string(),
-        detail,
-    };
-    let out = run_tool("ip", args, stdin).map_err(err)?;
-    if !out.status.success() {
-        return Err(err(stderr_of(&out)));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<String, IpvsError> {
+    Ok(IP.run_blocking(args, stdin)?)
 }
 
 /// Creates `kube-ipvs0` (a dummy interface, down, as upstream) if it does not exist.
 pub fn ensure_dummy_interface() -> Result<(), IpvsError> {
-    if run_ip(&["link", "show", "dev", DUMMY_INTERFACE], None, "link show").is_ok() {
+    if run_ip(&["link", "show", "dev", DUMMY_INTERFACE], None).is_ok() {
         return Ok(());
     }
-    run_ip(
-        &["link", "add", DUMMY_INTERFACE, "type", "dummy"],
-        None,
-        "link add (needs the dummy module)",
-    )
-    .map(drop)
+    // Needs the dummy module.
+    run_ip(&["link", "add", DUMMY_INTERFACE, "type", "dummy"], None).map(drop)
 }
 
 /// Deletes `kube-ipvs0` and every address on it.
 pub fn delete_dummy_interface() -> Result<(), IpvsError> {
-    if run_ip(&["link", "show", "dev", DUMMY_INTERFACE], None, "link show").is_err() {
+    if run_ip(&["link", "show", "dev", DUMMY_INTERFACE], None).is_err() {
         return Ok(());
     }
-    run_ip(&["link", "del", DUMMY_INTERFACE], None, "link del").map(drop)
+    run_ip(&["link", "del", DUMMY_INTERFACE], None).map(drop)
 }
 
 /// The addresses of `family` bound to `kube-ipvs0`.
@@ -217,11 +158,7 @@ pub fn bound_addresses(family: IpFamily) -> Result<BTreeSet<IpAddr>, IpvsError> 
         IpFamily::V4 => "-4",
         IpFamily::V6 => "-6",
     };
-    let out = run_ip(
-        &[flag, "-o", "addr", "show", "dev", DUMMY_INTERFACE],
-        None,
-        "addr show",
-    )?;
+    let out = run_ip(&[flag, "-o", "addr", "show", "dev", DUMMY_INTERFACE], None)?;
     Ok(parse_addr_show(&out))
 }
 
@@ -262,7 +199,7 @@ pub fn apply_addresses(changes: &IpvsChanges) -> Result<(), IpvsError> {
     if batch.is_empty() {
         return Ok(());
     }
-    run_ip(&["-force", "-batch", "-"], Some(&batch), "address batch").map(drop)
+    run_ip(&["-force", "-batch", "-"], Some(&batch)).map(drop)
 }
 
 /// Runs `ipset restore` with `input` (the sets and entries of one sync).
@@ -274,21 +211,15 @@ pub fn apply_ipsets(input: &str) -> Result<(), IpvsError> {
         // A scratch set left by a crash mid-restore would make its `create` fail.
         destroy_ipsets(&[SWAP_SET.to_string()]);
     }
-    let err = |detail: String| IpvsError::Ipset { detail };
-    let out = run_tool("ipset", &["restore"], Some(input)).map_err(err)?;
-    if !out.status.success() {
-        return Err(err(stderr_of(&out)));
-    }
+    IPSET.run_blocking(&["restore"], Some(input))?;
     Ok(())
 }
 
 /// Destroys kproxy's sets of `family` (those not referenced by a rule any more).
 pub fn destroy_ipsets(names: &[String]) {
     for name in names {
-        let _ = Command::new("ipset")
-            .args(["destroy", name])
-            .stderr(Stdio::null())
-            .status();
+        // A set still referenced by a rule stays; the next sync tries again.
+        let _ = IPSET.run_blocking(&["destroy", name], None);
     }
 }
 

@@ -12,7 +12,8 @@
 //!
 //! [`IpvsProxier::canary`]: super::IpvsProxier::canary
 
-use super::apply::run_tool;
+use crate::tool::Tool;
+
 use super::netlink::{IpvsSocket, ServiceKey};
 use super::rules::{KUBE_FORWARD, KUBE_SERVICES};
 use super::state::DUMMY_INTERFACE;
@@ -85,8 +86,9 @@ fn interface_exists(name: &str) -> bool {
 /// `true` only when `iptables -S CHAIN` answered that the chain does not exist (exit
 /// status 1); a busy lock (status 4) or a missing binary is not a verdict.
 fn chain_missing(iptables: &str, table: &str, chain: &str) -> bool {
-    run_tool(iptables, &["-w", "5", "-t", table, "-S", chain], None)
-        .is_ok_and(|out| out.status.code() == Some(1))
+    Tool::new(iptables, "iptables")
+        .run_blocking(&["-w", "5", "-t", table, "-S", chain], None)
+        .is_err_and(|e| e.exit_code() == Some(1))
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use std::net::IpAddr;
 
 use crate::plan::{IpFamily, Protocol, ProxyPlan};
 
-use super::apply::{IpvsError, run_tool};
+use crate::tool::{Tool, ToolError};
+
+use super::apply::IpvsError;
 use super::ipset::{self, set_name};
 
 /// nat: service traffic classification (marks for masquerade).
@@ -395,17 +397,16 @@ fn jump_args(verb: &str, j: &Jump) -> Vec<String> {
     .collect()
 }
 
+/// Runs `bin args`: `Ok(false)` when a check or edit without input exits unsuccessfully
+/// (`-C` of a missing rule, `-D` of a deleted one); an error when input was refused or the
+/// tool could not run.
 fn run(bin: &str, args: &[String], stdin: Option<&str>) -> Result<bool, IpvsError> {
-    let err = |detail: String| IpvsError::Iptables {
-        command: format!("{bin} {}", args.join(" ")),
-        detail,
-    };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run_tool(bin, &args, stdin).map_err(err)?;
-    if stdin.is_some() && !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    match Tool::new(bin, "iptables").run_blocking(&args, stdin) {
+        Ok(_) => Ok(true),
+        Err(ToolError::Failed { .. }) if stdin.is_none() => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    Ok(out.status.success())
 }
 
 /// Writes the ruleset with `<iptables>-restore --noflush` and inserts missing jump rules.
@@ -418,13 +419,9 @@ pub fn apply_rules(iptables: &str, rules: &str) -> Result<(), IpvsError> {
     )?;
     for j in &JUMPS {
         if !run(iptables, &jump_args("-C", j), None)? {
-            let args = jump_args("-I", j);
-            if !run(iptables, &args, None)? {
-                return Err(IpvsError::Iptables {
-                    command: format!("{iptables} {}", args.join(" ")),
-                    detail: "failed".into(),
-                });
-            }
+            let args: Vec<String> = jump_args("-I", j);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Tool::new(iptables, "iptables").run_blocking(&args, None)?;
         }
     }
     Ok(())

@@ -1,25 +1,19 @@
 //! Runs `nft` (the only kernel I/O of nftables mode): one `nft -f -` per transaction, with
 //! the transaction on stdin, plus an availability probe and the deletion of kproxy's tables.
 
-use std::io;
-use std::process::Stdio;
-
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
 use crate::plan::IpFamily;
+use crate::tool::{Tool, ToolError};
 
 use super::names::{CANARY_TABLE, FIREWALL_IPS, TABLE, UPSTREAM_TABLE, family_keyword};
 
-const NFT: &str = "nft";
+/// `nft`, whose errors blame a line of the transaction.
+const NFT: Tool<'static> = Tool::new("nft", "nftables").blaming(failing_line);
 
 /// An error of nftables mode.
 #[derive(Debug, Error)]
 pub enum NftError {
-    /// `nft` is not installed.
-    #[error("nft not found: install Debian's `nftables` package")]
-    Missing,
     /// `nft` runs but cannot program nf_tables here.
     #[error(
         "nftables does not work here (needs nf_tables with nat support and CAP_NET_ADMIN): {detail}"
@@ -28,26 +22,22 @@ pub enum NftError {
         /// What the probe printed.
         detail: String,
     },
-    /// `nft` could not be run.
-    #[error("could not run nft for table {table}: {source}")]
-    Exec {
+    /// `nft` could not run, or failed, on a table.
+    #[error("table {table}: {source}")]
+    Tool {
         /// The table (`ip kproxy`).
         table: String,
-        /// Why.
-        source: io::Error,
+        /// What went wrong.
+        source: ToolError,
     },
-    /// `nft` ran and failed.
-    #[error("nft failed on table {table} ({status}): {stderr}{context}")]
-    Failed {
-        /// The table (`ip kproxy`).
-        table: String,
-        /// Its exit status.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
-        /// The transaction lines around the line nft complained about, if any.
-        context: String,
-    },
+}
+
+impl NftError {
+    /// Whether nft failed because what it was asked about does not exist.
+    fn is_no_such_object(&self) -> bool {
+        matches!(self, NftError::Tool { source, .. }
+            if source.stderr().is_some_and(|e| e.contains("No such file or directory")))
+    }
 }
 
 /// `ip kproxy` / `ip6 kproxy`.
@@ -58,14 +48,13 @@ pub fn table_name(family: IpFamily) -> String {
 /// Checks that `nft` is installed and can create kproxy's tables and nat chains, without
 /// changing anything (`nft --check`).
 pub async fn check_available(families: &[IpFamily]) -> Result<(), NftError> {
-    run("nft", &["--version"], None)
-        .await
-        .map_err(|e| match e {
-            NftError::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                NftError::Missing
-            }
-            other => other,
-        })?;
+    let unusable = |e: ToolError| NftError::Unusable {
+        detail: match e {
+            ToolError::Failed { stderr, .. } => stderr,
+            other => other.to_string(),
+        },
+    };
+    NFT.run(&["--version"], None).await.map_err(unusable)?;
     let mut probe = String::new();
     for family in families {
         let t = table_name(*family);
@@ -76,13 +65,10 @@ pub async fn check_available(families: &[IpFamily]) -> Result<(), NftError> {
     if probe.is_empty() {
         return Ok(());
     }
-    run("probe", &["--check", "-f", "-"], Some(&probe))
+    NFT.run(&["--check", "-f", "-"], Some(&probe))
         .await
-        .map(|_| ())
-        .map_err(|e| match e {
-            NftError::Failed { stderr, .. } => NftError::Unusable { detail: stderr },
-            other => other,
-        })
+        .map(drop)
+        .map_err(unusable)
 }
 
 /// Applies one transaction (`nft -f -`); a no-op when `text` is empty.
@@ -138,9 +124,7 @@ pub async fn canary_intact(family: IpFamily) -> Result<bool, NftError> {
 async fn exists(table: &str, args: &[&str]) -> Result<bool, NftError> {
     match run(table, args, None).await {
         Ok(_) => Ok(true),
-        Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
-            Ok(false)
-        }
+        Err(e) if e.is_no_such_object() => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -149,47 +133,16 @@ async fn exists(table: &str, args: &[&str]) -> Result<bool, NftError> {
 async fn delete(table: &str, text: &str) -> Result<bool, NftError> {
     match run(table, &["-f", "-"], Some(text)).await {
         Ok(_) => Ok(true),
-        Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
-            Ok(false)
-        }
+        Err(e) if e.is_no_such_object() => Ok(false),
         Err(e) => Err(e),
     }
 }
 
+/// Runs `nft args` with `stdin`, on behalf of `table` (named in errors).
 async fn run(table: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
-    let exec = |source| NftError::Exec {
+    NFT.run(args, stdin).await.map_err(|source| NftError::Tool {
         table: table.to_owned(),
         source,
-    };
-    let mut child = Command::new(NFT)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(exec)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).await.map_err(exec)?;
-        // Dropping the pipe closes nft's stdin.
-    }
-    let output = child.wait_with_output().await.map_err(exec)?;
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    let context = stdin
-        .and_then(|input| failing_line(&stderr).map(|n| input_context(input, n)))
-        .unwrap_or_default();
-    Err(NftError::Failed {
-        table: table.to_owned(),
-        status: output.status.to_string(),
-        stderr,
-        context,
     })
 }
 
@@ -203,16 +156,6 @@ fn failing_line(stderr: &str) -> Option<usize> {
     })
 }
 
-/// The input lines `n-2..=n+2` (1-based), each numbered, the failing one marked.
-fn input_context(input: &str, n: usize) -> String {
-    let mut out = String::from("\n  transaction around the failing line:");
-    for (i, line) in input.lines().enumerate().skip(n.saturating_sub(3)).take(5) {
-        let marker = if i + 1 == n { ">" } else { " " };
-        out.push_str(&format!("\n  {marker}{:>7}: {line}", i + 1));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,10 +166,6 @@ mod tests {
                       add rule ip6 kproxy x bogus\n                           ^";
         assert_eq!(failing_line(stderr), Some(2));
         assert_eq!(failing_line("Error: Could not process rule"), None);
-        let ctx = input_context("a\nb\nc\nd\ne\nf\n", 4);
-        assert!(ctx.contains(">      4: d"), "{ctx}");
-        assert!(ctx.contains("       2: b"), "{ctx}");
-        assert!(!ctx.contains(": a"), "{ctx}");
     }
 
     #[test]

@@ -16,12 +16,10 @@
 //! and the bridge table.
 
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
 
 use super::device::{Mailbox, run};
 use super::forwarder::ForwarderConfig;
@@ -30,6 +28,12 @@ use super::services::ServiceTable;
 use crate::lb::Algorithm;
 use crate::plan::{IpFamily, ProxyPlan};
 use crate::report::SyncReport;
+use crate::tool::{Tool, ToolError};
+
+/// `ip` (iproute2).
+const IP: Tool<'static> = Tool::new("ip", "iproute2");
+/// `nft`.
+const NFT: Tool<'static> = Tool::new("nft", "nftables");
 
 /// What can go wrong in userspace mode.
 #[derive(Debug, Error)]
@@ -50,21 +54,16 @@ pub enum UserspaceError {
         /// What happened.
         reason: String,
     },
-    /// `ip` could not be run or failed.
-    #[error("ip {args} failed: {detail}")]
-    Ip {
-        /// The arguments.
-        args: String,
-        /// Exit status and stderr, or the exec error.
-        detail: String,
-    },
-    /// `iptables`/`iptables-restore` (NodePort chain) could not be run or failed.
-    #[error("{command} failed: {detail}")]
-    Tool {
-        /// The command line.
-        command: String,
-        /// Exit status and stderr, or the exec error.
-        detail: String,
+    /// A tool (`ip`, `nft`, `iptables*`) could not be run or failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// Lines of an `ip -batch` that add or replace failed.
+    #[error("ip -batch failed on {lines}: {stderr}")]
+    IpBatch {
+        /// The failed lines, `; `-separated.
+        lines: String,
+        /// What `ip` printed.
+        stderr: String,
     },
     /// A sysctl could not be written.
     #[error("cannot set {path}: {source}")]
@@ -389,15 +388,11 @@ impl UserspaceProxier {
 pub async fn cleanup_leftovers(families: &[IpFamily]) -> Result<(), UserspaceError> {
     let table = super::bridges::TABLE;
     let replies = super::routes::REPLY_TABLE;
-    let _ = run_with_input(
-        "nft",
-        &["-f", "-"],
-        &format!(
-            "table bridge {table}\ndelete table bridge {table}\n\
-             table inet {replies}\ndelete table inet {replies}\n"
-        ),
-    )
-    .await;
+    let tables = format!(
+        "table bridge {table}\ndelete table bridge {table}\n\
+         table inet {replies}\ndelete table inet {replies}\n"
+    );
+    let _ = NFT.run(&["-f", "-"], Some(&tables)).await;
     for family in families {
         remove_nodeports(*family).await;
     }
@@ -425,48 +420,28 @@ async fn apply_replies(input: &str) -> Result<(), UserspaceError> {
     if input.is_empty() {
         return Ok(());
     }
-    run_with_input("nft", &["-f", "-"], input).await
+    NFT.run(&["-f", "-"], Some(input)).await?;
+    Ok(())
 }
 
 /// How many rules sit at our priority (in the larger family).
 async fn count_our_rules() -> usize {
     let mut most = 0;
     for fam in ["-4", "-6"] {
-        let out = tokio::process::Command::new("ip")
-            .args([fam, "rule", "show", "priority", &RULE_PRIORITY.to_string()])
-            .output()
-            .await;
-        if let Ok(o) = out {
-            most = most.max(
-                o.stdout
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .count(),
-            );
+        let priority = RULE_PRIORITY.to_string();
+        if let Ok(rules) = IP
+            .run(&[fam, "rule", "show", "priority", &priority], None)
+            .await
+        {
+            most = most.max(rules.lines().filter(|l| !l.is_empty()).count());
         }
     }
     most
 }
 
 async fn ip(args: &[&str]) -> Result<(), UserspaceError> {
-    let err = |detail: String| UserspaceError::Ip {
-        args: args.join(" "),
-        detail,
-    };
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    IP.run(args, None).await?;
+    Ok(())
 }
 
 /// Runs `ip -force -batch -` with `input`; deletions of absent objects are expected and only
@@ -476,14 +451,11 @@ async fn ip_batch(family: IpFamily, input: &str) -> Result<(), UserspaceError> {
         IpFamily::V4 => "-4",
         IpFamily::V6 => "-6",
     };
-    let err = |detail: String| UserspaceError::Ip {
-        args: format!("{fam} -force -batch -"),
-        detail,
+    let stderr = match IP.run(&[fam, "-force", "-batch", "-"], Some(input)).await {
+        Ok(_) => return Ok(()),
+        Err(ToolError::Failed { stderr, .. }) => stderr,
+        Err(e) => return Err(e.into()),
     };
-    let out = piped("ip", &[fam, "-force", "-batch", "-"], input)
-        .await
-        .map_err(err)?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
     // `ip -batch` reports "Command failed -:N" per failing line; keep failures of lines
     // that add or replace.
     let lines: Vec<&str> = input.lines().collect();
@@ -503,7 +475,10 @@ async fn ip_batch(family: IpFamily, input: &str) -> Result<(), UserspaceError> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(err(format!("{}: {}", failed.join("; "), stderr.trim())))
+        Err(UserspaceError::IpBatch {
+            lines: failed.join("; "),
+            stderr,
+        })
     }
 }
 
@@ -515,7 +490,10 @@ async fn apply_nodeports(
     nodeports: bool,
 ) -> Result<(), UserspaceError> {
     let (restore, plain) = super::nodeports::binaries(family);
-    run_with_input(restore, &["--noflush"], text).await?;
+    Tool::new(restore, "iptables")
+        .run(&["--noflush"], Some(text))
+        .await?;
+    let iptables = Tool::new(plain, "iptables");
     let mut jumps = vec![("POSTROUTING", super::nodeports::POSTROUTING_CHAIN)];
     if nodeports {
         jumps.push(("PREROUTING", super::nodeports::CHAIN));
@@ -523,9 +501,9 @@ async fn apply_nodeports(
     }
     for (hook, chain) in jumps {
         let jump = ["-t", "nat", "-C", hook, "-j", chain];
-        if run_with_input(plain, &jump, "").await.is_err() {
+        if iptables.run(&jump, None).await.is_err() {
             let insert = ["-t", "nat", "-I", hook, "-j", chain];
-            run_with_input(plain, &insert, "").await?;
+            iptables.run(&insert, None).await?;
         }
     }
     Ok(())
@@ -536,61 +514,26 @@ async fn apply_bridges(text: &str) -> Result<(), UserspaceError> {
     if text.is_empty() {
         return Ok(());
     }
-    run_with_input("nft", &["-f", "-"], text).await
+    NFT.run(&["-f", "-"], Some(text)).await?;
+    Ok(())
 }
 
 /// Removes the jumps to and the NodePort and masquerade chains of `family`, ignoring what
 /// is not there.
 async fn remove_nodeports(family: IpFamily) {
     let (_, plain) = super::nodeports::binaries(family);
+    let iptables = Tool::new(plain, "iptables");
     let (np, post) = (super::nodeports::CHAIN, super::nodeports::POSTROUTING_CHAIN);
     for (hook, chain) in [("PREROUTING", np), ("OUTPUT", np), ("POSTROUTING", post)] {
         for _ in 0..8 {
             let del = ["-t", "nat", "-D", hook, "-j", chain];
-            if run_with_input(plain, &del, "").await.is_err() {
+            if iptables.run(&del, None).await.is_err() {
                 break;
             }
         }
     }
     for chain in [np, post] {
-        let _ = run_with_input(plain, &["-t", "nat", "-F", chain], "").await;
-        let _ = run_with_input(plain, &["-t", "nat", "-X", chain], "").await;
-    }
-}
-
-/// Runs `binary args` with `input` on stdin and collects its output (stderr piped,
-/// stdout discarded); the error is why it could not run.
-async fn piped(binary: &str, args: &[&str], input: &str) -> Result<std::process::Output, String> {
-    let mut child = tokio::process::Command::new(binary)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    child.wait_with_output().await.map_err(|e| e.to_string())
-}
-
-/// Runs `binary args` with `input` on stdin; an error names the command and its stderr.
-async fn run_with_input(binary: &str, args: &[&str], input: &str) -> Result<(), UserspaceError> {
-    let err = |detail: String| UserspaceError::Tool {
-        command: format!("{binary} {}", args.join(" ")),
-        detail,
-    };
-    let out = piped(binary, args, input).await.map_err(err)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        let _ = iptables.run(&["-t", "nat", "-F", chain], None).await;
+        let _ = iptables.run(&["-t", "nat", "-X", chain], None).await;
     }
 }
