@@ -9,6 +9,7 @@ pub mod conntrack;
 pub mod iptables;
 pub mod ipvs;
 pub mod lb;
+pub mod netlink;
 pub mod nftables;
 pub mod plan;
 pub mod report;

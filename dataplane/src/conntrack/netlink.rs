@@ -8,14 +8,13 @@
 //!   `NLM_F_ACK`, sent [`DELETE_BATCH`] messages to one `sendmsg`; each message is answered
 //!   with its own ack, matched back to its flow by sequence number.
 //!
-//! The socket is non-blocking: the kernel answers ctnetlink requests (and produces every dump
-//! batch) within `sendmsg`/`recvmsg`, so waiting is bounded by [`REPLY_TIMEOUT`].
+//! The socket is the shared non-blocking [`NetlinkSocket`]: waiting is bounded by
+//! [`REPLY_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use netlink_packet_core::{
     DecodeError, DefaultNla, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage,
@@ -27,18 +26,16 @@ use netlink_packet_netfilter::conntrack::{
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
-use netlink_sys::{Socket, SocketAddr as NlSocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::filter::FlowToDelete;
 use super::flow::{Flow, FlowTuple, ipproto, protocol_of};
+use crate::netlink::{NetlinkError, NetlinkSocket, REPLY_TIMEOUT, align};
 use crate::plan::{IpFamily, Protocol};
 
-/// How long one request may wait for its complete answer.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deletes sent in one `sendmsg` (their acks must fit the socket's receive buffer).
 pub const DELETE_BATCH: usize = 128;
 
-const RECV_BUF_LEN: usize = 1 << 18;
 const ENOENT: i32 = 2;
 const EINVAL: i32 = 22;
 const EOPNOTSUPP: i32 = 95;
@@ -53,36 +50,9 @@ const CTA_FILTER_FLAG_PROTO_NUM: u32 = 1 << 3;
 /// A conntrack netlink failure, naming the request or the flow it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
-    /// A socket call failed.
-    #[error("conntrack netlink socket error during {what}: {source}")]
-    Io {
-        /// The request.
-        what: String,
-        /// The cause.
-        source: io::Error,
-    },
-    /// The kernel refused a request.
-    #[error("kernel refused {what}: {source}")]
-    Kernel {
-        /// The request.
-        what: String,
-        /// The errno the kernel answered, as an I/O error.
-        source: io::Error,
-    },
-    /// An answer could not be decoded.
-    #[error("cannot decode the kernel's answer to {what}: {source}")]
-    Decode {
-        /// The request.
-        what: String,
-        /// The cause.
-        source: DecodeError,
-    },
-    /// The answer did not complete in time.
-    #[error("no complete answer to {what} within {REPLY_TIMEOUT:?}")]
-    Incomplete {
-        /// The request.
-        what: String,
-    },
+    /// A request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     /// Deleting stale entries failed for some flows (the others were deleted).
     #[error(
         "cannot delete stale conntrack entry {flow}: {source} \
@@ -288,7 +258,7 @@ pub fn decode_replies(buf: &[u8]) -> Result<Vec<(u32, Reply)>, DecodeError> {
             _ => Reply::Other,
         };
         out.push((msg.header.sequence_number, reply));
-        offset += (len + 3) & !3;
+        offset += align(len);
     }
     Ok(out)
 }
@@ -306,54 +276,15 @@ pub struct DeleteOutcome {
 
 /// A ctnetlink socket in the network namespace of the thread that opened it.
 pub struct ConntrackSocket {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    socket: NetlinkSocket,
 }
 
 impl ConntrackSocket {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<ConntrackSocket, ConntrackError> {
-        let io = |source| ConntrackError::Io {
-            what: "opening the conntrack netlink socket".into(),
-            source,
-        };
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io)?;
-        socket.bind_auto().map_err(io)?;
-        socket.connect(&NlSocketAddr::new(0, 0)).map_err(io)?;
-        socket.set_non_blocking(true).map_err(io)?;
         Ok(ConntrackSocket {
-            socket,
-            seq: 0,
-            buf: vec![0u8; RECV_BUF_LEN],
+            socket: NetlinkSocket::open(NETLINK_NETFILTER, "conntrack")?,
         })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Receives one buffer, waiting until `deadline`; `None` when the deadline passed.
-    fn recv(&mut self, deadline: Instant, what: &str) -> Result<Option<usize>, ConntrackError> {
-        loop {
-            match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(n) => return Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        return Ok(None);
-                    }
-                    thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ConntrackError::Io {
-                        what: what.to_string(),
-                        source,
-                    });
-                }
-            }
-        }
     }
 
     /// Calls `each` with every TCP/UDP/SCTP entry of `family` (of `protocol` only, when
@@ -366,9 +297,8 @@ impl ConntrackSocket {
     ) -> Result<(), ConntrackError> {
         match self.dump_once(family, protocol, &mut each) {
             // A kernel without CTA_FILTER support: dump everything, filter here.
-            Err(ConntrackError::Kernel { source, .. })
-                if protocol.is_some()
-                    && matches!(source.raw_os_error(), Some(EINVAL | EOPNOTSUPP)) =>
+            Err(ConntrackError::Netlink(e))
+                if protocol.is_some() && matches!(e.errno(), Some(EINVAL | EOPNOTSUPP)) =>
             {
                 tracing::debug!(%family, "kernel refused a filtered conntrack dump: dumping all");
                 self.dump_once(family, None, &mut |f: Flow| {
@@ -402,24 +332,18 @@ impl ConntrackSocket {
             Some(p) => format!("dumping the {family} {p} conntrack table"),
             None => format!("dumping the {family} conntrack table"),
         };
-        let seq = self.next_seq();
+        let seq = self.socket.next_seq();
         let request = encode_dump_request(family, protocol, seq);
-        self.socket
-            .send(&request, 0)
-            .map_err(|source| ConntrackError::Io {
-                what: what.clone(),
-                source,
-            })?;
+        self.socket.send(&request, &what)?;
         // The deadline moves with every batch received: a large table may take longer in
         // total, but the kernel never pauses between batches.
         let mut deadline = Instant::now() + REPLY_TIMEOUT;
-        while let Some(n) = self.recv(deadline, &what)? {
+        while let Some(buf) = self.socket.recv(deadline, &what)? {
             deadline = Instant::now() + REPLY_TIMEOUT;
-            let replies =
-                decode_replies(&self.buf[..n]).map_err(|source| ConntrackError::Decode {
-                    what: what.clone(),
-                    source,
-                })?;
+            let replies = decode_replies(buf).map_err(|source| NetlinkError::Decode {
+                what: what.clone(),
+                source,
+            })?;
             for (s, reply) in replies {
                 if s != seq {
                     continue;
@@ -432,17 +356,12 @@ impl ConntrackSocket {
                         each(flow)
                     }
                     Reply::Done => return Ok(()),
-                    Reply::Ack(Some(errno)) => {
-                        return Err(ConntrackError::Kernel {
-                            what,
-                            source: io::Error::from_raw_os_error(errno),
-                        });
-                    }
+                    Reply::Ack(Some(errno)) => return Err(NetlinkError::kernel(what, errno).into()),
                     _ => {}
                 }
             }
         }
-        Err(ConntrackError::Incomplete { what })
+        Err(NetlinkError::Incomplete { what }.into())
     }
 
     /// Deletes `flows` by original tuple, [`DELETE_BATCH`] per `sendmsg`. Every flow is
@@ -459,30 +378,28 @@ impl ConntrackSocket {
         let mut pending: HashMap<u32, Flow> = HashMap::with_capacity(batch.len());
         let mut request = Vec::new();
         for d in batch {
-            let seq = self.next_seq();
+            let seq = self.socket.next_seq();
             request.extend_from_slice(&encode_delete(&d.flow, seq));
             pending.insert(seq, d.flow);
         }
         let what = format!("deleting {} stale conntrack entries", batch.len());
-        if let Err(e) = self.socket.send(&request, 0) {
+        if let Err(e) = self.socket.send(&request, &what) {
             for flow in pending.into_values() {
-                outcome
-                    .errors
-                    .push((flow, io::Error::new(e.kind(), e.to_string())));
+                outcome.errors.push((flow, io::Error::other(e.to_string())));
             }
             return;
         }
         let deadline = Instant::now() + REPLY_TIMEOUT;
         while !pending.is_empty() {
-            let n = match self.recv(deadline, &what) {
-                Ok(Some(n)) => n,
+            let buf = match self.socket.recv(deadline, &what) {
+                Ok(Some(buf)) => buf,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!("{e}");
                     break;
                 }
             };
-            let replies = match decode_replies(&self.buf[..n]) {
+            let replies = match decode_replies(buf) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!("cannot decode the answer to {what}: {e}");

@@ -2,14 +2,11 @@
 //! resolves the `IPVS` family id through `nlctrl` and runs one request at a time, waiting
 //! for the kernel's acknowledgement or the end of a dump.
 //!
-//! The socket is non-blocking: the kernel answers a generic-netlink request (and produces
-//! every dump batch) synchronously within `sendmsg`/`recvmsg`, so an empty socket means the
-//! answer is complete or lost; waiting for it is bounded by [`REPLY_TIMEOUT`].
+//! The socket is the shared non-blocking [`NetlinkSocket`]: waiting for an answer is
+//! bounded by [`REPLY_TIMEOUT`] and [`MAX_REPLY_MESSAGES`].
 
 use std::fmt::Debug;
-use std::io;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use netlink_packet_core::{
     DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
@@ -18,18 +15,17 @@ use netlink_packet_core::{
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+use netlink_sys::protocols::NETLINK_GENERIC;
+
+use crate::netlink::{NetlinkError, NetlinkSocket, REPLY_TIMEOUT, align};
 
 use super::consts::IPVS_GENL_NAME;
 use super::message::{IpvsAttr, IpvsCmd, IpvsMessage};
 use super::repr::{Destination, Service, ServiceKey, Timeouts};
 
-/// How long one request may wait for its complete answer.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many messages are accepted in one answer (a dump of 10k services with
 /// their destinations fits with room to spare).
 pub const MAX_REPLY_MESSAGES: usize = 1 << 20;
-const RECV_BUF_LEN: usize = 1 << 18;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 
@@ -42,36 +38,28 @@ pub enum IpvsNetlinkError {
          IPVS mode cannot run here"
     )]
     FamilyNotFound,
-    /// A socket call failed.
-    #[error("netlink socket error during {what}: {source}")]
-    Io {
-        /// The request.
-        what: String,
-        /// The cause.
-        source: io::Error,
-    },
-    /// The kernel refused the request.
-    #[error("kernel refused {what}: {source}")]
-    Kernel {
-        /// The request.
-        what: String,
-        /// The errno the kernel answered, as an I/O error.
-        source: io::Error,
-    },
-    /// An answer could not be decoded.
-    #[error("cannot decode the kernel's answer to {what}: {source}")]
-    Decode {
-        /// The request.
-        what: String,
-        /// The cause.
-        source: DecodeError,
-    },
-    /// The answer did not complete within [`REPLY_TIMEOUT`] or [`MAX_REPLY_MESSAGES`].
-    #[error("no complete answer to {what} within {REPLY_TIMEOUT:?}")]
-    Incomplete {
-        /// The request.
-        what: String,
-    },
+    /// A request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+impl IpvsNetlinkError {
+    /// The errno the kernel refused a request with.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            IpvsNetlinkError::Netlink(e) => e.errno(),
+            IpvsNetlinkError::FamilyNotFound => None,
+        }
+    }
+}
+
+/// An answer to `what` that did not decode.
+fn undecodable(what: &str, source: DecodeError) -> IpvsNetlinkError {
+    NetlinkError::Decode {
+        what: what.to_owned(),
+        source,
+    }
+    .into()
 }
 
 /// Serializes one generic-netlink request (header, genl header, attributes).
@@ -92,29 +80,17 @@ where
 
 /// A generic-netlink socket speaking to the kernel's IPVS family.
 pub struct IpvsSocket {
-    socket: Socket,
+    socket: NetlinkSocket,
     family_id: u16,
-    seq: u32,
-    buf: Vec<u8>,
 }
 
 impl IpvsSocket {
     /// Opens a socket in the calling thread's network namespace and resolves the IPVS
     /// family. Fails with [`IpvsNetlinkError::FamilyNotFound`] when the kernel lacks IPVS.
     pub fn open() -> Result<IpvsSocket, IpvsNetlinkError> {
-        let io = |source| IpvsNetlinkError::Io {
-            what: "opening the generic netlink socket".into(),
-            source,
-        };
-        let mut socket = Socket::new(NETLINK_GENERIC).map_err(io)?;
-        socket.bind_auto().map_err(io)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
-        socket.set_non_blocking(true).map_err(io)?;
         let mut this = IpvsSocket {
-            socket,
+            socket: NetlinkSocket::open(NETLINK_GENERIC, "generic")?,
             family_id: 0,
-            seq: 0,
-            buf: vec![0u8; RECV_BUF_LEN],
         };
         this.family_id = this.resolve_family()?;
         Ok(this)
@@ -132,11 +108,7 @@ impl IpvsSocket {
         };
         let what = "resolving the IPVS generic netlink family";
         let replies = match self.exchange(GenlCtrl::family_id(&request), request, false, what) {
-            Err(IpvsNetlinkError::Kernel { source, .. })
-                if source.raw_os_error() == Some(ENOENT) =>
-            {
-                return Err(IpvsNetlinkError::FamilyNotFound);
-            }
+            Err(e) if e.errno() == Some(ENOENT) => return Err(IpvsNetlinkError::FamilyNotFound),
             other => other?,
         };
         replies
@@ -160,40 +132,30 @@ impl IpvsSocket {
     where
         F: GenlFamily + Emitable + Debug + ParseableParametrized<[u8], GenlHeader>,
     {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
+        let seq = self.socket.next_seq();
         let request = encode_request(family_id, seq, payload, dump);
-        let io = |source| IpvsNetlinkError::Io {
-            what: what.to_string(),
-            source,
-        };
-        self.socket.send(&request, 0).map_err(io)?;
+        self.socket.send(&request, what)?;
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut out = Vec::new();
         let mut seen = 0usize;
-        while Instant::now() < deadline && seen < MAX_REPLY_MESSAGES {
-            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io(e)),
+        while seen < MAX_REPLY_MESSAGES {
+            let Some(buf) = self.socket.recv(deadline, what)? else {
+                break;
             };
             let mut offset = 0;
-            while offset < n && seen < MAX_REPLY_MESSAGES {
+            while offset < buf.len() && seen < MAX_REPLY_MESSAGES {
                 seen += 1;
-                let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&self.buf[offset..n])
-                    .map_err(|source| IpvsNetlinkError::Decode {
+                let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&buf[offset..]).map_err(
+                    |source| NetlinkError::Decode {
                         what: what.to_string(),
                         source,
-                    })?;
+                    },
+                )?;
                 let len = msg.header.length as usize;
                 if len == 0 {
                     break;
                 }
-                offset += netlink_align(len);
+                offset += align(len);
                 if msg.header.sequence_number != seq {
                     continue;
                 }
@@ -204,20 +166,16 @@ impl IpvsSocket {
                     NetlinkPayload::Error(err) => match err.code {
                         None if !dump => return Ok(out),
                         None => {}
-                        Some(code) => {
-                            return Err(IpvsNetlinkError::Kernel {
-                                what: what.to_string(),
-                                source: io::Error::from_raw_os_error(-code.get()),
-                            });
-                        }
+                        Some(code) => return Err(NetlinkError::kernel(what, -code.get()).into()),
                     },
                     _ => {}
                 }
             }
         }
-        Err(IpvsNetlinkError::Incomplete {
+        Err(NetlinkError::Incomplete {
             what: what.to_string(),
-        })
+        }
+        .into())
     }
 
     fn ipvs(
@@ -276,12 +234,7 @@ impl IpvsSocket {
         replies
             .iter()
             .filter_map(IpvsMessage::service_attrs)
-            .map(|attrs| {
-                Service::from_attrs(attrs).map_err(|source| IpvsNetlinkError::Decode {
-                    what: what.into(),
-                    source,
-                })
-            })
+            .map(|attrs| Service::from_attrs(attrs).map_err(|source| undecodable(what, source)))
             .collect()
     }
 
@@ -291,22 +244,13 @@ impl IpvsSocket {
         let what = format!("IPVS GET_SERVICE of {key}");
         let attrs = vec![IpvsAttr::Service(key.to_attrs())];
         let replies = match self.ipvs(IpvsCmd::GetService, attrs, false, || what.clone()) {
-            Err(IpvsNetlinkError::Kernel { source, .. })
-                if matches!(source.raw_os_error(), Some(ESRCH | ENOENT)) =>
-            {
-                return Ok(None);
-            }
+            Err(e) if matches!(e.errno(), Some(ESRCH | ENOENT)) => return Ok(None),
             other => other?,
         };
         replies
             .iter()
             .find_map(IpvsMessage::service_attrs)
-            .map(|attrs| {
-                Service::from_attrs(attrs).map_err(|source| IpvsNetlinkError::Decode {
-                    what: what.clone(),
-                    source,
-                })
-            })
+            .map(|attrs| Service::from_attrs(attrs).map_err(|source| undecodable(&what, source)))
             .transpose()
     }
 
@@ -346,12 +290,8 @@ impl IpvsSocket {
             .iter()
             .filter_map(IpvsMessage::dest_attrs)
             .map(|attrs| {
-                Destination::from_attrs(key.af(), attrs).map_err(|source| {
-                    IpvsNetlinkError::Decode {
-                        what: what.clone(),
-                        source,
-                    }
-                })
+                Destination::from_attrs(key.af(), attrs)
+                    .map_err(|source| undecodable(&what, source))
             })
             .collect()
     }
@@ -418,8 +358,4 @@ impl IpvsSocket {
         self.ipvs(IpvsCmd::Flush, vec![], false, || "IPVS FLUSH".into())
             .map(drop)
     }
-}
-
-fn netlink_align(len: usize) -> usize {
-    (len + 3) & !3
 }
