@@ -146,6 +146,24 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Which of a service port's two endpoint sets some traffic uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndpointSet {
+    /// The "Cluster" traffic-policy set ([`ServicePortPlan::cluster_endpoints`]).
+    Cluster,
+    /// The "Local" traffic-policy set ([`ServicePortPlan::local_endpoints`]).
+    Local,
+}
+
+impl fmt::Display for EndpointSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointSet::Cluster => "cluster",
+            EndpointSet::Local => "local",
+        })
+    }
+}
+
 /// Everything a backend needs to program one service port in one IP family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePortPlan {
@@ -210,6 +228,46 @@ impl ServicePortPlan {
     /// External traffic (from outside the cluster) has an endpoint to go to.
     pub fn has_external_endpoints(&self) -> bool {
         self.has_any_endpoints && (!self.external_policy_local || !self.local_endpoints.is_empty())
+    }
+
+    /// The set cluster-IP traffic uses: the local set under `internalTrafficPolicy: Local`,
+    /// else the cluster set. Every backend takes this choice from here.
+    pub fn internal_set(&self) -> EndpointSet {
+        if self.internal_policy_local {
+            EndpointSet::Local
+        } else {
+            EndpointSet::Cluster
+        }
+    }
+
+    /// The set traffic from outside the cluster uses (external IPs, load-balancer IPs,
+    /// NodePorts): the local set under `externalTrafficPolicy: Local`, else the cluster
+    /// set. Traffic from this node's pods and from the node itself always uses the cluster
+    /// set, as upstream short-circuits it.
+    pub fn external_set(&self) -> EndpointSet {
+        if self.external_policy_local {
+            EndpointSet::Local
+        } else {
+            EndpointSet::Cluster
+        }
+    }
+
+    /// The endpoints of `set`.
+    pub fn endpoints(&self, set: EndpointSet) -> &[Endpoint] {
+        match set {
+            EndpointSet::Cluster => &self.cluster_endpoints,
+            EndpointSet::Local => &self.local_endpoints,
+        }
+    }
+
+    /// The endpoints cluster-IP traffic uses ([`Self::internal_set`]).
+    pub fn internal_endpoints(&self) -> &[Endpoint] {
+        self.endpoints(self.internal_set())
+    }
+
+    /// The endpoints traffic from outside the cluster uses ([`Self::external_set`]).
+    pub fn external_endpoints(&self) -> &[Endpoint] {
+        self.endpoints(self.external_set())
     }
 
     /// Every endpoint some rule of this service may DNAT to: cluster then local, without

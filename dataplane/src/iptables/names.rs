@@ -8,7 +8,7 @@
 use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
 
-use crate::plan::{Endpoint, ServicePortName};
+use crate::plan::{Endpoint, EndpointSet, ServicePortName};
 
 /// Dispatch of cluster IPs, external IPs and LB IPs (nat), and REJECT/DROP of cluster IPs
 /// without endpoints (filter).
@@ -79,6 +79,14 @@ impl ServiceChains {
             local: format!("KUBE-SVL-{hash}"),
             external: format!("KUBE-EXT-{hash}"),
             firewall: format!("KUBE-FW-{hash}"),
+        }
+    }
+
+    /// The dispatch chain of endpoint set `set`.
+    pub fn dispatch(&self, set: EndpointSet) -> &str {
+        match set {
+            EndpointSet::Cluster => &self.cluster,
+            EndpointSet::Local => &self.local,
         }
     }
 }

@@ -199,16 +199,7 @@ pub(super) fn render_service(
             },
         );
     };
-    let internal = if svc.internal_policy_local {
-        &svc.local_endpoints
-    } else {
-        &svc.cluster_endpoints
-    };
-    let external = if svc.external_policy_local {
-        &svc.local_endpoints
-    } else {
-        &svc.cluster_endpoints
-    };
+    let (internal, external) = (svc.internal_endpoints(), svc.external_endpoints());
     add(svc.cluster_ip, svc.port, internal);
     state.bound_addresses.insert(svc.cluster_ip);
     for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {

@@ -5,8 +5,7 @@
 //! dispatch chains and their maps are named after what they select (see [`Selection`]), never
 //! after a service: per-service data lives only in map and set elements.
 
-use std::fmt;
-
+use crate::plan::EndpointSet;
 use crate::plan::IpFamily;
 
 /// The name of kproxy's table in both families.
@@ -71,24 +70,6 @@ pub fn addr_type(family: IpFamily) -> &'static str {
     match family {
         IpFamily::V4 => "ipv4_addr",
         IpFamily::V6 => "ipv6_addr",
-    }
-}
-
-/// Which of a service's endpoint sets a selection draws from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum EndpointSet {
-    /// The "Cluster" traffic-policy set.
-    Cluster,
-    /// The "Local" traffic-policy set.
-    Local,
-}
-
-impl fmt::Display for EndpointSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EndpointSet::Cluster => "cluster",
-            EndpointSet::Local => "local",
-        })
     }
 }
 

@@ -24,7 +24,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::lb::{AffinityTable, Algorithm, Balancer, Member, stable_hash};
-use crate::plan::{Endpoint, IpFamily, LocalTrafficDetector, Protocol, ProxyPlan, ServicePortPlan};
+use crate::plan::{
+    Endpoint, EndpointSet, IpFamily, LocalTrafficDetector, Protocol, ProxyPlan, ServicePortPlan,
+};
 
 use super::packet::{PROTO_TCP, PROTO_UDP};
 
@@ -278,12 +280,12 @@ impl ServiceTable {
             return Verdict::Drop;
         };
         let p = &svc.plan;
-        let (use_local, mut masquerade) = if !fe.external {
+        let (set, mut masquerade) = if !fe.external {
             if !p.has_internal_endpoints() {
                 return no_endpoint(p);
             }
             (
-                p.internal_policy_local,
+                p.internal_set(),
                 masquerade_all || (cidr_known && !from_pod),
             )
         } else {
@@ -297,20 +299,18 @@ impl ServiceTable {
             if firewalled && !admitted {
                 return Verdict::Drop;
             }
-            if !p.external_policy_local {
-                (false, true)
-            } else if from_pod {
-                (false, false)
-            } else if from_node {
-                (false, true)
-            } else {
-                (true, false)
+            // Pods and the node itself short-circuit to the cluster set.
+            match p.external_set() {
+                EndpointSet::Cluster => (EndpointSet::Cluster, true),
+                EndpointSet::Local if from_pod => (EndpointSet::Cluster, false),
+                EndpointSet::Local if from_node => (EndpointSet::Cluster, true),
+                EndpointSet::Local => (EndpointSet::Local, false),
             }
         };
-        let set = if use_local {
-            &mut svc.local
-        } else {
-            &mut svc.cluster
+        let use_local = set == EndpointSet::Local;
+        let set = match set {
+            EndpointSet::Local => &mut svc.local,
+            EndpointSet::Cluster => &mut svc.cluster,
         };
         if set.addrs.is_empty() {
             return no_endpoint(p);

@@ -36,16 +36,8 @@ pub(super) fn render_service_port(rs: &mut Ruleset, env: &Env, svc: &ServicePort
     let has_endpoints = svc.has_any_endpoints;
     let uses_cluster_chain = !svc.cluster_endpoints.is_empty() && svc.uses_cluster_endpoints();
     let uses_local_chain = !svc.local_endpoints.is_empty() && svc.uses_local_endpoints();
-    let internal_chain = if svc.internal_policy_local {
-        &chains.local
-    } else {
-        &chains.cluster
-    };
-    let external_policy_chain = if svc.external_policy_local {
-        &chains.local
-    } else {
-        &chains.cluster
-    };
+    let internal_chain = chains.dispatch(svc.internal_set());
+    let external_policy_chain = chains.dispatch(svc.external_set());
     let has_internal = svc.has_internal_endpoints();
     let has_external = svc.has_external_endpoints();
     let uses_external_chain = has_endpoints && svc.externally_accessible();

@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 
-use super::super::names::{EndpointSet, KeyKind, endpoint_map};
+use super::super::names::{KeyKind, endpoint_map};
 use super::super::table::NftTable;
+use crate::plan::EndpointSet;
 
 /// Orders `values` (endpoint map values, `addr . port`) by slot for `key`.
 pub(super) fn assign_slots(

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::plan::{Endpoint, ServicePortPlan};
+use crate::plan::{Endpoint, EndpointSet, ServicePortPlan};
 
 use super::super::names::*;
 use super::Ctx;
@@ -63,16 +63,8 @@ pub(super) fn render_service_port(ctx: &Ctx, svc: &ServicePortPlan) -> Fragment 
     let proto = svc.name.protocol.as_lower();
     let affinity = svc.session_affinity_timeout;
     let has_endpoints = svc.has_any_endpoints;
-    let (internal_set, internal_eps) = if svc.internal_policy_local {
-        (EndpointSet::Local, &svc.local_endpoints)
-    } else {
-        (EndpointSet::Cluster, &svc.cluster_endpoints)
-    };
-    let external_eps = if svc.external_policy_local {
-        &svc.local_endpoints
-    } else {
-        &svc.cluster_endpoints
-    };
+    let (internal_set, internal_eps) = (svc.internal_set(), svc.internal_endpoints());
+    let external_eps = svc.external_endpoints();
     let has_internal = svc.has_internal_endpoints() && !internal_eps.is_empty();
     let has_external = svc.has_external_endpoints() && !external_eps.is_empty();
     // Upstream uses the same verdict for internal and external traffic.

@@ -15,6 +15,7 @@ use super::super::names::*;
 use super::super::table::{NftTable, Set};
 use super::Ctx;
 use super::service::Fragment;
+use crate::plan::EndpointSet;
 
 /// Kernel limit of entries of each affinity set (shared by all services using that slot).
 pub const AFFINITY_SET_SIZE: u32 = 1 << 20;
