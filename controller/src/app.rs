@@ -6,7 +6,7 @@ use kproxy_dataplane::plan::IpFamily;
 
 use crate::cli::{Cli, Command, Settings};
 use crate::config::watch::ConfigFileWatch;
-use crate::dataplane::{Dataplane, cleanup_all, cleanup_other_modes, render};
+use crate::dataplane::{backend, backend_error, cleanup_all, cleanup_other_modes, render};
 use crate::node::node_name;
 use crate::servers::{self, Metrics, ProxyHealth};
 use std::time::{Duration, Instant};
@@ -140,11 +140,11 @@ async fn once(settings: &Settings) -> anyhow::Result<ExitCode> {
     let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
     host_setup(settings)?;
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
-    let mut dataplane = Dataplane::new(settings, plan.node.families().collect()).await?;
+    let mut dataplane = backend(settings, plan.node.families().collect()).await?;
     let reports = dataplane
         .sync(&plan, true)
         .await
-        .map_err(|e| anyhow::anyhow!("sync failed, rules not live: {e:#}"))?;
+        .map_err(|e| backend_error(e).context("sync failed, rules not live"))?;
     log_reports(&reports);
     cleanup_other_modes(settings).await;
     println!(
@@ -172,7 +172,7 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let plan = plan_for(settings, &name, &loaded.snapshot)?;
     let families: Vec<IpFamily> = plan.node.families().collect();
     tracing::info!(node = %name, mode = settings.mode.name(), families = ?families, "starting kproxy");
-    let dataplane = Dataplane::new(settings, families).await?;
+    let dataplane = backend(settings, families).await?;
     let health = ProxyHealth::new(settings.sync_period);
     let metrics = Metrics::new(settings.mode);
     // Kept alive for the whole run; dropped (servers stopped) on exit.

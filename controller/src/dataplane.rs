@@ -3,39 +3,23 @@
 
 use std::time::Duration;
 
-use kproxy_dataplane::iptables::apply::{
-    IptablesBackend, IptablesTool, conntrack_tcp_be_liberal, resolve_backend,
-};
+use kproxy_dataplane::backend::{Backend, BackendError};
+use kproxy_dataplane::iptables::apply::{IptablesTool, conntrack_tcp_be_liberal, resolve_backend};
 use kproxy_dataplane::iptables::proxier::IptablesProxier;
 use kproxy_dataplane::iptables::render::{RenderOptions, render as render_iptables};
 use kproxy_dataplane::ipvs::netlink::Timeouts;
-use kproxy_dataplane::ipvs::proxier::{IpvsOptions, IpvsProxier, kernel_has_ipvs};
+use kproxy_dataplane::ipvs::proxier::{IpvsBackend, IpvsOptions, IpvsProxier, kernel_has_ipvs};
 use kproxy_dataplane::ipvs::state::{
     RenderOptions as IpvsRenderOptions, Scheduler, render as render_ipvs,
 };
 use kproxy_dataplane::lb::Algorithm;
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::{IpFamily, ProxyPlan};
-use kproxy_dataplane::report::SyncReport;
 use kproxy_dataplane::tool::ToolError;
 use kproxy_dataplane::userspace::cleanup_leftovers as userspace_cleanup;
 use kproxy_dataplane::userspace::proxier::{UserspaceConfig, UserspaceProxier};
 
 use crate::cli::{ProxyMode, Settings};
-
-/// A running backend of one proxy mode.
-pub enum Dataplane {
-    /// iptables mode.
-    Iptables(IptablesProxier),
-    /// nftables mode.
-    Nftables(NftablesProxier),
-    /// IPVS mode. Its netlink calls block, so its syncs run on tokio's blocking pool; the
-    /// proxier is moved there and back (`None` only while a sync runs or after one
-    /// panicked).
-    Ipvs(Option<IpvsProxier>),
-    /// Userspace mode (the forwarder runs on its own thread).
-    Userspace(Box<UserspaceProxier>),
-}
 
 /// The IPv4 iptables binary of the backend `settings` resolve to, and whether it supports
 /// `--random-fully` (IPVS mode's small iptables ruleset uses it).
@@ -107,85 +91,30 @@ fn userspace_config(settings: &Settings) -> anyhow::Result<UserspaceConfig> {
     Ok(config)
 }
 
-impl Dataplane {
-    /// The backend of `settings.mode` for `families`, with its tools checked.
-    pub async fn new(settings: &Settings, families: Vec<IpFamily>) -> anyhow::Result<Self> {
-        Ok(match settings.mode {
-            ProxyMode::Iptables => {
-                // The counters of upstream's two iptables packet metrics.
-                kproxy_dataplane::iptables::nfacct::ensure_counters();
-                Dataplane::Iptables(
-                    IptablesProxier::new(settings.iptables_backend, families).await?,
-                )
-            }
-            ProxyMode::Nftables => Dataplane::Nftables(NftablesProxier::new(families).await?),
-            ProxyMode::Ipvs => Dataplane::Ipvs(Some(ipvs_proxier(settings, families, true).await?)),
-            ProxyMode::Userspace => Dataplane::Userspace(Box::new(
-                UserspaceProxier::new(userspace_config(settings)?, families).await?,
-            )),
-        })
-    }
-
-    /// Whether the kernel's conntrack NATs this mode's service traffic (so stale UDP
-    /// entries must be cleaned); userspace mode tracks its own flows.
-    pub fn uses_kernel_nat(&self) -> bool {
-        !matches!(self, Dataplane::Userspace(_))
-    }
-
-    /// Whether everything kproxy programmed is still there (upstream's canary): `false`
-    /// after an external flush; the proxier then makes its next sync a full one. Modes
-    /// without a canary answer `true` (their periodic full sync repairs drift).
-    pub async fn canary_intact(&self) -> bool {
-        match self {
-            Dataplane::Iptables(p) => p.canary_intact().await,
-            Dataplane::Nftables(p) => p.canary_intact().await,
-            Dataplane::Ipvs(Some(p)) => {
-                let canary = p.canary();
-                tokio::task::spawn_blocking(move || canary.intact())
-                    .await
-                    .unwrap_or(true)
-            }
-            Dataplane::Ipvs(None) | Dataplane::Userspace(_) => true,
+/// The backend of `settings.mode` for `families`, with its tools checked.
+pub async fn backend(
+    settings: &Settings,
+    families: Vec<IpFamily>,
+) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(match settings.mode {
+        ProxyMode::Iptables => {
+            // The counters of upstream's two iptables packet metrics.
+            kproxy_dataplane::iptables::nfacct::ensure_counters();
+            Box::new(IptablesProxier::new(settings.iptables_backend, families).await?)
         }
-    }
-
-    /// How often the canary is checked: a check costs ~4–6 ms with iptables-nft and
-    /// nftables at 10k services, but ~225 ms with iptables-legacy (it fetches the whole nat
-    /// table and holds the xtables lock meanwhile), which is checked less often. IPVS
-    /// mode's check is one netlink round trip per family and two `iptables -S` of tiny
-    /// chains, whatever the number of services.
-    pub fn canary_period(&self) -> Duration {
-        match self {
-            Dataplane::Iptables(p) if p.tools().any(|t| t.backend == IptablesBackend::Legacy) => {
-                Duration::from_secs(30)
-            }
-            _ => Duration::from_secs(5),
+        ProxyMode::Nftables => Box::new(NftablesProxier::new(families).await?),
+        ProxyMode::Ipvs => Box::new(IpvsBackend::new(
+            ipvs_proxier(settings, families, true).await?,
+        )),
+        ProxyMode::Userspace => {
+            Box::new(UserspaceProxier::new(userspace_config(settings)?, families).await?)
         }
-    }
+    })
+}
 
-    /// Programs `plan`; `full` forces a full sync.
-    pub async fn sync(&mut self, plan: &ProxyPlan, full: bool) -> anyhow::Result<Vec<SyncReport>> {
-        Ok(match self {
-            Dataplane::Iptables(p) => p.sync(plan, full).await?,
-            Dataplane::Nftables(p) => p.sync(plan, full).await?,
-            Dataplane::Userspace(p) => p.sync(plan, full).await?,
-            Dataplane::Ipvs(slot) => {
-                let mut proxier = slot.take().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "the IPVS proxier was lost when a sync panicked; restart kproxy"
-                    )
-                })?;
-                let plan = plan.clone();
-                let (proxier, result) = tokio::task::spawn_blocking(move || {
-                    let result = proxier.sync(&plan, full);
-                    (proxier, result)
-                })
-                .await?;
-                *slot = Some(proxier);
-                result?
-            }
-        })
-    }
+/// A backend's error as an `anyhow` error, its causes kept.
+pub fn backend_error(e: BackendError) -> anyhow::Error {
+    anyhow::anyhow!(e)
 }
 
 /// What a full sync of `plan` would program in `mode`, per family, as the text handed to
@@ -321,13 +250,9 @@ async fn clean(
         Leftovers::Iptables => {
             for family in &families {
                 match IptablesProxier::new(settings.iptables_backend, [*family]).await {
-                    Ok(mut p) => match p.cleanup().await {
-                        Ok(r) => done.push(format!(
-                            "iptables {family}: removed {} chains and {} jump rules",
-                            r.chains_deleted, r.rules_written
-                        )),
-                        Err(e) => failures.push(format!("iptables {family}: {e}")),
-                    },
+                    Ok(mut p) => {
+                        cleaned(&mut p, &format!("iptables {family}"), done, failures).await
+                    }
                     // No iptables on this node: kproxy cannot have written iptables rules here.
                     Err(e @ ToolError::Missing { .. }) => {
                         done.push(format!("iptables {family}: skipped ({e})"))
@@ -337,10 +262,7 @@ async fn clean(
             }
         }
         Leftovers::Nftables => match NftablesProxier::new(families).await {
-            Ok(mut p) => match p.cleanup().await {
-                Ok(n) => done.push(format!("nftables: removed {n} tables")),
-                Err(e) => failures.push(format!("nftables: {e}")),
-            },
+            Ok(mut p) => cleaned(&mut p, "nftables", done, failures).await,
             // No nft on this node: nothing can have written nftables rules here.
             Err(e) => done.push(format!("nftables: skipped ({e})")),
         },
@@ -349,13 +271,8 @@ async fn clean(
                 done.push("ipvs: skipped (no IP_VS in this kernel)".to_owned());
                 return;
             }
-            match ipvs_proxier(settings, families, false)
-                .await
-                .and_then(|mut p| Ok(p.cleanup(None)?))
-            {
-                Ok(n) => done.push(format!(
-                    "ipvs: removed {n} virtual servers, kube-ipvs0, ipsets and rules"
-                )),
+            match ipvs_proxier(settings, families, false).await {
+                Ok(p) => cleaned(&mut IpvsBackend::new(p), "ipvs", done, failures).await,
                 Err(e) => failures.push(format!("ipvs: {e:#}")),
             }
         }
@@ -365,5 +282,18 @@ async fn clean(
             }
             Err(e) => failures.push(format!("userspace: {e}")),
         },
+    }
+}
+
+/// Runs `backend`'s cleanup, noting what it removed (`what: …`) or why it failed.
+async fn cleaned(
+    backend: &mut dyn Backend,
+    what: &str,
+    done: &mut Vec<String>,
+    failures: &mut Vec<String>,
+) {
+    match backend.cleanup().await {
+        Ok(removed) => done.push(format!("{what}: {removed}")),
+        Err(e) => failures.push(format!("{what}: {e}")),
     }
 }

@@ -25,13 +25,13 @@ use kproxy_dataplane::plan::{IpFamily, PlanDelta, ProxyPlan};
 use kproxy_dataplane::report::SyncReport;
 
 use crate::cli::Settings;
-use crate::dataplane::Dataplane;
 use crate::healthcheck::ServiceHealthServer;
 use crate::model::{ObjectKey, Snapshot, Touched};
 use crate::node::{HostAddresses, node_context};
 use crate::planner::{self, Planner};
 use crate::servers::{Metrics, ProxyHealth};
 use crate::source::{KubeSource, ManifestProblem, ManifestWatcher, SourceUpdate};
+use kproxy_dataplane::backend::Backend;
 
 /// The longest the loop sleeps without looking at its health and canary.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -326,7 +326,7 @@ pub async fn run(
     node_name: &str,
     mut source: ObjectSource,
     snapshot: Snapshot,
-    mut dataplane: Dataplane,
+    mut dataplane: Box<dyn Backend>,
     observers: Observers,
 ) -> anyhow::Result<()> {
     let Observers {
@@ -383,7 +383,7 @@ pub async fn run(
         health.sync_node(source.node_being_deleted(), std::iter::empty::<&str>());
         if last_canary.elapsed() >= canary_period && schedule.last_full.is_some() {
             last_canary = Instant::now();
-            if !dataplane.canary_intact().await {
+            if !dataplane.check_canary().await {
                 tracing::warn!(
                     "kproxy's rules were flushed from outside: re-programming everything"
                 );
@@ -440,6 +440,7 @@ pub async fn run(
                 }
             }
             Err(err) => {
+                let err = crate::dataplane::backend_error(err);
                 tracing::error!("sync failed, retrying with a full sync: {err:#}");
                 schedule.failed(now);
                 for f in &families {

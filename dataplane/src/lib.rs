@@ -5,6 +5,7 @@
 //! out, golden-tested without root) and a thin apply layer (the only code that talks to the
 //! kernel or execs a tool).
 
+pub mod backend;
 pub mod conntrack;
 pub mod iptables;
 pub mod ipvs;

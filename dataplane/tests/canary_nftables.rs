@@ -36,6 +36,7 @@ fn sync(
 fn canary_intact(node: &Netns, proxier: NftablesProxier) -> (NftablesProxier, bool) {
     node.run(move || {
         block_on(async move {
+            let mut proxier = proxier;
             let intact = proxier.canary_intact().await;
             (proxier, intact)
         })

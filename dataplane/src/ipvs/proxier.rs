@@ -11,10 +11,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::plan::{IpFamily, NodeContext, ProxyPlan};
 use crate::report::SyncReport;
 
@@ -347,6 +348,17 @@ impl IpvsProxier {
         canary
     }
 
+    /// Forgets what the last sync left (after a canary check found it flushed): the next
+    /// sync reads the kernel again.
+    pub fn forget(&mut self) {
+        for state in &mut self.written {
+            state.kernel = None;
+            state.ipsets = None;
+            state.rules = None;
+            state.addresses = None;
+        }
+    }
+
     /// Re-reads the destinations of services with a draining (weight 0) real server, so
     /// their connection counters are current.
     fn refresh_draining(&mut self, state: &mut KernelState) -> Result<(), IpvsError> {
@@ -404,5 +416,80 @@ impl IpvsProxier {
             .collect();
         destroy_ipsets(&sets);
         Ok(deleted)
+    }
+}
+
+/// IPVS mode behind the [`Backend`] contract. Its netlink calls and tools block, so every
+/// call runs on tokio's blocking pool: the proxier is moved there and back (`None` only
+/// while a call runs, or after one panicked).
+pub struct IpvsBackend(Option<IpvsProxier>);
+
+impl IpvsBackend {
+    /// `proxier` behind the contract.
+    pub fn new(proxier: IpvsProxier) -> Self {
+        IpvsBackend(Some(proxier))
+    }
+
+    /// Runs `call` with the proxier on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        call: impl FnOnce(&mut IpvsProxier) -> T + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let mut proxier = self
+            .0
+            .take()
+            .ok_or("the IPVS proxier was lost when a call panicked; restart kproxy")?;
+        let (proxier, out) = tokio::task::spawn_blocking(move || {
+            let out = call(&mut proxier);
+            (proxier, out)
+        })
+        .await?;
+        self.0 = Some(proxier);
+        Ok(out)
+    }
+}
+
+impl Backend for IpvsBackend {
+    fn mode(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn sync<'a>(
+        &'a mut self,
+        plan: &'a ProxyPlan,
+        full: bool,
+    ) -> BoxFuture<'a, Result<Vec<SyncReport>, BackendError>> {
+        let plan = plan.clone();
+        Box::pin(async move { Ok(self.blocking(move |p| p.sync(&plan, full)).await??) })
+    }
+
+    /// One netlink round trip per family and two `iptables -S` of tiny chains, whatever
+    /// the number of services.
+    fn check_canary(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let intact = self
+                .blocking(|p| {
+                    let intact = p.canary().intact();
+                    if !intact {
+                        p.forget();
+                    }
+                    intact
+                })
+                .await;
+            intact.unwrap_or(true)
+        })
+    }
+
+    fn canary_period(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    fn cleanup(&mut self) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(async move {
+            let services = self.blocking(|p| p.cleanup(None)).await??;
+            Ok(format!(
+                "removed {services} virtual servers, kube-ipvs0, ipsets and rules"
+            ))
+        })
     }
 }

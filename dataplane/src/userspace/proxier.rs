@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -25,6 +25,7 @@ use super::device::{Mailbox, run};
 use super::forwarder::ForwarderConfig;
 use super::routes::{FamilyBatches, ROUTE_TABLE, RULE_PRIORITY, Steering};
 use super::services::ServiceTable;
+use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::lb::Algorithm;
 use crate::plan::{IpFamily, ProxyPlan};
 use crate::report::SyncReport;
@@ -378,6 +379,41 @@ impl UserspaceProxier {
             *written = None;
         }
         cleanup_leftovers(&self.families).await
+    }
+}
+
+impl Backend for UserspaceProxier {
+    fn mode(&self) -> &'static str {
+        "userspace"
+    }
+
+    fn sync<'a>(
+        &'a mut self,
+        plan: &'a ProxyPlan,
+        full: bool,
+    ) -> BoxFuture<'a, Result<Vec<SyncReport>, BackendError>> {
+        Box::pin(async move { Ok(UserspaceProxier::sync(self, plan, full).await?) })
+    }
+
+    /// The forwarder's table lives in this process, so nothing outside can flush it; the
+    /// routes and rules around it are repaired by the periodic full sync.
+    fn check_canary(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(true))
+    }
+
+    fn canary_period(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    fn uses_kernel_nat(&self) -> bool {
+        false
+    }
+
+    fn cleanup(&mut self) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(async move {
+            UserspaceProxier::cleanup(self).await?;
+            Ok("removed its device, routes, rules and NodePort chains".to_owned())
+        })
     }
 }
 
