@@ -83,6 +83,7 @@ fn userspace_config(settings: &Settings) -> anyhow::Result<UserspaceConfig> {
         .map_err(|e| anyhow::anyhow!("--userspace-scheduler: {e}"))?;
     let mut config = UserspaceConfig {
         algorithm,
+        iptables_backend: settings.iptables_backend,
         ..UserspaceConfig::default()
     };
     if let Some(addr) = settings.userspace_masquerade_address {

@@ -2,10 +2,8 @@
 //! and masquerade chain, rendered without touching the kernel.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use kproxy_dataplane::userspace::bridges::{self, Bridge};
-use kproxy_dataplane::userspace::nodeports;
 use kproxy_dataplane::userspace::packet::{PROTO_TCP, PROTO_UDP};
 use kproxy_dataplane::userspace::routes::ReplyRule;
 
@@ -58,21 +56,6 @@ fn bridge_table_is_only_deleted_without_bridges_or_rules() {
     let text = bridges::render(&[cbr0()], &rules);
     assert!(!text.contains("ip6 saddr"));
     assert!(!text.contains("elements = {  }"));
-}
-
-#[test]
-fn masquerade_chain_masquerades_the_masquerade_address() {
-    let v4: IpAddr = "169.254.42.1".parse().expect("ip");
-    let text = nodeports::render_postrouting(Some(v4));
-    assert!(text.starts_with("*nat\n:KPROXY-USERSPACE-POSTROUTING - [0:0]\n"));
-    assert!(text.contains("-A KPROXY-USERSPACE-POSTROUTING -s 169.254.42.1/32 "));
-    assert!(text.ends_with("-j MASQUERADE\nCOMMIT\n"));
-    let v6: IpAddr = "fd00:6b70::1".parse().expect("ip");
-    assert!(nodeports::render_postrouting(Some(v6)).contains("-s fd00:6b70::1/128 "));
-    assert_eq!(
-        nodeports::render_postrouting(None),
-        "*nat\n:KPROXY-USERSPACE-POSTROUTING - [0:0]\nCOMMIT\n"
-    );
 }
 
 #[test]

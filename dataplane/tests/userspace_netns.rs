@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use kproxy_dataplane::iptables::apply::BackendChoice;
 use kproxy_dataplane::plan::{
     Endpoint, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
     Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
@@ -136,8 +137,11 @@ fn cluster_ip_node_port_and_reject_through_tun() {
             .build()
             .expect("runtime");
         rt.block_on(async move {
+            // Not the machine's default backend (nft on Debian 12), to prove the chains go
+            // where `--iptables-backend` says.
             let config = UserspaceConfig {
                 device: "kpu0".into(),
+                iptables_backend: BackendChoice::Legacy,
                 ..UserspaceConfig::default()
             };
             let mut p = match UserspaceProxier::new(config, [IpFamily::V4]).await {
@@ -161,6 +165,25 @@ fn cluster_ip_node_port_and_reject_through_tun() {
         .recv_timeout(Duration::from_secs(20))
         .expect("proxier thread")
         .expect("proxier up");
+    let in_node = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node_ns])
+            .args(args)
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let legacy = in_node(&["iptables-legacy", "-t", "nat", "-S"]);
+    assert!(
+        legacy.contains("-A KPROXY-USERSPACE-NODEPORTS "),
+        "{legacy}"
+    );
+    assert!(
+        legacy.contains("-A PREROUTING -j KPROXY-USERSPACE-NODEPORTS"),
+        "{legacy}"
+    );
+    let nft = in_node(&["iptables-nft", "-t", "nat", "-S"]);
+    assert!(!nft.contains("KPROXY-USERSPACE"), "{nft}");
 
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -210,15 +233,10 @@ fn cluster_ip_node_port_and_reject_through_tun() {
     let _ = stop_tx.send(());
     let _ = proxier.join();
     // What cleanup leaves behind in the node namespace: nothing of ours.
-    let leftover = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &node_ns])
-            .args(args)
-            .output()
-            .expect("run");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert!(!leftover(&["iptables", "-t", "nat", "-S"]).contains("KPROXY-USERSPACE"));
+    let leftover = in_node;
+    for iptables in ["iptables-legacy", "iptables-nft"] {
+        assert!(!leftover(&[iptables, "-t", "nat", "-S"]).contains("KPROXY-USERSPACE"));
+    }
     assert!(!leftover(&["ip", "rule"]).contains("4242"));
     assert!(!leftover(&["ip", "link"]).contains("kpu0"));
     assert_eq!(

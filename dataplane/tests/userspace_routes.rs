@@ -181,18 +181,50 @@ fn node_port_chain() {
         vec![svc("a", "10.96.0.1", "10.244.1.1:8080", Some(30080))],
         NodePortAddresses::All,
     );
-    let text = nodeports::render(&p, IpFamily::V4, to);
+    let text = nodeports::render(&p, IpFamily::V4, Some(to), None).to_restore_text();
     assert!(text.contains(
-        "-A KPROXY-USERSPACE-NODEPORTS -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -p tcp -m tcp --dport 30080"
-    ));
+        "-A KPROXY-USERSPACE-NODEPORTS -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -m tcp -p tcp --dport 30080"
+    ), "{text}");
     assert!(text.contains("-j DNAT --to-destination 169.254.42.2:30080"));
     let only = plan(
         vec![svc("a", "10.96.0.1", "10.244.1.1:8080", Some(30080))],
         NodePortAddresses::Only(vec!["192.168.0.1".parse().expect("ip")]),
     );
-    assert!(nodeports::render(&only, IpFamily::V4, to).contains("-d 192.168.0.1 -p tcp"));
+    let only = nodeports::render(&only, IpFamily::V4, Some(to), None).to_restore_text();
+    assert!(
+        only.contains("-d 192.168.0.1 -m tcp -p tcp --dport 30080"),
+        "{only}"
+    );
     // The NodePort is served on the NodePort address only, not on node IPs.
     let table = ServiceTable::build_with_nodeports(&p, Algorithm::Random, 0, &[to]);
     assert!(table.is_frontend_ip(to));
     assert!(!table.is_frontend_ip("192.168.0.1".parse().expect("ip")));
+}
+
+#[test]
+fn masquerade_chain_masquerades_the_masquerade_address() {
+    let plan = plan(Vec::new(), NodePortAddresses::All);
+    let chains =
+        |family, ip: Option<IpAddr>| nodeports::render(&plan, family, None, ip).to_restore_text();
+    let v4: IpAddr = "169.254.42.1".parse().expect("ip");
+    let text = chains(IpFamily::V4, Some(v4));
+    assert!(
+        text.contains("*nat\n:KPROXY-USERSPACE-POSTROUTING - [0:0]\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-A KPROXY-USERSPACE-POSTROUTING -s 169.254.42.1/32 "),
+        "{text}"
+    );
+    assert!(text.contains("-j MASQUERADE\nCOMMIT\n"), "{text}");
+    assert!(
+        !text.contains("KPROXY-USERSPACE-NODEPORTS"),
+        "no NodePort address: {text}"
+    );
+    let v6: IpAddr = "fd00:6b70::1".parse().expect("ip");
+    assert!(chains(IpFamily::V6, Some(v6)).contains("-s fd00:6b70::1/128 "));
+    assert!(
+        chains(IpFamily::V4, None)
+            .ends_with("*nat\n:KPROXY-USERSPACE-POSTROUTING - [0:0]\nCOMMIT\n")
+    );
 }

@@ -132,6 +132,12 @@ impl IptablesTool {
         }
     }
 
+    /// Runs plain `iptables ARGS` (or `ip6tables`, of this backend) and returns its output.
+    pub async fn run(&self, args: &[&str]) -> Result<String, ToolError> {
+        let binary = self.binary("");
+        iptables_tool(&binary).run(args, None).await
+    }
+
     /// `(major, minor, patch)` of the installed iptables.
     pub async fn version(&self) -> Result<(u32, u32, u32), ToolError> {
         let binary = self.binary("");

@@ -20,9 +20,11 @@
 //! so sees (and answers) this node's address, a hairpinned pod its bridge's address; the
 //! kernel un-SNATs the reply back to the masquerade address, which is routed into the TUN.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
+use crate::iptables::ruleset::{Rule, Ruleset, Table};
 use crate::plan::{IpFamily, NodePortAddresses, ProxyPlan};
 
 use super::services::proto_number;
@@ -32,13 +34,38 @@ pub const CHAIN: &str = "KPROXY-USERSPACE-NODEPORTS";
 /// The nat chain (jumped to from `POSTROUTING`) masquerading the masquerade address.
 pub const POSTROUTING_CHAIN: &str = "KPROXY-USERSPACE-POSTROUTING";
 
-/// The `iptables-restore --noflush` input that makes [`CHAIN`] DNAT every NodePort of
-/// `family` in `plan` to `to` (an empty chain when there is none).
-pub fn render(plan: &ProxyPlan, family: IpFamily, to: IpAddr) -> String {
-    let mut out = format!("*nat\n:{CHAIN} - [0:0]\n");
+/// Userspace mode's nat chains of `family`: [`CHAIN`] DNATs every NodePort of `plan` to
+/// `nodeport_to` (declared only when there is a NodePort address), [`POSTROUTING_CHAIN`]
+/// masquerades packets the forwarder sent from `masquerade` (empty when `None`). Written
+/// with one `iptables-restore --noflush`, which replaces both chains.
+pub fn render(
+    plan: &ProxyPlan,
+    family: IpFamily,
+    nodeport_to: Option<IpAddr>,
+    masquerade: Option<IpAddr>,
+) -> Ruleset {
+    let mut rs = Ruleset::new(family);
+    if let Some(to) = nodeport_to {
+        rs.chain(Table::Nat, CHAIN);
+        render_nodeports(&mut rs, plan, family, to);
+    }
+    rs.chain(Table::Nat, POSTROUTING_CHAIN);
+    if let Some(ip) = masquerade {
+        rs.append(
+            Table::Nat,
+            POSTROUTING_CHAIN,
+            Rule::new()
+                .src_net(&IpNet::from(ip))
+                .comment("kproxy userspace masquerade")
+                .jump("MASQUERADE"),
+        );
+    }
+    rs
+}
+
+fn render_nodeports(rs: &mut Ruleset, plan: &ProxyPlan, family: IpFamily, to: IpAddr) {
     let Some(ctx) = plan.node.family(family) else {
-        out.push_str("COMMIT\n");
-        return out;
+        return;
     };
     let dests: Vec<String> = match &ctx.nodeport_addresses {
         NodePortAddresses::All => {
@@ -59,39 +86,15 @@ pub fn render(plan: &ProxyPlan, family: IpFamily, to: IpAddr) -> String {
         let (Some(np), Some(_)) = (svc.node_port, proto_number(svc.name.protocol)) else {
             continue;
         };
-        let proto = svc.name.protocol.as_lower();
         for d in &dests {
-            let _ = writeln!(
-                out,
-                "-A {CHAIN} {d} -p {proto} -m {proto} --dport {np} -m comment --comment \"{} nodePort\" -j DNAT --to-destination {}",
-                svc.name,
-                target(np)
-            );
+            let rule = Rule::new()
+                .args(d)
+                .protocol(svc.name.protocol)
+                .dport(np)
+                .comment(&format!("{} nodePort", svc.name))
+                .jump("DNAT")
+                .args(&format!("--to-destination {}", target(np)));
+            rs.append(Table::Nat, CHAIN, rule);
         }
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-/// The `iptables-restore --noflush` input that makes [`POSTROUTING_CHAIN`] `MASQUERADE`
-/// packets the forwarder sent from `masquerade` (an empty chain when `None`).
-pub fn render_postrouting(masquerade: Option<IpAddr>) -> String {
-    let mut out = format!("*nat\n:{POSTROUTING_CHAIN} - [0:0]\n");
-    if let Some(ip) = masquerade {
-        let len = if ip.is_ipv4() { 32 } else { 128 };
-        let _ = writeln!(
-            out,
-            "-A {POSTROUTING_CHAIN} -s {ip}/{len} -m comment --comment \"kproxy userspace masquerade\" -j MASQUERADE"
-        );
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-/// The (restore binary, plain binary) of a family.
-pub fn binaries(family: IpFamily) -> (&'static str, &'static str) {
-    match family {
-        IpFamily::V4 => ("iptables-restore", "iptables"),
-        IpFamily::V6 => ("ip6tables-restore", "ip6tables"),
     }
 }

@@ -26,6 +26,9 @@ use super::forwarder::ForwarderConfig;
 use super::routes::{FamilyBatches, ROUTE_TABLE, RULE_PRIORITY, Steering};
 use super::services::ServiceTable;
 use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::iptables::apply::{BackendChoice, IptablesBackend, IptablesTool, resolve_backend};
+use crate::iptables::restore::RestoreInput;
+use crate::iptables::ruleset::Ruleset;
 use crate::lb::Algorithm;
 use crate::plan::{IpFamily, ProxyPlan};
 use crate::report::SyncReport;
@@ -91,6 +94,8 @@ pub struct UserspaceConfig {
     pub nodeport_v4: Option<std::net::Ipv4Addr>,
     /// The TUN-routed IPv6 address NodePort traffic is DNATed to (`None`: no NodePorts).
     pub nodeport_v6: Option<std::net::Ipv6Addr>,
+    /// `--iptables-backend`: where the NodePort and masquerade chains go.
+    pub iptables_backend: BackendChoice,
 }
 
 impl Default for UserspaceConfig {
@@ -106,6 +111,7 @@ impl Default for UserspaceConfig {
             },
             nodeport_v4: Some(std::net::Ipv4Addr::new(169, 254, 42, 2)),
             nodeport_v6: Some(std::net::Ipv6Addr::new(0xfd00, 0x6b70, 0, 0, 0, 0, 0, 2)),
+            iptables_backend: BackendChoice::Auto,
         }
     }
 }
@@ -117,9 +123,9 @@ pub struct UserspaceProxier {
     mailbox: Arc<Mailbox>,
     thread: Option<std::thread::JoinHandle<()>>,
     steering: Option<Steering>,
-    /// The NodePort and masquerade chains last written, per family (`None`: unknown,
-    /// rewrite).
-    nodeport_chains: Vec<(IpFamily, Option<String>)>,
+    /// Per family: the iptables of the resolved backend, and the NodePort and masquerade
+    /// chains last written with it (`None`: unknown, rewrite).
+    nodeport_chains: Vec<(IptablesTool, Option<Ruleset>)>,
     /// What the bridge table in the kernel was rendered from: the bridges and which
     /// families had replies (`None`: unknown, rewrite). While it stays the same, backend
     /// changes are element changes.
@@ -134,6 +140,15 @@ impl UserspaceProxier {
         families: impl IntoIterator<Item = IpFamily>,
     ) -> Result<Self, UserspaceError> {
         let families: Vec<IpFamily> = families.into_iter().collect();
+        let mut nodeport_chains = Vec::new();
+        for family in &families {
+            let backend = resolve_backend(config.iptables_backend, *family).await?;
+            let tool = IptablesTool {
+                family: *family,
+                backend,
+            };
+            nodeport_chains.push((tool, None));
+        }
         let mailbox = Arc::new(Mailbox::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
@@ -195,7 +210,7 @@ impl UserspaceProxier {
             thread: Some(thread),
             steering: None,
             bridge_table: None,
-            nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
+            nodeport_chains,
             families,
             syncs: 0,
         })
@@ -316,20 +331,23 @@ impl UserspaceProxier {
         self.steering = Some(wanted);
         for family in self.families.clone() {
             let nodeport_ip = nodeport_ips.iter().find(|ip| IpFamily::of(ip) == family);
-            let mut text = match nodeport_ip {
-                Some(ip) => super::nodeports::render(&ours, family, *ip),
-                None => String::new(),
-            };
-            text.push_str(&super::nodeports::render_postrouting(
+            let chains = super::nodeports::render(
+                &ours,
+                family,
+                nodeport_ip.copied(),
                 self.masquerade_ip(family),
-            ));
-            let Some(slot) = self.nodeport_chains.iter_mut().find(|(f, _)| *f == family) else {
+            );
+            let Some((tool, written)) = self
+                .nodeport_chains
+                .iter_mut()
+                .find(|(t, _)| t.family == family)
+            else {
                 continue;
             };
-            if full || slot.1.as_deref() != Some(text.as_str()) {
-                slot.1 = None;
-                apply_nodeports(family, &text, nodeport_ip.is_some()).await?;
-                slot.1 = Some(text);
+            if full || written.as_ref() != Some(&chains) {
+                *written = None;
+                apply_nodeports(tool, &chains, nodeport_ip.is_some()).await?;
+                *written = Some(chains);
             }
         }
         let took = start.elapsed();
@@ -429,8 +447,15 @@ pub async fn cleanup_leftovers(families: &[IpFamily]) -> Result<(), UserspaceErr
          table inet {replies}\ndelete table inet {replies}\n"
     );
     let _ = NFT.run(&["-f", "-"], Some(&tables)).await;
+    // Whichever backend wrote them (a node may have changed backends).
     for family in families {
-        remove_nodeports(*family).await;
+        for backend in [IptablesBackend::Nft, IptablesBackend::Legacy] {
+            remove_nodeports(IptablesTool {
+                family: *family,
+                backend,
+            })
+            .await;
+        }
     }
     let stale = count_our_rules().await;
     for family in families {
@@ -518,28 +543,30 @@ async fn ip_batch(family: IpFamily, input: &str) -> Result<(), UserspaceError> {
     }
 }
 
-/// Replaces the NodePort and masquerade chains of `family` and makes sure `POSTROUTING`
-/// (and, with `nodeports`, `PREROUTING` and `OUTPUT`) jump to them.
+/// Replaces the NodePort and masquerade chains of `tool`'s family with `chains` and makes
+/// sure `POSTROUTING` (and, with `nodeports`, `PREROUTING` and `OUTPUT`) jump to them.
 async fn apply_nodeports(
-    family: IpFamily,
-    text: &str,
+    tool: &IptablesTool,
+    chains: &Ruleset,
     nodeports: bool,
 ) -> Result<(), UserspaceError> {
-    let (restore, plain) = super::nodeports::binaries(family);
-    Tool::new(restore, "iptables")
-        .run(&["--noflush"], Some(text))
-        .await?;
-    let iptables = Tool::new(plain, "iptables");
+    let input = RestoreInput {
+        text: chains.to_restore_text(),
+        ..RestoreInput::default()
+    };
+    tool.restore(&input).await?;
     let mut jumps = vec![("POSTROUTING", super::nodeports::POSTROUTING_CHAIN)];
     if nodeports {
         jumps.push(("PREROUTING", super::nodeports::CHAIN));
         jumps.push(("OUTPUT", super::nodeports::CHAIN));
     }
     for (hook, chain) in jumps {
-        let jump = ["-t", "nat", "-C", hook, "-j", chain];
-        if iptables.run(&jump, None).await.is_err() {
-            let insert = ["-t", "nat", "-I", hook, "-j", chain];
-            iptables.run(&insert, None).await?;
+        if tool
+            .run(&["-t", "nat", "-C", hook, "-j", chain])
+            .await
+            .is_err()
+        {
+            tool.run(&["-t", "nat", "-I", hook, "-j", chain]).await?;
         }
     }
     Ok(())
@@ -554,22 +581,32 @@ async fn apply_bridges(text: &str) -> Result<(), UserspaceError> {
     Ok(())
 }
 
-/// Removes the jumps to and the NodePort and masquerade chains of `family`, ignoring what
-/// is not there.
-async fn remove_nodeports(family: IpFamily) {
-    let (_, plain) = super::nodeports::binaries(family);
-    let iptables = Tool::new(plain, "iptables");
+/// Removes the jumps to and the NodePort and masquerade chains of `tool`'s family,
+/// ignoring what is not there.
+async fn remove_nodeports(tool: IptablesTool) {
     let (np, post) = (super::nodeports::CHAIN, super::nodeports::POSTROUTING_CHAIN);
+    // Jumps cannot outlive their chains. Checking first also keeps a legacy nat table
+    // from being created where the legacy backend was never used.
+    let mut present = false;
+    for chain in [np, post] {
+        present |= tool.chain_exists("nat", chain).await.unwrap_or(true);
+    }
+    if !present {
+        return;
+    }
     for (hook, chain) in [("PREROUTING", np), ("OUTPUT", np), ("POSTROUTING", post)] {
         for _ in 0..8 {
-            let del = ["-t", "nat", "-D", hook, "-j", chain];
-            if iptables.run(&del, None).await.is_err() {
+            if tool
+                .run(&["-t", "nat", "-D", hook, "-j", chain])
+                .await
+                .is_err()
+            {
                 break;
             }
         }
     }
     for chain in [np, post] {
-        let _ = iptables.run(&["-t", "nat", "-F", chain], None).await;
-        let _ = iptables.run(&["-t", "nat", "-X", chain], None).await;
+        let _ = tool.run(&["-t", "nat", "-F", chain]).await;
+        let _ = tool.run(&["-t", "nat", "-X", chain]).await;
     }
 }
