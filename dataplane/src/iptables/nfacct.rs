@@ -5,11 +5,13 @@
 //! created here over netlink and read when metrics are scraped.
 //!
 //! Encoding and decoding are pure functions over bytes; [`NfacctSocket`] only sends and
-//! receives.
+//! receives, over the shared [`NetlinkSocket`] (so every wait is bounded).
 
-use std::io;
+use std::time::Instant;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use crate::netlink::{NetlinkError, NetlinkSocket, REPLY_TIMEOUT};
 
 /// Counts the INVALID packets `KUBE-FORWARD` drops (upstream's name).
 pub const CT_STATE_INVALID_DROPPED: &str = "ct_state_invalid_dropped_pkts";
@@ -138,50 +140,60 @@ fn counter(mut attrs: &[u8]) -> Option<Reply> {
 
 /// A netlink socket to the nfacct subsystem of the current network namespace.
 pub struct NfacctSocket {
-    socket: Socket,
-    seq: u32,
+    socket: NetlinkSocket,
 }
 
 impl NfacctSocket {
     /// Opens the socket.
-    pub fn open() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(NfacctSocket { socket, seq: 0 })
+    pub fn open() -> Result<Self, NetlinkError> {
+        Ok(NfacctSocket {
+            socket: NetlinkSocket::open(NETLINK_NETFILTER, "nfacct")?,
+        })
     }
 
-    fn request(&mut self, encode: impl Fn(u32) -> Vec<u8>) -> io::Result<Vec<Reply>> {
-        self.seq = self.seq.wrapping_add(1);
-        self.socket.send(&encode(self.seq), 0)?;
-        let mut buf = vec![0u8; 8192];
-        let n = self.socket.recv(&mut &mut buf[..], 0)?;
-        decode(&buf[..n]).ok_or_else(|| io::Error::other("malformed nfacct reply"))
+    /// Sends one request and decodes the one buffer that answers it.
+    fn request(
+        &mut self,
+        what: &str,
+        encode: impl Fn(u32) -> Vec<u8>,
+    ) -> Result<Vec<Reply>, NetlinkError> {
+        let seq = self.socket.next_seq();
+        self.socket.send(&encode(seq), what)?;
+        let incomplete = || NetlinkError::Incomplete {
+            what: what.to_owned(),
+        };
+        let buf = self
+            .socket
+            .recv(Instant::now() + REPLY_TIMEOUT, what)?
+            .ok_or_else(incomplete)?;
+        decode(buf).ok_or_else(|| NetlinkError::Decode {
+            what: what.to_owned(),
+            source: "malformed nfacct reply".into(),
+        })
     }
 
     /// Creates counter `name` unless it exists.
-    pub fn ensure(&mut self, name: &str) -> io::Result<()> {
-        match self.request(|seq| encode_new(name, seq))?.first() {
+    pub fn ensure(&mut self, name: &str) -> Result<(), NetlinkError> {
+        let what = format!("creating nfacct counter {name}");
+        match self.request(&what, |seq| encode_new(name, seq))?.first() {
             Some(Reply::Ack(0)) => Ok(()),
             Some(Reply::Ack(e)) if -e == EEXIST => Ok(()),
-            Some(Reply::Ack(e)) => Err(io::Error::from_raw_os_error(-e)),
-            other => Err(io::Error::other(format!(
-                "unexpected nfacct reply {other:?}"
-            ))),
+            Some(Reply::Ack(e)) => Err(NetlinkError::kernel(what, -e)),
+            _ => Err(NetlinkError::Incomplete { what }),
         }
     }
 
     /// The packets counter `name` counted.
-    pub fn packets(&mut self, name: &str) -> io::Result<u64> {
-        let replies = self.request(|seq| encode_get(name, seq))?;
-        for reply in replies {
+    pub fn packets(&mut self, name: &str) -> Result<u64, NetlinkError> {
+        let what = format!("reading nfacct counter {name}");
+        for reply in self.request(&what, |seq| encode_get(name, seq))? {
             match reply {
                 Reply::Counter { packets, .. } => return Ok(packets),
-                Reply::Ack(e) if e < 0 => return Err(io::Error::from_raw_os_error(-e)),
+                Reply::Ack(e) if e < 0 => return Err(NetlinkError::kernel(what, -e)),
                 _ => {}
             }
         }
-        Err(io::Error::other(format!("no nfacct counter {name}")))
+        Err(NetlinkError::Incomplete { what })
     }
 }
 
