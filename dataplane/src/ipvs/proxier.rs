@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::iptables::ruleset::{Ruleset, Table};
 use crate::plan::{IpFamily, NodeContext, ProxyPlan};
 use crate::report::SyncReport;
 
@@ -144,7 +145,7 @@ struct FamilyState {
     kernel: Option<KernelState>,
     ipsets: Option<IpsetEntries>,
     /// The ruleset the last sync wrote, and what it was rendered from.
-    rules: Option<(RulesInput, String)>,
+    rules: Option<(RulesInput, Ruleset)>,
     /// Addresses on `kube-ipvs0` after the last sync.
     addresses: Option<BTreeSet<IpAddr>>,
     /// The wanted state of the last plan, updated per changed service port.
@@ -267,12 +268,13 @@ impl IpvsProxier {
             // reach only: rendered again when those changed.
             let input = (plan.node.clone(), no_node_access(plan, family));
             let rules = match (cached_rules, &self.iptables) {
-                (Some((was, text)), _) if was == input => Some(text),
+                (Some((was, rules)), _) if was == input => Some(rules),
                 (_, Some(v4)) => match render_rules(plan, family, self.rule_options) {
-                    Some(text) => {
-                        apply_rules(&iptables_for(v4, family), &text)?;
-                        rules_written = text.lines().filter(|l| l.starts_with("-A")).count();
-                        Some(text)
+                    Some(rules) => {
+                        apply_rules(&iptables_for(v4, family), &rules)?;
+                        rules_written =
+                            rules.rule_count(Table::Nat) + rules.rule_count(Table::Filter);
+                        Some(rules)
                     }
                     None => None,
                 },

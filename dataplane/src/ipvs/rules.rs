@@ -7,8 +7,8 @@
 
 use std::net::IpAddr;
 
+use crate::iptables::ruleset::{Rule, Ruleset, Table};
 use crate::plan::{IpFamily, Protocol, ProxyPlan};
-
 use crate::tool::{Tool, ToolError};
 
 use super::apply::IpvsError;
@@ -148,15 +148,20 @@ pub struct RuleOptions {
     pub random_fully: bool,
 }
 
-/// The `iptables-restore --noflush` input for `family`: declares (and so flushes) every
-/// IPVS chain kproxy owns and writes its rules. `None` when the node does not serve the
-/// family.
-pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Option<String> {
+/// The ruleset of `family`: every IPVS chain kproxy owns, declared (so that restoring it
+/// flushes them), and its rules. `None` when the node does not serve the family.
+pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Option<Ruleset> {
     let ctx = plan.node.family(family)?;
     let mark = plan.node.masquerade_mark;
     let set = |s: &str| set_name(s, family);
-    let mut nat: Vec<String> = NAT_CHAINS.iter().map(|c| format!(":{c} - [0:0]")).collect();
-    let mut add = |chain: &str, rule: String| nat.push(format!("-A {chain} {rule}"));
+    let mut rs = Ruleset::new(family);
+    for chain in NAT_CHAINS {
+        rs.chain(Table::Nat, chain);
+    }
+    for chain in FILTER_CHAINS {
+        rs.chain(Table::Filter, chain);
+    }
+    let mut add = |chain: &str, rule: String| rs.append(Table::Nat, chain, Rule::new().args(&rule));
     let cluster = set(ipset::KUBE_CLUSTER_IP);
     if plan.node.masquerade_all {
         add(
@@ -266,11 +271,8 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
     );
     add(KUBE_MARK_MASQ, format!("-j MARK --or-mark {mark:#x}"));
 
-    let mut filter: Vec<String> = FILTER_CHAINS
-        .iter()
-        .map(|c| format!(":{c} - [0:0]"))
-        .collect();
-    let mut add = |chain: &str, rule: String| filter.push(format!("-A {chain} {rule}"));
+    let mut add =
+        |chain: &str, rule: String| rs.append(Table::Filter, chain, Rule::new().args(&rule));
     add(
         KUBE_FORWARD,
         "-m conntrack --ctstate INVALID -j DROP".into(),
@@ -345,18 +347,7 @@ pub fn render_rules(plan: &ProxyPlan, family: IpFamily, opts: RuleOptions) -> Op
             ),
         );
     }
-    let mut out = String::from("*nat\n");
-    for line in nat.iter() {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("COMMIT\n*filter\n");
-    for line in filter.iter() {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("COMMIT\n");
-    Some(out)
+    Some(rs)
 }
 
 /// The `iptables-restore --noflush` input that deletes kproxy's IPVS chains (after their
@@ -409,13 +400,13 @@ fn run(bin: &str, args: &[String], stdin: Option<&str>) -> Result<bool, IpvsErro
     }
 }
 
-/// Writes the ruleset with `<iptables>-restore --noflush` and inserts missing jump rules.
+/// Writes `rules` with `<iptables>-restore --noflush` and inserts missing jump rules.
 /// `iptables` is the family's binary (`iptables-nft`, `ip6tables-legacy`, ...).
-pub fn apply_rules(iptables: &str, rules: &str) -> Result<(), IpvsError> {
+pub fn apply_rules(iptables: &str, rules: &Ruleset) -> Result<(), IpvsError> {
     run(
         &format!("{iptables}-restore"),
         &["-w".into(), "--noflush".into()],
-        Some(rules),
+        Some(&rules.to_restore_text()),
     )?;
     for j in &JUMPS {
         if !run(iptables, &jump_args("-C", j), None)? {

@@ -261,7 +261,9 @@ fn ipset_restore_full_then_incremental() {
 #[test]
 fn fixed_ruleset_masquerades_off_cluster_and_hairpin_traffic() {
     use super::rules::{RuleOptions, cleanup_input, render_rules};
-    let text = render_rules(&plan(), IpFamily::V4, RuleOptions { random_fully: true }).expect("v4");
+    let text = render_rules(&plan(), IpFamily::V4, RuleOptions { random_fully: true })
+        .expect("v4")
+        .to_restore_text();
     for line in [
         "*nat",
         ":KUBE-SERVICES - [0:0]",
@@ -278,7 +280,9 @@ fn fixed_ruleset_masquerades_off_cluster_and_hairpin_traffic() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
     }
-    let v6 = render_rules(&plan(), IpFamily::V6, RuleOptions::default()).expect("v6");
+    let v6 = render_rules(&plan(), IpFamily::V6, RuleOptions::default())
+        .expect("v6")
+        .to_restore_text();
     assert!(v6.contains("--match-set KUBE-6-CLUSTER-IP dst,dst ! -s fd00:10::/64"));
     assert!(!v6.contains("--random-fully"));
     assert!(cleanup_input().contains("-X KUBE-POSTROUTING\n"));
@@ -287,8 +291,10 @@ fn fixed_ruleset_masquerades_off_cluster_and_hairpin_traffic() {
     let extra = many.services[0].clone();
     many.services.extend(std::iter::repeat_n(extra, 50));
     assert_eq!(
-        render_rules(&many, IpFamily::V4, RuleOptions::default()).map(|t| t.len()),
-        render_rules(&plan(), IpFamily::V4, RuleOptions::default()).map(|t| t.len())
+        render_rules(&many, IpFamily::V4, RuleOptions::default())
+            .map(|r| r.to_restore_text().len()),
+        render_rules(&plan(), IpFamily::V4, RuleOptions::default())
+            .map(|r| r.to_restore_text().len())
     );
 }
 
@@ -341,14 +347,18 @@ fn source_ranges_health_checks_and_vip_filter() {
     assert!(sets[KUBE_LOAD_BALANCER_SOURCE_IP].is_empty());
     // ... and the node's own connections to the VIP (scheduled by IPVS in OUTPUT, before
     // INPUT's firewall) are dropped.
-    let excluded = render_rules(&q, IpFamily::V4, RuleOptions::default()).expect("v4");
+    let excluded = render_rules(&q, IpFamily::V4, RuleOptions::default())
+        .expect("v4")
+        .to_restore_text();
     assert!(
         excluded.lines().any(|l| l
             == "-A KUBE-IPVS-OUT-FILTER -s 203.0.113.7 -m ipvs --vaddr 203.0.113.7 --vproto tcp -m ipvs --vport 443 -j DROP"),
         "{excluded}"
     );
 
-    let text = render_rules(&p, IpFamily::V4, RuleOptions::default()).expect("v4");
+    let text = render_rules(&p, IpFamily::V4, RuleOptions::default())
+        .expect("v4")
+        .to_restore_text();
     assert!(
         !text.contains("-A KUBE-IPVS-OUT-FILTER"),
         "the node is allowed"
@@ -375,7 +385,9 @@ fn source_ranges_health_checks_and_vip_filter() {
             < at("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP")
     );
     assert!(at("KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN") < at("-j REJECT"));
-    let v6 = render_rules(&p, IpFamily::V6, RuleOptions::default()).expect("v6");
+    let v6 = render_rules(&p, IpFamily::V6, RuleOptions::default())
+        .expect("v6")
+        .to_restore_text();
     assert!(v6.contains("--match-set KUBE-6-IPVS-IPS dst -j REJECT"));
     // Every chain a jump leads to is declared, and cleanup deletes it.
     let cleanup = cleanup_input();
