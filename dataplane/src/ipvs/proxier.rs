@@ -25,7 +25,7 @@ use super::apply::{
     destroy_ipsets, ensure_dummy_interface, forget_excluded, read_owned,
 };
 use super::canary::IpvsCanary;
-use super::diff::{IpvsOp, KernelState, advance, diff};
+use super::diff::{IpvsChanges, IpvsOp, KernelState, advance, diff};
 use super::incremental::IncrementalRender;
 use super::ipset::{self, IpsetEntries};
 use super::netlink::{IpvsNetlinkError, IpvsSocket, ServiceKey, Timeouts};
@@ -59,30 +59,29 @@ pub struct IpvsOptions {
 /// What the IPVS-mode ruleset is rendered from.
 type RulesInput = (NodeContext, Vec<NoNodeAccess>);
 
-/// Brings the kernel's sets from `cached` (what the last sync wrote; `None`: unknown, so
-/// every set is rebuilt) to `wanted`, comparing only the sets in `changed` when `cached`
-/// is known. Returns what the kernel now holds and the number of entry lines written.
-fn sync_ipsets(
+/// The sets after a sync, and the `ipset restore` input (with its entry lines) that
+/// brings the kernel's from `current` (what the last sync wrote; `None`: unknown, so every
+/// set is rebuilt) to `wanted`, comparing only the sets in `changed` when `current` is
+/// known.
+fn ipset_changes(
     wanted: &IpvsState,
-    cached: Option<IpsetEntries>,
+    current: Option<IpsetEntries>,
     changed: &BTreeSet<&'static str>,
     family: IpFamily,
-) -> Result<(IpsetEntries, usize), IpvsError> {
-    match cached {
+) -> (IpsetEntries, String, usize) {
+    match current {
         Some(mut sets) => {
             let part: IpsetEntries = changed
                 .iter()
                 .filter_map(|set| Some((*set, wanted.ipsets.get(set)?.clone())))
                 .collect();
             let (input, lines) = ipset::restore_input(&part, Some(&sets), family);
-            apply_ipsets(&input)?;
             sets.extend(part);
-            Ok((sets, lines))
+            (sets, input, lines)
         }
         None => {
             let (input, lines) = ipset::restore_input(&wanted.ipsets, None, family);
-            apply_ipsets(&input)?;
-            Ok((wanted.ipsets.clone(), lines))
+            (wanted.ipsets.clone(), input, lines)
         }
     }
 }
@@ -142,14 +141,37 @@ pub struct IpvsProxier {
 
 struct FamilyState {
     family: IpFamily,
-    kernel: Option<KernelState>,
-    ipsets: Option<IpsetEntries>,
-    /// The ruleset the last sync wrote, and what it was rendered from.
-    rules: Option<(RulesInput, Ruleset)>,
-    /// Addresses on `kube-ipvs0` after the last sync.
-    addresses: Option<BTreeSet<IpAddr>>,
+    /// What the last successful sync left in the kernel (`None`: unknown; the next sync
+    /// reads the kernel).
+    record: Option<Record>,
     /// The wanted state of the last plan, updated per changed service port.
     renderer: IncrementalRender,
+}
+
+/// What one family has in the kernel, as far as a sync needs to know: read from the
+/// kernel on a full sync, the last sync's record otherwise.
+struct Record {
+    /// The virtual services kproxy owns, with their real servers.
+    kernel: KernelState,
+    /// The ipsets' entries (`None`: unknown, every set is rebuilt).
+    ipsets: Option<IpsetEntries>,
+    /// The ruleset, and what it was rendered from (`None`: unknown, rewritten).
+    rules: Option<(RulesInput, Ruleset)>,
+    /// The addresses on `kube-ipvs0`.
+    addresses: BTreeSet<IpAddr>,
+}
+
+/// Everything one family's sync writes, computed from the observed [`Record`] and the
+/// wanted state alone.
+struct Changes {
+    /// `ipset restore` input, and its entry lines.
+    ipsets: (String, usize),
+    /// The ruleset to write (`None`: the kernel's is current, or there is no iptables).
+    rules: Option<Ruleset>,
+    /// Virtual and real servers, and `kube-ipvs0` addresses.
+    servers: IpvsChanges,
+    /// The record the kernel holds once the changes are applied.
+    after: Record,
 }
 
 impl IpvsProxier {
@@ -192,10 +214,7 @@ impl IpvsProxier {
                 .map(|f| FamilyState {
                     renderer: IncrementalRender::new(*f, render_options.clone()),
                     family: *f,
-                    kernel: None,
-                    ipsets: None,
-                    rules: None,
-                    addresses: None,
+                    record: None,
                 })
                 .collect(),
             families,
@@ -242,96 +261,144 @@ impl IpvsProxier {
     }
 
     /// Syncs every family. `full` re-reads the kernel; a family that never synced, or
-    /// whose last sync failed, is always synced fully. A sync that leaves real servers
-    /// draining should be followed by another one (upstream checks every minute).
+    /// whose last sync failed, is always synced fully. Each family's sync observes what
+    /// the kernel has ([`Self::observe`]), computes every change as data
+    /// ([`Self::changes`]), and applies them once ([`Self::apply`]). A sync that leaves
+    /// real servers draining should be followed by another one (upstream checks every
+    /// minute).
     pub fn sync(&mut self, plan: &ProxyPlan, full: bool) -> Result<Vec<SyncReport>, IpvsError> {
         let mut reports = Vec::new();
         for i in 0..self.written.len() {
             let start = Instant::now();
             let family = self.written[i].family;
-            // Taken out for the sync (a failed sync leaves a fresh one: the next render is
-            // then a full one).
+            // Taken out for the sync: a failed sync leaves no record and a fresh renderer,
+            // so the next sync reads the kernel and renders everything.
+            let record = self.written[i].record.take().filter(|_| !full);
             let fresh = IncrementalRender::new(family, self.render.clone());
             let mut renderer = std::mem::replace(&mut self.written[i].renderer, fresh);
+            let full = record.is_none();
             let nothing = IpvsState::default();
             let served = renderer.render(plan).is_some();
             let changed_sets = renderer.take_changed_sets();
             let wanted = if served { renderer.state() } else { &nothing };
-            let cached = self.written[i].kernel.take().filter(|_| !full);
-            let cached_sets = self.written[i].ipsets.take().filter(|_| cached.is_some());
-            let full = cached.is_none();
-            let (sets, ipset_lines) = sync_ipsets(wanted, cached_sets, &changed_sets, family)?;
-            self.written[i].ipsets = Some(sets);
-            let cached_rules = self.written[i].rules.take().filter(|_| !full);
-            let mut rules_written = 0;
-            // The ruleset depends on the node and the load-balancer IPs the node may not
-            // reach only: rendered again when those changed.
-            let input = (plan.node.clone(), no_node_access(plan, family));
-            let rules = match (cached_rules, &self.iptables) {
-                (Some((was, rules)), _) if was == input => Some(rules),
-                (_, Some(v4)) => match render_rules(plan, family, self.rule_options) {
-                    Some(rules) => {
-                        apply_rules(&iptables_for(v4, family), &rules)?;
-                        rules_written =
-                            rules.rule_count(Table::Nat) + rules.rule_count(Table::Filter);
-                        Some(rules)
-                    }
-                    None => None,
-                },
-                (_, None) => None,
-            };
-            self.written[i].rules = rules.map(|text| (input, text));
-            let cached_addresses = self.written[i].addresses.take().filter(|_| !full);
-            let addresses = match cached_addresses {
-                Some(a) => a,
-                None => bound_addresses(family)?,
-            };
-            let mut current = match cached {
-                Some(mut state) => {
-                    self.refresh_draining(&mut state)?;
-                    state
-                }
-                None => {
-                    let mut owned: BTreeSet<IpAddr> = addresses.clone();
-                    owned.extend(wanted.bound_addresses.iter().copied());
-                    owned.extend(nodeport_ips(plan, family));
-                    read_owned(&mut self.sock, family, &owned)?
-                }
-            };
-            let wanted_keys = &wanted.virtual_servers;
-            self.leave_excluded(&mut current, family, |k| wanted_keys.contains_key(k));
-            let changes = diff(wanted, &current, &addresses);
-            apply_addresses(&changes)?;
-            apply_ops(&mut self.sock, &changes)?;
-            advance(&mut current, &changes.ops);
-            let deleted = changes
+            let observed = self.observe(family, record, wanted, plan)?;
+            let changes = self.changes(plan, family, observed, wanted, &changed_sets);
+            self.apply(family, &changes)?;
+            let servers = &changes.servers;
+            let deleted = servers
                 .ops
                 .iter()
                 .filter(|op| matches!(op, IpvsOp::DelService(_) | IpvsOp::DelDest(..)))
                 .count();
+            let rules_written = changes.rules.as_ref().map_or(0, |r| {
+                r.rule_count(Table::Nat) + r.rule_count(Table::Filter)
+            });
             reports.push(SyncReport {
                 mode: "ipvs",
                 family,
                 full,
-                objects_written: changes.ops.len() - deleted + changes.add_addresses.len(),
-                objects_deleted: deleted + changes.del_addresses.len(),
-                lines_written: changes.ops.len() + ipset_lines + rules_written,
+                objects_written: servers.ops.len() - deleted + servers.add_addresses.len(),
+                objects_deleted: deleted + servers.del_addresses.len(),
+                lines_written: servers.ops.len() + changes.ipsets.1 + rules_written,
                 rules_total: wanted.virtual_servers.len() + wanted.real_server_count(),
                 took: start.elapsed(),
             });
-            if changes.draining > 0 {
-                tracing::debug!(%family, draining = changes.draining, "real servers draining");
+            if servers.draining > 0 {
+                tracing::debug!(%family, draining = servers.draining, "real servers draining");
             }
-            self.written[i].kernel = Some(current);
-            let mut now_bound = addresses;
-            now_bound.extend(changes.add_addresses.iter().copied());
-            for ip in &changes.del_addresses {
-                now_bound.remove(ip);
-            }
-            self.written[i].addresses = Some(now_bound);
+            self.written[i].record = Some(changes.after);
             self.written[i].renderer = renderer;
         }
         Ok(reports)
+    }
+
+    /// What `family` has in the kernel: `record` (the last sync's) with the destinations
+    /// of draining real servers re-read, or, without one, the addresses on `kube-ipvs0`
+    /// and the virtual services on them, on the addresses `wanted` binds and on NodePort
+    /// addresses. Services inside `--ipvs-exclude-cidrs` that `wanted` does not claim are
+    /// left out: no change touches them.
+    fn observe(
+        &mut self,
+        family: IpFamily,
+        record: Option<Record>,
+        wanted: &IpvsState,
+        plan: &ProxyPlan,
+    ) -> Result<Record, IpvsError> {
+        let mut record = match record {
+            Some(mut record) => {
+                self.refresh_draining(&mut record.kernel)?;
+                record
+            }
+            None => {
+                let addresses = bound_addresses(family)?;
+                let mut owned = addresses.clone();
+                owned.extend(wanted.bound_addresses.iter().copied());
+                owned.extend(nodeport_ips(plan, family));
+                Record {
+                    kernel: read_owned(&mut self.sock, family, &owned)?,
+                    ipsets: None,
+                    rules: None,
+                    addresses,
+                }
+            }
+        };
+        let wanted_keys = &wanted.virtual_servers;
+        self.leave_excluded(&mut record.kernel, family, |k| wanted_keys.contains_key(k));
+        Ok(record)
+    }
+
+    /// Every change that brings `observed` to `wanted`, and the record after them. Pure.
+    fn changes(
+        &self,
+        plan: &ProxyPlan,
+        family: IpFamily,
+        observed: Record,
+        wanted: &IpvsState,
+        changed_sets: &BTreeSet<&'static str>,
+    ) -> Changes {
+        let (sets, ipset_input, ipset_lines) =
+            ipset_changes(wanted, observed.ipsets, changed_sets, family);
+        // The ruleset depends on the node and the load-balancer IPs the node may not reach
+        // only: rendered again when those changed.
+        let input = (plan.node.clone(), no_node_access(plan, family));
+        let (rules, recorded) = match observed.rules {
+            Some((was, rules)) if was == input => (None, Some((was, rules))),
+            _ if self.iptables.is_none() => (None, None),
+            _ => match render_rules(plan, family, self.rule_options) {
+                Some(rules) => (Some(rules.clone()), Some((input, rules))),
+                None => (None, None),
+            },
+        };
+        let servers = diff(wanted, &observed.kernel, &observed.addresses);
+        let mut kernel = observed.kernel;
+        advance(&mut kernel, &servers.ops);
+        let mut addresses = observed.addresses;
+        addresses.extend(servers.add_addresses.iter().copied());
+        for ip in &servers.del_addresses {
+            addresses.remove(ip);
+        }
+        Changes {
+            ipsets: (ipset_input, ipset_lines),
+            rules,
+            servers,
+            after: Record {
+                kernel,
+                ipsets: Some(sets),
+                rules: recorded,
+                addresses,
+            },
+        }
+    }
+
+    /// Applies `changes` of `family`: the ipsets first (the rules match on them), the
+    /// ruleset, the addresses on `kube-ipvs0`, then the virtual and real servers.
+    fn apply(&mut self, family: IpFamily, changes: &Changes) -> Result<(), IpvsError> {
+        apply_ipsets(&changes.ipsets.0)?;
+        if let (Some(rules), Some(v4)) = (&changes.rules, &self.iptables) {
+            apply_rules(&iptables_for(v4, family), rules)?;
+        }
+        apply_addresses(&changes.servers)?;
+        apply_ops(&mut self.sock, &changes.servers)
     }
 
     /// What the canary should look for, after the last sync: per family one virtual server
@@ -339,11 +406,14 @@ impl IpvsProxier {
     pub fn canary(&self) -> IpvsCanary {
         let mut canary = IpvsCanary::default();
         for state in &self.written {
-            if let Some(key) = state.kernel.as_ref().and_then(|k| k.keys().next()) {
+            let Some(record) = &state.record else {
+                continue;
+            };
+            if let Some(key) = record.kernel.keys().next() {
                 canary.probes.push(*key);
             }
-            canary.dummy_interface |= state.addresses.as_ref().is_some_and(|a| !a.is_empty());
-            if let (Some(v4), Some(_)) = (&self.iptables, &state.rules) {
+            canary.dummy_interface |= !record.addresses.is_empty();
+            if let (Some(v4), Some(_)) = (&self.iptables, &record.rules) {
                 canary.iptables.push(iptables_for(v4, state.family));
             }
         }
@@ -354,10 +424,7 @@ impl IpvsProxier {
     /// sync reads the kernel again.
     pub fn forget(&mut self) {
         for state in &mut self.written {
-            state.kernel = None;
-            state.ipsets = None;
-            state.rules = None;
-            state.addresses = None;
+            state.record = None;
         }
     }
 
@@ -381,9 +448,11 @@ impl IpvsProxier {
         for i in 0..self.written.len() {
             let family = self.written[i].family;
             // kproxy's own services: what its last sync left, and what the plan wants.
-            let written = self.written[i].kernel.take().unwrap_or_default();
-            self.written[i].ipsets = None;
-            self.written[i].addresses = None;
+            let written = self.written[i]
+                .record
+                .take()
+                .map(|r| r.kernel)
+                .unwrap_or_default();
             let mut owned = bound_addresses(family).unwrap_or_default();
             if let Some(plan) = plan {
                 owned.extend(nodeport_ips(plan, family));
@@ -402,9 +471,6 @@ impl IpvsProxier {
             for f in &self.written {
                 cleanup_rules(&iptables_for(v4, f.family))?;
             }
-        }
-        for f in &mut self.written {
-            f.rules = None;
         }
         let sets: Vec<String> = self
             .written
