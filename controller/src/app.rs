@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use kproxy_dataplane::plan::IpFamily;
-
 use crate::cli::{Cli, Command, Settings};
 use crate::config::watch::ConfigFileWatch;
 use crate::dataplane::{backend, backend_error, cleanup_all, cleanup_other_modes, render};
@@ -12,7 +10,7 @@ use crate::servers::{self, Metrics, ProxyHealth};
 use std::time::{Duration, Instant};
 
 use crate::source::{ConnectOptions, KubeSource, Loaded, ManifestWatcher};
-use crate::sync::{self, ObjectSource, log_reports, plan_for, report_problems};
+use crate::sync::{self, ObjectSource, log_reports, node_families, plan_for, report_problems};
 
 /// Runs the command line with its merged settings.
 pub async fn main(cli: Cli, settings: Settings) -> anyhow::Result<ExitCode> {
@@ -169,8 +167,7 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let plan = plan_for(settings, &name, &loaded.snapshot)?;
-    let families: Vec<IpFamily> = plan.node.families().collect();
+    let families = node_families(settings, &name, &loaded.snapshot)?;
     tracing::info!(node = %name, mode = settings.mode.name(), families = ?families, "starting kproxy");
     let dataplane = backend(settings, families).await?;
     let health = ProxyHealth::new(settings.sync_period);

@@ -22,18 +22,20 @@ pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-
 /// The Node label holding the node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// `namespace/name` of an object.
+/// `namespace/name` of an object. The parts are shared strings: a key is copied into
+/// every index that names the object (the store's maps, the slice→Service index, the
+/// manifest set's claims), and a copy costs a reference count, not two allocations.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     /// Namespace (empty for cluster-scoped objects such as Nodes).
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
     /// A key from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         ObjectKey {
             namespace: namespace.into(),
             name: name.into(),
@@ -380,6 +382,8 @@ impl Snapshot {
             .entry(slice.service.clone())
             .or_default();
         if let Err(at) = keys.binary_search(&key) {
+            // Nearly every Service has one slice: grow one at a time, not by four.
+            keys.reserve_exact(1);
             keys.insert(at, key.clone());
         }
         self.endpoint_slices.insert(key, slice);

@@ -121,7 +121,7 @@ fn entries_of(entries: &[ServicePortPlan], key: &ObjectKey) -> std::ops::Range<u
     fn of(e: &ServicePortPlan) -> (&str, &str) {
         (&e.name.namespace, &e.name.name)
     }
-    let wanted = (key.namespace.as_str(), key.name.as_str());
+    let wanted = (&*key.namespace, &*key.name);
     let start = entries.partition_point(|e| of(e) < wanted);
     let end = start + entries[start..].partition_point(|e| of(e) == wanted);
     start..end
@@ -189,8 +189,8 @@ fn port_skeleton(
 ) -> ServicePortPlan {
     ServicePortPlan {
         name: ServicePortName {
-            namespace: svc.key.namespace.clone(),
-            name: svc.key.name.clone(),
+            namespace: svc.key.namespace.to_string(),
+            name: svc.key.name.to_string(),
             port: port.name.clone(),
             protocol: port.protocol,
         },

@@ -91,7 +91,7 @@ fn slices() -> impl Strategy<Value = Vec<EndpointSlice>> {
         v.into_iter()
             .enumerate()
             .map(|(i, (mut s, prefix))| {
-                s.key.name = format!("{prefix}-{i}");
+                s.key.name = format!("{prefix}-{i}").into();
                 s
             })
             .collect()
@@ -195,7 +195,7 @@ fn raw_endpoints<'a>(
     snap: &'a Snapshot,
     sp: &ServicePortPlan,
 ) -> Vec<(SocketAddr, &'a SliceEndpoint)> {
-    let key = ObjectKey::new(&sp.name.namespace, &sp.name.name);
+    let key = ObjectKey::new(sp.name.namespace.as_str(), sp.name.name.as_str());
     let mut raw = Vec::new();
     for slice in snap.endpoint_slices().values() {
         if slice.service != key || slice.family != sp.family {
@@ -333,7 +333,7 @@ fn expected_keys(world: &World) -> BTreeSet<(String, String, Protocol, IpFamily)
         let families = svc.cluster_ips.iter().map(IpFamily::of);
         for f in families.filter(|f| world.node.family(*f).is_some()) {
             for p in &svc.ports {
-                keys.insert((svc.key.name.clone(), p.name.clone(), p.protocol, f));
+                keys.insert((svc.key.name.to_string(), p.name.clone(), p.protocol, f));
             }
         }
     }
@@ -405,7 +405,7 @@ fn step_changes(current: &Snapshot, step: &Step) -> Vec<crate::model::ObjectChan
         let new = step.world.services.iter().find(|s| s.key == key);
         changes.push(ObjectChange::Service(key, new.cloned().map(Arc::new)));
     }
-    let chosen = |s: &EndpointSlice| step.slices.contains(s.service.name.as_str());
+    let chosen = |s: &EndpointSlice| step.slices.contains(&*s.service.name);
     for old in current.endpoint_slices().values().filter(|s| chosen(s)) {
         changes.push(ObjectChange::EndpointSlice(old.key.clone(), None));
     }

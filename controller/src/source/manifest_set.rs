@@ -47,6 +47,8 @@ impl ManifestSet {
                         let positions = self.claims.entry(object.clone()).or_default();
                         let position = (path.clone(), i);
                         if let Err(at) = positions.binary_search(&position) {
+                            // An object is nearly always claimed once.
+                            positions.reserve_exact(1);
                             positions.insert(at, position);
                         }
                         affected.insert(object.clone());

@@ -123,14 +123,14 @@ pub(crate) fn change_of(object: &ObjectRef, value: Option<&Validated>) -> Object
             },
         ),
         ObjectKind::Node => ObjectChange::Node(
-            key.name,
+            key.name.to_string(),
             match value {
                 Some(Validated::Node(n)) => Some(n.clone()),
                 _ => None,
             },
         ),
         ObjectKind::ServiceCidr => ObjectChange::ServiceCidr(
-            key.name,
+            key.name.to_string(),
             match value {
                 Some(Validated::ServiceCidr(c)) => Some(c.clone()),
                 _ => None,
@@ -178,6 +178,8 @@ pub(crate) fn file_entries(file: &SourceFile) -> Vec<Entry> {
         entries: Vec::new(),
     };
     collector.add_file(file);
+    // Kept for as long as the file is unchanged.
+    collector.entries.shrink_to_fit();
     collector.entries
 }
 

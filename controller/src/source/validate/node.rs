@@ -32,7 +32,7 @@ pub fn validate_node(node: &Node) -> Checked<NodeInfo> {
         .flat_map(|wanted| addresses_of_type(raw, wanted, &mut problems))
         .collect();
     let info = NodeInfo {
-        name: key.name,
+        name: key.name.to_string(),
         labels: node.metadata.labels.clone().unwrap_or_default(),
         addresses,
         pod_cidrs: pod_cidrs(node, &mut problems),

@@ -31,7 +31,7 @@ pub fn validate_service_cidr(object: &ServiceCIDR) -> Checked<ServiceCidr> {
     }
     Checked::with(
         ServiceCidr {
-            name: key.name,
+            name: key.name.to_string(),
             cidrs,
         },
         problems,
