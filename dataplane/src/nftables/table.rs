@@ -7,6 +7,7 @@
 //! `add element`, so that comparing two tables is comparing strings.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::plan::IpFamily;
 
@@ -30,22 +31,35 @@ pub struct Chain {
     pub rules: Vec<String>,
 }
 
+/// The text of an element's key or value, shared between the table and the fragment of
+/// every service port that contributes it (a 100k-endpoint table holds ~400k of them).
+pub type Text = Arc<str>;
+
 /// One element and every contribution to it.
 ///
 /// Several services may contribute the same key (two services with the same pod add the
 /// same hairpin pair; two services may claim the same external IP and port). The element
 /// exists while any contribution does, and its value is the smallest contributed value, so
 /// the result does not depend on the order services were added or removed in.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
     /// The value kproxy writes (empty for a set element).
-    pub value: String,
+    pub value: Text,
     /// The other contributions, sorted.
-    others: Vec<String>,
+    others: Vec<Text>,
+}
+
+impl Default for Element {
+    fn default() -> Self {
+        Element {
+            value: Text::from(""),
+            others: Vec::new(),
+        }
+    }
 }
 
 impl Element {
-    fn add(&mut self, value: String) {
+    fn add(&mut self, value: Text) {
         let displaced = if value < self.value {
             std::mem::replace(&mut self.value, value)
         } else {
@@ -57,12 +71,12 @@ impl Element {
 
     /// Removes one contribution of `value`; `false` when none is left.
     fn remove(&mut self, value: &str) -> bool {
-        if self.value == value {
+        if *self.value == *value {
             if self.others.is_empty() {
                 return false;
             }
             self.value = self.others.remove(0);
-        } else if let Ok(at) = self.others.binary_search_by(|v| v.as_str().cmp(value)) {
+        } else if let Ok(at) = self.others.binary_search_by(|v| (**v).cmp(value)) {
             self.others.remove(at);
         }
         true
@@ -70,7 +84,7 @@ impl Element {
 }
 
 /// Elements of a set or map by key (their nft text).
-pub type Elements = BTreeMap<String, Element>;
+pub type Elements = BTreeMap<Text, Element>;
 
 /// A set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +173,7 @@ impl NftTable {
 
     /// Adds one contribution to an element of a declared set or map (ignored if the set is
     /// not declared or not managed).
-    pub fn add_element(&mut self, set: &str, key: String, value: String) {
+    pub fn add_element(&mut self, set: &str, key: Text, value: Text) {
         if let Some(elements) = self.sets.get_mut(set).and_then(|s| s.elements.as_mut()) {
             match elements.get_mut(&key) {
                 Some(element) => element.add(value),
@@ -193,7 +207,7 @@ impl NftTable {
             .elements
             .as_ref()?
             .get(key)
-            .map(|e| e.value.as_str())
+            .map(|e| &*e.value)
     }
 
     /// Number of rules in all chains.

@@ -153,7 +153,7 @@ impl Writer {
 }
 
 fn pairs(elements: &Elements) -> impl Iterator<Item = (&str, &str)> {
-    elements.iter().map(|(k, v)| (k.as_str(), v.value.as_str()))
+    elements.iter().map(|(k, v)| (&**k, &*v.value))
 }
 
 /// The whole table from scratch, replacing whatever kproxy's table holds.
@@ -343,19 +343,22 @@ fn diff_elements(
         match order {
             std::cmp::Ordering::Less => {
                 if let Some((k, v)) = p.next() {
-                    out.insert(k.clone(), (Some(v.value.clone()), None));
+                    out.insert(k.to_string(), (Some(v.value.to_string()), None));
                 }
             }
             std::cmp::Ordering::Greater => {
                 if let Some((k, v)) = n.next() {
-                    out.insert(k.clone(), (None, Some(v.value.clone())));
+                    out.insert(k.to_string(), (None, Some(v.value.to_string())));
                 }
             }
             std::cmp::Ordering::Equal => {
                 if let (Some((k, pv)), Some((_, nv))) = (p.next(), n.next())
                     && pv.value != nv.value
                 {
-                    out.insert(k.clone(), (Some(pv.value.clone()), Some(nv.value.clone())));
+                    out.insert(
+                        k.to_string(),
+                        (Some(pv.value.to_string()), Some(nv.value.to_string())),
+                    );
                 }
             }
         }

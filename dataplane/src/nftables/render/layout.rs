@@ -37,7 +37,7 @@ pub(super) fn assign_slots(
             .get(&endpoint_map(set, kind, slot))
             .and_then(|m| m.elements.as_ref())
             .and_then(|e| e.get(key));
-        if let Some(&i) = old.and_then(|v| position.get(v.value.as_str()))
+        if let Some(&i) = old.and_then(|v| position.get(&*v.value))
             && !placed[i]
         {
             *taken = Some(i);

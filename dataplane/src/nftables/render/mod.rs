@@ -188,7 +188,7 @@ fn write_dispatch(table: &mut NftTable, ctx: &Ctx) {
                     Set::managed("set", format!("type {};", addr_type(ctx.family)))
                 });
                 for ip in ips {
-                    table.add_element(NODEPORT_IPS, ip.to_string(), String::new());
+                    table.add_element(NODEPORT_IPS, ip.to_string().into(), "".into());
                 }
                 Some(format!("{ip} daddr @{NODEPORT_IPS}"))
             }

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use crate::plan::{Endpoint, EndpointSet, ServicePortPlan};
 
 use super::super::names::*;
+use super::super::table::Text;
 use super::Ctx;
 use super::layout::assign_slots;
 use super::shared::Entry;
@@ -23,7 +24,7 @@ use super::shared::Entry;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Fragment {
     /// `(set, key, value)`.
-    pub elements: Vec<(String, String, String)>,
+    pub elements: Vec<(Text, Text, Text)>,
     /// Entry chains used.
     pub entries: Vec<Entry>,
     /// Pick chains used directly.
@@ -32,7 +33,12 @@ pub(crate) struct Fragment {
 
 impl Fragment {
     fn element(&mut self, set: &str, key: String, value: String) {
-        self.elements.push((set.to_owned(), key, value));
+        // A service port's elements come set by set: share the set's name.
+        let set = match self.elements.last() {
+            Some((last, _, _)) if **last == *set => last.clone(),
+            _ => Text::from(set),
+        };
+        self.elements.push((set, key.into(), value.into()));
     }
 
     fn entry(&mut self, entry: Entry) -> String {

@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use crate::plan::{IpFamily, NodeContext, ProxyPlan, ServicePortName, ServicePortPlan};
 
 use super::super::names::family_keyword;
-use super::super::table::{NftTable, Shape};
+use super::super::table::{NftTable, Shape, Text};
 use super::service::{Fragment, render_service_port};
 use super::shared::SharedUse;
 use super::{Ctx, RenderOptions, render_node};
@@ -259,7 +259,7 @@ impl RenderState {
         });
         let old_part = self.install_shared(part);
 
-        let mut touched: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
+        let mut touched: BTreeMap<(Text, Text), Option<String>> = BTreeMap::new();
         for frag in &old {
             for (set, key, value) in &frag.elements {
                 let was = self.table.element_value(set, key).map(str::to_owned);
@@ -280,7 +280,10 @@ impl RenderState {
         for ((set, key), was) in touched {
             let now = self.table.element_value(&set, &key).map(str::to_owned);
             if was != now {
-                elements.entry(set).or_default().insert(key, (was, now));
+                elements
+                    .entry(set.to_string())
+                    .or_default()
+                    .insert(key.to_string(), (was, now));
             }
         }
         for (key, plan, frag) in fresh {
