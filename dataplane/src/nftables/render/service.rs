@@ -8,7 +8,9 @@
 //! when the service has none at all and dropped when only a Local policy leaves it without
 //! one; `loadBalancerSourceRanges` drop other sources.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use ipnet::IpNet;
 
@@ -19,6 +21,25 @@ use super::super::table::Text;
 use super::Ctx;
 use super::layout::assign_slots;
 use super::shared::Entry;
+
+/// The value of every set element.
+static EMPTY: LazyLock<Text> = LazyLock::new(|| Text::from(""));
+
+/// The names of the sets and maps fragments contribute to, each stored once: a few
+/// constants and `ep-{set}-{kind}-{slot}` / affinity sets up to the largest endpoint count,
+/// so this stays small while every element of 100k endpoints names its set.
+static SET_NAMES: LazyLock<Mutex<BTreeSet<Text>>> = LazyLock::new(Mutex::default);
+
+/// `name`, shared.
+fn set_name(name: &str) -> Text {
+    let mut names = SET_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = names.get(name) {
+        return known.clone();
+    }
+    let text = Text::from(name);
+    names.insert(text.clone());
+    text
+}
 
 /// Everything one service port contributes: elements, and the shared chains it uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,13 +53,14 @@ pub(crate) struct Fragment {
 }
 
 impl Fragment {
-    fn element(&mut self, set: &str, key: String, value: String) {
-        // A service port's elements come set by set: share the set's name.
-        let set = match self.elements.last() {
-            Some((last, _, _)) if **last == *set => last.clone(),
-            _ => Text::from(set),
+    fn element(&mut self, set: &str, key: impl Into<Text>, value: String) {
+        // Set elements have no value: they share one empty text.
+        let value = if value.is_empty() {
+            EMPTY.clone()
+        } else {
+            value.into()
         };
-        self.elements.push((set, key.into(), value.into()));
+        self.elements.push((set_name(set), key.into(), value));
     }
 
     fn entry(&mut self, entry: Entry) -> String {
@@ -144,6 +166,10 @@ pub(super) fn render_service_port(ctx: &Ctx, svc: &ServicePortPlan) -> Fragment 
             frag.element(NO_ENDPOINT_NODEPORTS, key, verdict);
         }
     }
+    // Kept until the service port changes: no spare capacity.
+    frag.elements.shrink_to_fit();
+    frag.entries.shrink_to_fit();
+    frag.picks.shrink_to_fit();
     frag
 }
 
@@ -208,12 +234,10 @@ fn write_endpoints(
 ) {
     let values = endpoints.iter().map(endpoint_value).collect();
     let slots = assign_slots(ctx.layout, sel.set, sel.kind, key, values);
+    // Every slot map has the same key: one shared text.
+    let key = Text::from(key);
     for (slot, value) in slots.into_iter().enumerate() {
-        frag.element(
-            &endpoint_map(sel.set, sel.kind, slot),
-            key.to_owned(),
-            value,
-        );
+        frag.element(&endpoint_map(sel.set, sel.kind, slot), key.clone(), value);
     }
     for ep in endpoints {
         frag.element(HAIRPIN, format!("{} . {}", ep.ip(), ep.ip()), String::new());
