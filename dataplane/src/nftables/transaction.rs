@@ -57,6 +57,33 @@ impl Writer {
         }
     }
 
+    /// A writer of the whole of `table`, its text sized once: at 100k endpoints it is
+    /// ~10 MB, which growing by doubling would copy and briefly hold twice.
+    fn whole(table: &NftTable) -> Self {
+        let mut w = Writer::new(table);
+        let per_line = w.prefix.len() + 24;
+        let mut size = 0;
+        for (name, chain) in &table.chains {
+            size += per_line + name.len();
+            size += chain
+                .rules
+                .iter()
+                .map(|r| per_line + name.len() + r.len())
+                .sum::<usize>();
+        }
+        for (name, set) in &table.sets {
+            size += per_line + name.len() + set.spec.len();
+            size += set
+                .elements
+                .iter()
+                .flatten()
+                .map(|(k, e)| k.len() + e.value.len() + 6)
+                .sum::<usize>();
+        }
+        w.tx.text.reserve(size);
+        w
+    }
+
     fn command(&mut self, verb: &str, what: &str, name: &str) {
         let _ = writeln!(self.tx.text, "{verb} {what} {} {name}", self.prefix);
     }
@@ -158,7 +185,7 @@ fn pairs(elements: &Elements) -> impl Iterator<Item = (&str, &str)> {
 
 /// The whole table from scratch, replacing whatever kproxy's table holds.
 pub fn recreate(next: &NftTable) -> Transaction {
-    let mut w = Writer::new(next);
+    let mut w = Writer::whole(next);
     let _ = writeln!(w.tx.text, "add table {}", w.prefix);
     let _ = writeln!(w.tx.text, "delete table {}", w.prefix);
     let _ = writeln!(w.tx.text, "add table {}", w.prefix);
@@ -192,7 +219,7 @@ pub fn rewrite(prev: &Shape, next: &NftTable) -> Option<Transaction> {
     if !compatible(prev, next) {
         return None;
     }
-    let mut w = Writer::new(next);
+    let mut w = Writer::whole(next);
     let _ = writeln!(w.tx.text, "add table {}", w.prefix);
     let _ = writeln!(w.tx.text, "flush table {}", w.prefix);
     for (name, chain) in &next.chains {

@@ -155,10 +155,15 @@ fn endpoints(
     family: IpFamily,
     problems: &mut Vec<FieldError>,
 ) -> Vec<SliceEndpoint> {
-    raw.iter()
-        .enumerate()
-        .filter_map(|(i, endpoint)| slice_endpoint(i, endpoint, family, problems))
-        .collect()
+    // Kept for as long as the slice is unchanged: no spare capacity.
+    let mut endpoints = Vec::with_capacity(raw.len());
+    endpoints.extend(
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, endpoint)| slice_endpoint(i, endpoint, family, problems)),
+    );
+    endpoints.shrink_to_fit();
+    endpoints
 }
 
 /// One entry of `endpoints`, `None` when it cannot be used.

@@ -119,7 +119,7 @@ impl RenderState {
             table: NftTable::new(family),
             node: plan.node.clone(),
             options: *options,
-            services: HashMap::new(),
+            services: HashMap::with_capacity(plan.services_of(family).count()),
             pass: 0,
             duplicates: Vec::new(),
             shared: SharedUse::default(),
