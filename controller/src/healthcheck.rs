@@ -223,55 +223,31 @@ async fn answer(mut conn: TcpStream, port: u16, shared: &RwLock<Shared>) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kproxy_dataplane::fixtures::{
+        endpoint, plan_on, service, single_family_node, with_endpoints,
+    };
     use kproxy_dataplane::plan::*;
 
+    /// An endpoint, terminating when not ready.
     fn ep(addr: &str, is_local: bool, ready: bool) -> Endpoint {
         Endpoint {
-            addr: addr.parse().expect("addr"),
-            is_local,
             ready,
-            serving: true,
             terminating: !ready,
+            ..endpoint(addr, is_local)
         }
     }
 
-    fn svc(port: &str, hc: Option<u16>, local: Vec<Endpoint>) -> ServicePortPlan {
-        ServicePortPlan {
-            name: ServicePortName {
-                namespace: "ns".into(),
-                name: "lb".into(),
-                port: port.into(),
-                protocol: Protocol::Tcp,
-            },
-            family: IpFamily::V4,
-            cluster_ip: "10.96.0.1".parse().expect("ip"),
-            port: 80,
-            node_port: Some(30000),
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            session_affinity_timeout: None,
-            external_policy_local: true,
-            internal_policy_local: false,
-            health_check_node_port: hc,
-            cluster_endpoints: vec![],
-            local_endpoints: local,
-            has_any_endpoints: true,
-        }
+    /// `ns/lb:PORT`, NodePort 30000 with `externalTrafficPolicy: Local`.
+    fn svc(port: &str, hc: Option<u16>, endpoints: Vec<Endpoint>) -> ServicePortPlan {
+        let mut svc = service("ns", "lb", port, "10.96.0.1", 80);
+        svc.node_port = Some(30000);
+        svc.external_policy_local = true;
+        svc.health_check_node_port = hc;
+        with_endpoints(svc, endpoints)
     }
 
     fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
-        ProxyPlan {
-            node: NodeContext {
-                node_name: "n".into(),
-                ipv4: Some(FamilyContext::default()),
-                ipv6: None,
-                masquerade_all: false,
-                masquerade_mark: 0x4000,
-                localhost_nodeports: true,
-            },
-            services,
-        }
+        plan_on(single_family_node("n", "10.0.0.100"), services)
     }
 
     #[test]

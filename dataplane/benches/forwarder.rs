@@ -30,90 +30,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use kproxy_dataplane::fixtures;
 use kproxy_dataplane::lb::Algorithm;
 use kproxy_dataplane::plan::*;
 use kproxy_dataplane::userspace::forwarder::{Action, Forwarder, ForwarderConfig};
-use kproxy_dataplane::userspace::packet::{PROTO_TCP, PROTO_UDP, TCP_SYN, fill_checksums, parse};
+use kproxy_dataplane::userspace::packet::{PROTO_TCP, PROTO_UDP, TCP_SYN};
 use kproxy_dataplane::userspace::services::ServiceTable;
 use kproxy_dataplane::userspace::{UserspaceConfig, UserspaceProxier};
 
 const VIP: &str = "10.96.0.10";
 
-fn plan() -> ProxyPlan {
-    let ep = |addr: &str| Endpoint {
-        addr: addr.parse().expect("addr"),
-        is_local: true,
-        ready: true,
-        serving: true,
-        terminating: false,
-    };
-    let svc = |proto: Protocol, port: u16, target: &str| ServicePortPlan {
-        name: ServicePortName {
-            namespace: "default".into(),
-            name: "echo".into(),
-            port: proto.as_lower().into(),
-            protocol: proto,
-        },
-        family: IpFamily::V4,
-        cluster_ip: VIP.parse().expect("ip"),
-        port,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        cluster_endpoints: vec![ep(target)],
-        local_endpoints: vec![],
-        has_any_endpoints: true,
-    };
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "node".into(),
-            ipv4: Some(FamilyContext {
-                service_cidrs: Vec::new(),
-                node_ips: vec!["10.244.1.1".parse().expect("ip")],
-                nodeport_addresses: NodePortAddresses::All,
-                local_detector: LocalTrafficDetector::ClusterCidr(
-                    "10.244.0.0/16".parse().expect("cidr"),
-                ),
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 1 << 14,
-            localhost_nodeports: false,
-        },
-        services: vec![
-            svc(Protocol::Tcp, 80, "10.244.2.2:8080"),
-            svc(Protocol::Udp, 53, "10.244.2.2:5353"),
-        ],
-    }
-}
-
+/// A TCP (with `flags`) or UDP packet carrying 32 bytes, with valid checksums.
 fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        unreachable!("IPv4 only")
-    };
-    let l4 = if proto == PROTO_TCP { 20 } else { 8 } + 32;
-    let mut b = vec![0x45, 0];
-    b.extend_from_slice(&((20 + l4) as u16).to_be_bytes());
-    b.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-    b.extend_from_slice(&s.octets());
-    b.extend_from_slice(&d.octets());
-    b.extend_from_slice(&src.port().to_be_bytes());
-    b.extend_from_slice(&dst.port().to_be_bytes());
-    if proto == PROTO_TCP {
-        b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    } else {
-        b.extend_from_slice(&40u16.to_be_bytes());
-        b.extend_from_slice(&[0, 0]);
-    }
-    b.extend_from_slice(&[0x5a; 32]);
-    let m = parse(&b).expect("parses");
-    fill_checksums(&mut b, &m);
-    b
+    fixtures::packet(src, dst, proto, flags, &[0x5a; 32])
 }
 
 /// (established packets/s, new flows/s) of `Forwarder::process` alone.
@@ -122,7 +51,10 @@ fn in_process() -> (f64, f64) {
         conntrack_capacity: 1 << 21,
         ..ForwarderConfig::default()
     };
-    let mut fw = Forwarder::new(config, ServiceTable::build(&plan(), Algorithm::Random, 1));
+    let mut fw = Forwarder::new(
+        config,
+        ServiceTable::build(&echo_plan(), Algorithm::Random, 1),
+    );
     let mut reply = [0u8; 1500];
     let now = Duration::from_secs(1);
     let template = packet(
@@ -165,7 +97,7 @@ fn in_process() -> (f64, f64) {
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use support::{Routed, enter, sh};
+use support::{Routed, echo_plan, enter, sh};
 
 /// Backend servers: counts UDP datagrams, echoes TCP. Runs until the process exits.
 fn backend(ns: String, udp_count: Arc<AtomicU64>) {
@@ -361,7 +293,7 @@ fn userspace_phase(client: &str, node: &str, udp_count: &AtomicU64, secs: f64) -
                 }
             };
             let r = p
-                .sync(&plan(), true)
+                .sync(&echo_plan(), true)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string());

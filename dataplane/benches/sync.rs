@@ -22,7 +22,7 @@ use kproxy_dataplane::plan::*;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use support::{synthetic_endpoint, synthetic_plan};
+use kproxy_dataplane::fixtures::{synthetic_endpoint, synthetic_plan};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {

@@ -7,6 +7,8 @@
 
 pub mod backend;
 pub mod conntrack;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod iptables;
 pub mod ipvs;
 pub mod lb;
@@ -14,7 +16,5 @@ pub mod netlink;
 pub mod nftables;
 pub mod plan;
 pub mod report;
-#[cfg(test)]
-pub(crate) mod testutil;
 pub mod tool;
 pub mod userspace;

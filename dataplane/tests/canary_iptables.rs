@@ -11,7 +11,8 @@ use kproxy_dataplane::report::SyncReport;
 
 mod support;
 
-use support::{Netns, block_on, require_root, synthetic_plan};
+use kproxy_dataplane::fixtures::synthetic_plan;
+use support::{Netns, block_on, require_root};
 
 fn new_proxier(node: &Netns, backend: &str) -> IptablesProxier {
     let choice: BackendChoice = backend.parse().expect("backend");

@@ -14,67 +14,23 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use kproxy_dataplane::conntrack::{ConntrackSocket, cleanup_stale};
+use kproxy_dataplane::fixtures::{endpoint, plan_on, service, single_family_node, with_endpoints};
 use kproxy_dataplane::plan::*;
 
 mod support;
 
 use support::{Netns, require_root, sh};
 
+/// `ns/dns:dns`, UDP on `cluster_ip:port`.
 fn udp_service(cluster_ip: &str, port: u16, endpoints: &[&str]) -> ServicePortPlan {
-    let eps: Vec<Endpoint> = endpoints
-        .iter()
-        .map(|e| Endpoint {
-            addr: e.parse().unwrap(),
-            is_local: true,
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
-        .collect();
-    ServicePortPlan {
-        name: ServicePortName {
-            namespace: "ns".into(),
-            name: "dns".into(),
-            port: "dns".into(),
-            protocol: Protocol::Udp,
-        },
-        family: if cluster_ip.contains(':') {
-            IpFamily::V6
-        } else {
-            IpFamily::V4
-        },
-        cluster_ip: cluster_ip.parse().unwrap(),
-        port,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        has_any_endpoints: !eps.is_empty(),
-        cluster_endpoints: eps,
-        local_endpoints: vec![],
-    }
+    let mut svc = service("ns", "dns", "dns", cluster_ip, port);
+    svc.name.protocol = Protocol::Udp;
+    with_endpoints(svc, endpoints.iter().map(|e| endpoint(e, true)).collect())
 }
 
+/// The services on node `node` (10.77.1.1).
 fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "node".into(),
-            ipv4: Some(FamilyContext {
-                service_cidrs: Vec::new(),
-                node_ips: vec!["10.77.1.1".parse().unwrap()],
-                ..FamilyContext::default()
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 0x4000,
-            localhost_nodeports: false,
-        },
-        services,
-    }
+    plan_on(single_family_node("node", "10.77.1.1"), services)
 }
 
 #[test]

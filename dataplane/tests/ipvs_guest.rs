@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::process::Command;
 
+use kproxy_dataplane::fixtures::ip;
 use kproxy_dataplane::ipvs::netlink::consts::{IPPROTO_TCP, IPPROTO_UDP, SVC_F_PERSISTENT};
 use kproxy_dataplane::ipvs::netlink::{Destination, IpvsSocket, Service, ServiceKey, Timeouts};
 
@@ -14,10 +15,6 @@ fn require_ipvs(test: &str) {
         std::path::Path::new("/proc/net/ip_vs").exists(),
         "{test}: no /proc/net/ip_vs: this kernel has no IPVS (run it with scripts/run-ipvs-vm.sh)"
     );
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address literal")
 }
 
 fn ipvsadm_list() -> String {

@@ -2,11 +2,10 @@
 //! kernel in the IPVS guest (`scripts/ipvs-vm/guest-capture-ipvsadm.sh`, converted by
 //! `scripts/ipvs-vm/strace-to-vectors.py`), plus round trips. Pure: no root, no kernel.
 
-use std::net::IpAddr;
-
 use netlink_packet_core::{Emitable, NLA_F_NESTED, ParseableParametrized};
 use netlink_packet_generic::GenlHeader;
 
+use kproxy_dataplane::fixtures::ip;
 use kproxy_dataplane::ipvs::netlink::attrs::{DestAttr, SvcAttr};
 use kproxy_dataplane::ipvs::netlink::consts::{IPPROTO_TCP, IPPROTO_UDP, SVC_F_PERSISTENT};
 use kproxy_dataplane::ipvs::netlink::{
@@ -68,10 +67,6 @@ fn without_nested_flag(payload: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address literal")
 }
 
 fn tcp_10_96_0_10() -> ServiceKey {

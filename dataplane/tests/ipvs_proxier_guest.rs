@@ -10,6 +10,9 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kproxy_dataplane::fixtures::{
+    self, detecting_pods, endpoint, ip, single_family_node, with_endpoints,
+};
 use kproxy_dataplane::ipvs::netlink::consts::IPPROTO_TCP;
 use kproxy_dataplane::ipvs::netlink::{Destination, IpvsSocket, Service, ServiceKey, Timeouts};
 use kproxy_dataplane::ipvs::proxier::kernel_has_ipvs;
@@ -21,10 +24,6 @@ fn require_ipvs(test: &str) {
         kernel_has_ipvs(),
         "{test}: this kernel has no IPVS (run it with scripts/run-ipvs-vm.sh)"
     );
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address literal")
 }
 
 fn sh(script: &str) {
@@ -39,57 +38,21 @@ fn sh(script: &str) {
     );
 }
 
+/// Node `guest` at 10.0.0.1 (its only NodePort address), pods in 10.244.0.0/16.
 fn node() -> NodeContext {
-    NodeContext {
-        node_name: "guest".into(),
-        ipv4: Some(FamilyContext {
-            service_cidrs: Vec::new(),
-            node_ips: vec![ip("10.0.0.1")],
-            nodeport_addresses: NodePortAddresses::Only(vec![ip("10.0.0.1")]),
-            local_detector: LocalTrafficDetector::ClusterCidr(
-                "10.244.0.0/16".parse().expect("cidr"),
-            ),
-        }),
-        ipv6: None,
-        masquerade_all: false,
-        masquerade_mark: 0x4000,
-        localhost_nodeports: false,
+    let mut node = detecting_pods(single_family_node("guest", "10.0.0.1"), "10.244.0.0/16");
+    if let Some(v4) = node.ipv4.as_mut() {
+        v4.nodeport_addresses = NodePortAddresses::Only(vec![ip("10.0.0.1")]);
     }
+    node
 }
 
+/// `default/NAME:http` on `cluster_ip:port` with local endpoints.
 fn service(name: &str, cluster_ip: IpAddr, port: u16, endpoints: &[&str]) -> ServicePortPlan {
-    let eps: Vec<Endpoint> = endpoints
-        .iter()
-        .map(|e| Endpoint {
-            addr: e.parse().expect("endpoint literal"),
-            is_local: true,
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
-        .collect();
-    ServicePortPlan {
-        name: ServicePortName {
-            namespace: "default".into(),
-            name: name.into(),
-            port: "http".into(),
-            protocol: Protocol::Tcp,
-        },
-        family: IpFamily::V4,
-        cluster_ip,
-        port,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        has_any_endpoints: !eps.is_empty(),
-        cluster_endpoints: eps,
-        local_endpoints: vec![],
-    }
+    with_endpoints(
+        fixtures::service("default", name, "http", &cluster_ip.to_string(), port),
+        endpoints.iter().map(|e| endpoint(e, true)).collect(),
+    )
 }
 
 /// HTTP GET through `addr`, returning the body's last line (the pod name).

@@ -7,12 +7,15 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use kproxy_dataplane::fixtures::{
+    detecting_pods, endpoint, service, single_family_node, with_endpoints,
+};
 use kproxy_dataplane::nftables::proxier::NftablesProxier;
 use kproxy_dataplane::plan::*;
 use kproxy_dataplane::report::SyncReport;
@@ -222,57 +225,19 @@ impl Drop for Cluster {
 }
 
 fn ep(addr: &str) -> Endpoint {
-    Endpoint {
-        addr: addr.parse().expect("endpoint"),
-        is_local: true,
-        ready: true,
-        serving: true,
-        terminating: false,
-    }
+    endpoint(addr, true)
 }
 
+/// `default/NAME` on `ip:80`.
 fn svc(name: &str, ip: &str, node_port: Option<u16>, endpoints: Vec<Endpoint>) -> ServicePortPlan {
-    let cluster_ip: IpAddr = ip.parse().expect("ip");
-    ServicePortPlan {
-        name: ServicePortName {
-            namespace: "default".into(),
-            name: name.into(),
-            port: String::new(),
-            protocol: Protocol::Tcp,
-        },
-        family: IpFamily::of(&cluster_ip),
-        cluster_ip,
-        port: 80,
-        node_port,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        has_any_endpoints: !endpoints.is_empty(),
-        cluster_endpoints: endpoints,
-        local_endpoints: vec![],
-    }
+    let mut svc = service("default", name, "", ip, 80);
+    svc.node_port = node_port;
+    with_endpoints(svc, endpoints)
 }
 
+/// Node `node` at [`NODE_IP`], pods in 10.77.0.0/16.
 fn node_context() -> NodeContext {
-    NodeContext {
-        node_name: "node".into(),
-        ipv4: Some(FamilyContext {
-            service_cidrs: Vec::new(),
-            node_ips: vec![NODE_IP.parse().expect("ip")],
-            nodeport_addresses: NodePortAddresses::All,
-            local_detector: LocalTrafficDetector::ClusterCidr(
-                "10.77.0.0/16".parse().expect("cidr"),
-            ),
-        }),
-        ipv6: None,
-        masquerade_all: false,
-        masquerade_mark: 0x4000,
-        localhost_nodeports: false,
-    }
+    detecting_pods(single_family_node("node", NODE_IP), "10.77.0.0/16")
 }
 
 fn web_plan(web_endpoints: Vec<Endpoint>) -> ProxyPlan {

@@ -4,103 +4,37 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use kproxy_dataplane::lb::Algorithm;
-use kproxy_dataplane::plan::{
-    Endpoint, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
-    Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
+use kproxy_dataplane::fixtures::{
+    self, detecting_pods, endpoint, plan_on, service_at, single_family_node, sock as sa,
+    with_endpoints,
 };
+use kproxy_dataplane::lb::Algorithm;
+use kproxy_dataplane::plan::{Endpoint, Protocol, ProxyPlan, ServicePortPlan};
 use kproxy_dataplane::userspace::forwarder::{Action, Forwarder, ForwarderConfig};
 use kproxy_dataplane::userspace::packet::{
     PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, fill_checksums, parse,
 };
 use kproxy_dataplane::userspace::services::ServiceTable;
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("socket address")
-}
-
 /// An IPv4 TCP (with `flags`) or UDP packet with valid checksums.
 fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        panic!("IPv4 only");
-    };
-    let l4 = if proto == PROTO_TCP { 20 } else { 8 } + 4;
-    let mut b = vec![0x45, 0];
-    b.extend_from_slice(&((20 + l4) as u16).to_be_bytes());
-    b.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-    b.extend_from_slice(&s.octets());
-    b.extend_from_slice(&d.octets());
-    b.extend_from_slice(&src.port().to_be_bytes());
-    b.extend_from_slice(&dst.port().to_be_bytes());
-    if proto == PROTO_TCP {
-        b.extend_from_slice(&[
-            0, 0, 0, 100, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0,
-        ]);
-    } else {
-        b.extend_from_slice(&12u16.to_be_bytes());
-        b.extend_from_slice(&[0, 0]);
-    }
-    b.extend_from_slice(b"ping");
-    let m = parse(&b).expect("parses");
-    fill_checksums(&mut b, &m);
-    b
+    fixtures::packet(src, dst, proto, flags, b"ping")
 }
 
-fn endpoint(addr: &str, local: bool) -> Endpoint {
-    Endpoint {
-        addr: sa(addr),
-        is_local: local,
-        ready: true,
-        serving: true,
-        terminating: false,
-    }
-}
-
+/// `default/NAME` on `vip` (`IP:PORT`) with these endpoints.
 fn service(name: &str, proto: Protocol, vip: &str, endpoints: Vec<Endpoint>) -> ServicePortPlan {
-    let vip = sa(vip);
-    ServicePortPlan {
-        name: ServicePortName {
-            namespace: "default".into(),
-            name: name.into(),
-            port: String::new(),
-            protocol: proto,
-        },
-        family: IpFamily::V4,
-        cluster_ip: vip.ip(),
-        port: vip.port(),
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        has_any_endpoints: !endpoints.is_empty(),
-        local_endpoints: endpoints.iter().filter(|e| e.is_local).cloned().collect(),
-        cluster_endpoints: endpoints,
-    }
+    with_endpoints(service_at("default", name, proto, vip), endpoints)
 }
 
+/// The services on node `node-a` (192.168.0.10, pods in 10.244.0.0/16).
 fn plan(services: Vec<ServicePortPlan>) -> ProxyPlan {
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "node-a".into(),
-            ipv4: Some(FamilyContext {
-                service_cidrs: Vec::new(),
-                node_ips: vec!["192.168.0.10".parse().expect("ip")],
-                nodeport_addresses: NodePortAddresses::All,
-                local_detector: LocalTrafficDetector::ClusterCidr(
-                    "10.244.0.0/16".parse().expect("cidr"),
-                ),
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 1 << 14,
-            localhost_nodeports: false,
-        },
+    plan_on(
+        detecting_pods(
+            single_family_node("node-a", "192.168.0.10"),
+            "10.244.0.0/16",
+        ),
         services,
-    }
+    )
 }
 
 fn forwarder(p: &ProxyPlan, algorithm: Algorithm) -> Forwarder {

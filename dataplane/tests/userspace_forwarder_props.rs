@@ -4,107 +4,54 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use kproxy_dataplane::lb::Algorithm;
-use kproxy_dataplane::plan::{
-    Endpoint, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
-    Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
+use kproxy_dataplane::fixtures::{
+    self, detecting_pods, endpoint, plan_on, service_at, single_family_node, with_endpoints,
 };
+use kproxy_dataplane::lb::Algorithm;
+use kproxy_dataplane::plan::{Protocol, ProxyPlan};
 use kproxy_dataplane::userspace::conntrack::{Direction, TcpState, next_tcp_state};
 use kproxy_dataplane::userspace::forwarder::{Action, Forwarder, ForwarderConfig};
 use kproxy_dataplane::userspace::packet::{
-    PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill_checksums, parse,
+    PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse,
 };
 use kproxy_dataplane::userspace::services::ServiceTable;
 use proptest::prelude::*;
 
 fn packet(src: SocketAddr, dst: SocketAddr, proto: u8, flags: u8) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        unreachable!("IPv4 only")
-    };
-    let l4 = if proto == PROTO_TCP { 20 } else { 8 };
-    let mut b = vec![0x45, 0];
-    b.extend_from_slice(&((20 + l4) as u16).to_be_bytes());
-    b.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-    b.extend_from_slice(&s.octets());
-    b.extend_from_slice(&d.octets());
-    b.extend_from_slice(&src.port().to_be_bytes());
-    b.extend_from_slice(&dst.port().to_be_bytes());
-    if proto == PROTO_TCP {
-        b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    } else {
-        b.extend_from_slice(&8u16.to_be_bytes());
-        b.extend_from_slice(&[0, 0]);
-    }
-    let m = parse(&b).expect("parses");
-    fill_checksums(&mut b, &m);
-    b
+    fixtures::packet(src, dst, proto, flags, &[])
 }
 
 /// Service `i` is `10.96.0.i:80+i`, TCP when `i` is even, with `n` endpoints
-/// `10.244.(i+1).k:8000+k`.
+/// `10.244.(i+1).k:8000+k`, the even ones local.
 fn plan(sizes: &[usize]) -> ProxyPlan {
     let services = sizes
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let eps: Vec<Endpoint> = (0..*n)
-                .map(|k| Endpoint {
-                    addr: SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::new(10, 244, i as u8 + 1, k as u8 + 1)),
-                        8000 + k as u16,
-                    ),
-                    is_local: k % 2 == 0,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
+            let protocol = if i % 2 == 0 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let vip = format!("10.96.0.{}:{}", i + 1, 80 + i);
+            let endpoints = (0..*n)
+                .map(|k| {
+                    endpoint(
+                        &format!("10.244.{}.{}:{}", i + 1, k + 1, 8000 + k),
+                        k % 2 == 0,
+                    )
                 })
                 .collect();
-            ServicePortPlan {
-                name: ServicePortName {
-                    namespace: "ns".into(),
-                    name: format!("svc{i}"),
-                    port: String::new(),
-                    protocol: if i % 2 == 0 {
-                        Protocol::Tcp
-                    } else {
-                        Protocol::Udp
-                    },
-                },
-                family: IpFamily::V4,
-                cluster_ip: IpAddr::V4(Ipv4Addr::new(10, 96, 0, i as u8 + 1)),
-                port: 80 + i as u16,
-                node_port: None,
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                session_affinity_timeout: None,
-                external_policy_local: false,
-                internal_policy_local: false,
-                health_check_node_port: None,
-                has_any_endpoints: !eps.is_empty(),
-                local_endpoints: eps.iter().filter(|e| e.is_local).cloned().collect(),
-                cluster_endpoints: eps,
-            }
+            with_endpoints(
+                service_at("ns", &format!("svc{i}"), protocol, &vip),
+                endpoints,
+            )
         })
         .collect();
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "n".into(),
-            ipv4: Some(FamilyContext {
-                service_cidrs: Vec::new(),
-                node_ips: vec!["192.168.0.1".parse().expect("ip")],
-                nodeport_addresses: NodePortAddresses::All,
-                local_detector: LocalTrafficDetector::ClusterCidr(
-                    "10.244.0.0/16".parse().expect("cidr"),
-                ),
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 1 << 14,
-            localhost_nodeports: false,
-        },
+    plan_on(
+        detecting_pods(single_family_node("n", "192.168.0.1"), "10.244.0.0/16"),
         services,
-    }
+    )
 }
 
 fn algorithm() -> impl Strategy<Value = Algorithm> {

@@ -13,78 +13,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use kproxy_dataplane::iptables::apply::BackendChoice;
-use kproxy_dataplane::plan::{
-    Endpoint, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
-    Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
-};
+use kproxy_dataplane::plan::IpFamily;
 use kproxy_dataplane::userspace::{UserspaceConfig, UserspaceProxier};
 
 mod support;
 
-use support::{Routed, enter, require_root};
-
-fn plan() -> ProxyPlan {
-    let ep = |addr: &str| Endpoint {
-        addr: addr.parse().expect("addr"),
-        is_local: true,
-        ready: true,
-        serving: true,
-        terminating: false,
-    };
-    let svc = |proto: Protocol, port: u16, target: &str| ServicePortPlan {
-        name: ServicePortName {
-            namespace: "default".into(),
-            name: "echo".into(),
-            port: proto.as_lower().into(),
-            protocol: proto,
-        },
-        family: IpFamily::V4,
-        cluster_ip: "10.96.0.10".parse().expect("ip"),
-        port,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        cluster_endpoints: vec![ep(target)],
-        local_endpoints: vec![ep(target)],
-        has_any_endpoints: true,
-    };
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "node".into(),
-            ipv4: Some(FamilyContext {
-                service_cidrs: Vec::new(),
-                node_ips: vec!["10.244.1.1".parse().expect("ip")],
-                nodeport_addresses: NodePortAddresses::All,
-                local_detector: LocalTrafficDetector::ClusterCidr(
-                    "10.244.0.0/16".parse().expect("cidr"),
-                ),
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 1 << 14,
-            localhost_nodeports: false,
-        },
-        services: vec![
-            ServicePortPlan {
-                node_port: Some(30080),
-                ..svc(Protocol::Tcp, 80, "10.244.2.2:8080")
-            },
-            svc(Protocol::Udp, 53, "10.244.2.2:5353"),
-            ServicePortPlan {
-                cluster_ip: "10.96.0.11".parse().expect("ip"),
-                cluster_endpoints: vec![],
-                local_endpoints: vec![],
-                has_any_endpoints: false,
-                ..svc(Protocol::Tcp, 80, "10.244.2.2:8080")
-            },
-        ],
-    }
-}
+use support::{Routed, echo_plan, enter, require_root};
 
 /// Echo servers in the backend namespace: TCP on 8080, UDP on 5353.
 fn start_backend(ns: String) {
@@ -152,7 +86,7 @@ fn cluster_ip_node_port_and_reject_through_tun() {
                 }
             };
             let synced = p
-                .sync(&plan(), true)
+                .sync(&echo_plan(), true)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string());

@@ -3,47 +3,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use kproxy_dataplane::fixtures::packet;
 use kproxy_dataplane::userspace::checksum;
 use kproxy_dataplane::userspace::packet::{
-    PROTO_TCP, PROTO_UDP, PacketError, fill_checksums, parse, set_destination, set_source,
+    PROTO_TCP, PROTO_UDP, PacketError, TCP_SYN, fill_checksums, parse, set_destination, set_source,
     transport_checksum,
 };
 use proptest::prelude::*;
 
-/// Builds a packet with valid checksums.
+/// A TCP SYN or UDP packet with valid checksums.
 fn build(src: SocketAddr, dst: SocketAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
-    let l4_len = if proto == PROTO_TCP { 20 } else { 8 } + payload.len();
-    let mut buf = Vec::new();
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = (20 + l4_len) as u16;
-            buf.extend_from_slice(&[0x45, 0]);
-            buf.extend_from_slice(&total.to_be_bytes());
-            buf.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
-            buf.extend_from_slice(&s.octets());
-            buf.extend_from_slice(&d.octets());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            buf.extend_from_slice(&[0x60, 0, 0, 0]);
-            buf.extend_from_slice(&(l4_len as u16).to_be_bytes());
-            buf.extend_from_slice(&[proto, 64]);
-            buf.extend_from_slice(&s.octets());
-            buf.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    buf.extend_from_slice(&src.port().to_be_bytes());
-    buf.extend_from_slice(&dst.port().to_be_bytes());
-    if proto == PROTO_TCP {
-        buf.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-    } else {
-        buf.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        buf.extend_from_slice(&[0, 0]);
-    }
-    buf.extend_from_slice(payload);
-    let meta = parse(&buf).expect("built packet parses");
-    fill_checksums(&mut buf, &meta);
-    buf
+    packet(src, dst, proto, TCP_SYN, payload)
 }
 
 fn v4() -> impl Strategy<Value = IpAddr> {

@@ -3,64 +3,29 @@
 
 use std::net::IpAddr;
 
+use kproxy_dataplane::fixtures::{endpoint, plan_on, service, single_family_node, with_endpoints};
 use kproxy_dataplane::lb::Algorithm;
 use kproxy_dataplane::plan::{
-    Endpoint, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext, NodePortAddresses,
-    Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
+    FamilyContext, IpFamily, NodePortAddresses, ProxyPlan, ServicePortPlan,
 };
 use kproxy_dataplane::userspace::nodeports;
 use kproxy_dataplane::userspace::routes::Steering;
 use kproxy_dataplane::userspace::services::ServiceTable;
 
+/// `default/NAME` on `vip:80` with one local endpoint.
 fn svc(name: &str, vip: &str, backend: &str, node_port: Option<u16>) -> ServicePortPlan {
-    let ep = Endpoint {
-        addr: backend.parse().expect("addr"),
-        is_local: true,
-        ready: true,
-        serving: true,
-        terminating: false,
-    };
-    ServicePortPlan {
-        name: ServicePortName {
-            namespace: "default".into(),
-            name: name.into(),
-            port: String::new(),
-            protocol: Protocol::Tcp,
-        },
-        family: IpFamily::V4,
-        cluster_ip: vip.parse().expect("ip"),
-        port: 80,
-        node_port,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        cluster_endpoints: vec![ep],
-        local_endpoints: vec![],
-        has_any_endpoints: true,
-    }
+    let mut svc = service("default", name, "", vip, 80);
+    svc.node_port = node_port;
+    with_endpoints(svc, vec![endpoint(backend, true)])
 }
 
+/// The services on node `n` (192.168.0.1), NodePorts on `addrs`.
 fn plan(services: Vec<ServicePortPlan>, addrs: NodePortAddresses) -> ProxyPlan {
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "n".into(),
-            ipv4: Some(FamilyContext {
-                service_cidrs: Vec::new(),
-                node_ips: vec!["192.168.0.1".parse().expect("ip")],
-                nodeport_addresses: addrs,
-                local_detector: LocalTrafficDetector::None,
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 1 << 14,
-            localhost_nodeports: false,
-        },
-        services,
+    let mut node = single_family_node("n", "192.168.0.1");
+    if let Some(v4) = node.ipv4.as_mut() {
+        v4.nodeport_addresses = addrs;
     }
+    plan_on(node, services)
 }
 
 #[test]

@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
 
-use kproxy_dataplane::plan::{FamilyContext, NodeContext};
-
 use super::*;
 use crate::servers::clock::FakeClock;
 use crate::servers::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
@@ -237,18 +235,9 @@ fn report(family: IpFamily, full: bool, millis: u64) -> SyncReport {
     }
 }
 
+/// A dual-stack plan without services.
 fn plan() -> ProxyPlan {
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "n".into(),
-            ipv4: Some(FamilyContext::default()),
-            ipv6: Some(FamilyContext::default()),
-            masquerade_all: false,
-            masquerade_mark: 0x4000,
-            localhost_nodeports: true,
-        },
-        services: vec![],
-    }
+    kproxy_dataplane::fixtures::plan(vec![])
 }
 
 fn exercised(mode: ProxyMode) -> (Metrics, FakeClock) {

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::conntrack::flow::FlowTuple;
+use crate::fixtures::{endpoint, ip, plan, service, with_endpoints};
 use crate::plan::{Endpoint, ServicePortPlan};
-use crate::testutil::{endpoint, ip, plan, service, with_endpoints};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")

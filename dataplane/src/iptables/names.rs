@@ -132,13 +132,7 @@ mod tests {
 
     #[test]
     fn matches_upstream_endpoint_chain_names() {
-        let ep = |s: &str| Endpoint {
-            addr: s.parse().expect("test address"),
-            is_local: false,
-            ready: true,
-            serving: true,
-            terminating: false,
-        };
+        let ep = |s: &str| crate::fixtures::endpoint(s, false);
         assert_eq!(
             endpoint_chain(&spn("ns2", "svc2", "p80"), &ep("10.180.0.2:80")),
             "KUBE-SEP-RS4RBKLTHTF2IUXJ"

@@ -254,8 +254,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::fixtures::{endpoint, ip, node, service, with_endpoints};
     use crate::plan::Protocol;
-    use crate::testutil::{endpoint, ip, node, service, with_endpoints};
 
     /// One service port drawn from small pools, so that service ports share cluster IPs,
     /// external and load-balancer IPs, NodePorts and endpoints, and claim the same virtual

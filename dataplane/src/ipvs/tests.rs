@@ -2,8 +2,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::fixtures::*;
 use crate::plan::{IpFamily, ProxyPlan};
-use crate::testutil::*;
 
 use super::diff::{IpvsOp, KernelService, KernelState, advance, diff};
 use super::ipset::{KUBE_CLUSTER_IP, KUBE_LOOP_BACK, KUBE_NODE_PORT_TCP};
@@ -305,7 +305,7 @@ fn source_ranges_health_checks_and_vip_filter() {
         KUBE_LOAD_BALANCER_SOURCE_CIDR, KUBE_LOAD_BALANCER_SOURCE_IP,
     };
     use super::rules::{JUMPS, RuleOptions, cleanup_input, render_rules};
-    let p = crate::testutil::plan(external());
+    let p = crate::fixtures::plan(external());
     let sets = render(&p, IpFamily::V4, &opts(Scheduler::Rr))
         .expect("v4")
         .ipsets;

@@ -1,6 +1,7 @@
 //! The real-kernel harness shared by the dataplane's network-namespace tests (root only):
 //! commands, namespaces deleted on drop, threads that enter a namespace, a runtime to
-//! drive a proxier in-process, and the synthetic N-service plan of the sync benchmark. Each test target includes it with `mod support;`, and not
+//! drive a proxier in-process, and the plan of the routed echo topology (other plans come
+//! from `kproxy_dataplane::fixtures`). Each test target includes it with `mod support;`, and not
 //! every target uses every item.
 #![allow(dead_code)]
 
@@ -206,80 +207,29 @@ impl Routed {
     }
 }
 
-/// The address `offset` after `base`.
-fn v4_after(base: std::net::Ipv4Addr, offset: usize) -> std::net::IpAddr {
-    std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(base) + offset as u32))
-}
-
-/// Endpoint `j` of synthetic service `service`; a new `generation` gives a fresh address.
-pub fn synthetic_endpoint(
-    service: usize,
-    j: usize,
-    per_service: usize,
-    generation: usize,
-) -> kproxy_dataplane::plan::Endpoint {
-    let pod = v4_after(
-        std::net::Ipv4Addr::new(10, 128, 0, 0),
-        service * per_service + j + generation * 3_000_000,
-    );
-    kproxy_dataplane::plan::Endpoint {
-        addr: std::net::SocketAddr::new(pod, 8080),
-        is_local: false,
-        ready: true,
-        serving: true,
-        terminating: false,
-    }
-}
-
-/// `n` ClusterIP services (172.16.0.1, ...) × `per_service` endpoints; the first 2000 with
-/// a NodePort.
-pub fn synthetic_plan(n: usize, per_service: usize) -> kproxy_dataplane::plan::ProxyPlan {
-    use kproxy_dataplane::plan::*;
-    let services = (0..n)
-        .map(|i| {
-            let eps: Vec<Endpoint> = (0..per_service)
-                .map(|j| synthetic_endpoint(i, j, per_service, 0))
-                .collect();
-            ServicePortPlan {
-                name: ServicePortName {
-                    namespace: format!("ns{}", i / 100),
-                    name: format!("svc{i}"),
-                    port: "http".into(),
-                    protocol: Protocol::Tcp,
-                },
-                family: IpFamily::V4,
-                cluster_ip: v4_after(std::net::Ipv4Addr::new(172, 16, 0, 0), i + 1),
-                port: 80,
-                node_port: (i < 2000).then(|| 30000 + i as u16),
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                session_affinity_timeout: None,
-                external_policy_local: false,
-                internal_policy_local: false,
-                health_check_node_port: None,
-                has_any_endpoints: !eps.is_empty(),
-                cluster_endpoints: eps,
-                local_endpoints: vec![],
-            }
-        })
-        .collect();
-    ProxyPlan {
-        node: NodeContext {
-            node_name: "node-a".into(),
-            ipv4: Some(FamilyContext {
-                service_cidrs: Vec::new(),
-                node_ips: vec!["192.168.0.10".parse().expect("ip")],
-                nodeport_addresses: NodePortAddresses::All,
-                local_detector: LocalTrafficDetector::ClusterCidr(
-                    "10.128.0.0/9".parse().expect("cidr"),
-                ),
-            }),
-            ipv6: None,
-            masquerade_all: false,
-            masquerade_mark: 0x4000,
-            localhost_nodeports: false,
-        },
-        services,
-    }
+/// The service the [`Routed`] topology is made for: `default/echo` on 10.96.0.10, TCP 80
+/// (NodePort 30080) and UDP 53 to the backend's echo servers (10.244.2.2:8080 and :5353),
+/// and TCP 80 on 10.96.0.11 without endpoints; on node `node` (10.244.1.1, pods in
+/// 10.244.0.0/16).
+pub fn echo_plan() -> kproxy_dataplane::plan::ProxyPlan {
+    use kproxy_dataplane::fixtures::*;
+    use kproxy_dataplane::plan::Protocol;
+    let echo = |protocol: Protocol, vip: &str, target: &str| {
+        with_endpoints(
+            service_at("default", "echo", protocol, vip),
+            vec![endpoint(target, true)],
+        )
+    };
+    let mut web = echo(Protocol::Tcp, "10.96.0.10:80", "10.244.2.2:8080");
+    web.node_port = Some(30080);
+    let mut empty = service_at("default", "echo", Protocol::Tcp, "10.96.0.11:80");
+    empty.name.port = "empty".into();
+    plan_on(
+        detecting_pods(single_family_node("node", "10.244.1.1"), "10.244.0.0/16"),
+        vec![
+            web,
+            echo(Protocol::Udp, "10.96.0.10:53", "10.244.2.2:5353"),
+            empty,
+        ],
+    )
 }

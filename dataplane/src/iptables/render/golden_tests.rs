@@ -2,8 +2,8 @@
 //! `dataplane/tests/golden/`. Set `KPROXY_UPDATE_GOLDEN=1` to rewrite the files, then review
 //! the diff as you would review rules on a node.
 
+use crate::fixtures::*;
 use crate::plan::*;
-use crate::testutil::*;
 
 use super::{RenderOptions, render};
 

@@ -1,8 +1,8 @@
 //! Tests of the restore builder: what a full, a partial and a cleanup sync write.
 
+use crate::fixtures::*;
 use crate::iptables::render::{RenderOptions, render};
 use crate::plan::*;
-use crate::testutil::*;
 
 use super::*;
 

@@ -2,9 +2,9 @@
 //! `dataplane/tests/golden/nft-*.txt`. Set `KPROXY_UPDATE_GOLDEN=1` to rewrite the files,
 //! then review the diff as you would review rules on a node.
 
+use crate::fixtures::*;
 use crate::nftables::transaction::recreate;
 use crate::plan::*;
-use crate::testutil::*;
 
 use super::{RenderOptions, render};
 

@@ -1,7 +1,7 @@
+use crate::fixtures::*;
 use crate::nftables::render::{RenderOptions, render};
 use crate::nftables::table::NftTable;
 use crate::plan::*;
-use crate::testutil::*;
 
 use super::*;
 
