@@ -23,6 +23,7 @@
 //!
 //! * [`bridges`]: the nftables bridge table pulling replies of on-node backends off the
 //!   pod bridges into IP routing.
+//! * [`changes`]: one sync as data: what the host has and the changes a plan needs.
 //! * [`checksum`]: the Internet checksum and RFC 1624 incremental updates.
 //! * [`conntrack`]: the flow table, per-protocol timeouts and TCP state.
 //! * [`device`]: the forwarder thread reading and writing the TUN device.
@@ -36,6 +37,7 @@
 //! * [`routes`]: the routes and policy rules steering service traffic into the TUN.
 //! * [`services`]: the plan as frontends and backend sets, and the NAT decision per flow.
 pub mod bridges;
+pub mod changes;
 pub mod checksum;
 pub mod conntrack;
 pub mod device;

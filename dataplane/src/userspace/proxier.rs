@@ -5,26 +5,27 @@
 //! namespace, which creates the TUN device; it then brings the device up and sets the
 //! sysctls forwarding through it needs (`ip_forward`/IPv6 `forwarding`, and on the device
 //! `rp_filter=0` and `accept_local=1`, since translated packets re-enter with the client's
-//! or the node's own source). `sync` builds the new [`ServiceTable`] on the caller's thread,
-//! posts it to the forwarder (an atomic swap between packet batches) and applies the
-//! routes that changed with one `ip -force -batch -` and the reply-steering elements that
-//! changed with one `nft -f` ([`super::routes`]). After a failure the next sync is full.
+//! or the node's own source). `sync` observes what the host has, computes the
+//! [`super::changes::Changes`] (the new `ServiceTable` included) without I/O, and applies
+//! them once, in order: the routes that changed with one `ip -force -batch -` and the
+//! reply-steering elements with one `nft -f` ([`super::routes`]), the forwarder's new table
+//! (an atomic swap between packet batches), the removals. After a failure the next sync is
+//! full.
 //! NodePorts and masquerading additionally get small iptables nat chains
 //! ([`super::nodeports`]), and replies on pod bridges an nftables bridge table
 //! ([`super::bridges`]). `cleanup` stops the thread (the TUN, and with it its routes,
 //! disappears) and deletes the policy rules, the steering and reply tables, the nat chains
 //! and the bridge table.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use super::changes::{BridgeChanges, Changes, Observed};
 use super::device::{Mailbox, run};
 use super::forwarder::ForwarderConfig;
 use super::routes::{FamilyBatches, ROUTE_TABLE, RULE_PRIORITY, Steering};
-use super::services::ServiceTable;
 use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::iptables::apply::{BackendChoice, IptablesBackend, IptablesTool, resolve_backend};
 use crate::iptables::restore::RestoreInput;
@@ -216,48 +217,9 @@ impl UserspaceProxier {
         })
     }
 
-    fn nodeport_ips(&self) -> Vec<IpAddr> {
-        let c = &self.config;
-        let mut ips = Vec::new();
-        if self.families.contains(&IpFamily::V4)
-            && let Some(ip) = c.nodeport_v4
-        {
-            ips.push(IpAddr::V4(ip));
-        }
-        if self.families.contains(&IpFamily::V6)
-            && let Some(ip) = c.nodeport_v6
-        {
-            ips.push(IpAddr::V6(ip));
-        }
-        ips
-    }
-
-    fn masquerade_ip(&self, family: IpFamily) -> Option<IpAddr> {
-        let f = &self.config.forwarder;
-        match family {
-            IpFamily::V4 => f.masquerade_v4.map(IpAddr::V4),
-            IpFamily::V6 => f.masquerade_v6.map(IpAddr::V6),
-        }
-    }
-
-    fn masquerade_ips(&self) -> Vec<IpAddr> {
-        let f = &self.config.forwarder;
-        let mut ips = self.nodeport_ips();
-        if self.families.contains(&IpFamily::V4)
-            && let Some(ip) = f.masquerade_v4
-        {
-            ips.push(IpAddr::V4(ip));
-        }
-        if self.families.contains(&IpFamily::V6)
-            && let Some(ip) = f.masquerade_v6
-        {
-            ips.push(IpAddr::V6(ip));
-        }
-        ips
-    }
-
-    /// Swaps the forwarder to `plan` and updates the steering routes and rules. `full`
-    /// rewrites every route and rule.
+    /// Swaps the forwarder to `plan` and updates the steering routes and rules, the bridge
+    /// table and the NodePort chains: observe what the host has, compute the changes,
+    /// apply them once. `full` rewrites everything.
     pub async fn sync(
         &mut self,
         plan: &ProxyPlan,
@@ -270,104 +232,87 @@ impl UserspaceProxier {
                 reason: "not running".into(),
             });
         }
-        let mut ours = plan.clone();
-        ours.services.retain(|s| self.families.contains(&s.family));
         self.syncs += 1;
-        let nodeport_ips = self.nodeport_ips();
-        let table = ServiceTable::build_with_nodeports(
-            &ours,
-            self.config.algorithm,
-            self.syncs,
-            &nodeport_ips,
-        );
-        let wanted = Steering::of(&table, &self.masquerade_ips());
-        let prev = self.steering.take().filter(|_| !full);
-        let full = prev.is_none();
-        let stale = if full { count_our_rules().await } else { 0 };
-        let batch = wanted.batch(prev.as_ref(), &self.config.device, stale, &self.families);
-        // Make before break: steering for the old and the new backends' replies first
-        // (routes and rules, and the bridge table lifting same-bridge replies), then the
-        // forwarder's new table, then the removals.
-        let local_bridges = super::bridges::local_bridges();
-        let shape = (
-            local_bridges.clone(),
-            super::bridges::families(&wanted.rules),
-        );
-        // The same bridges and families, and a table in the kernel (some bridge, some
-        // replies): only the sets' elements change.
-        let table_exists = !shape.0.is_empty() && (shape.1.0 || shape.1.1);
-        let incremental = match (&prev, &self.bridge_table) {
-            (Some(p), Some(written)) => {
-                table_exists && *written == shape && p.rules != wanted.rules
-            }
-            _ => false,
-        };
-        let rewrite =
-            !incremental && (full || self.bridge_table.as_ref() != Some(&shape) || prev.is_none());
-        self.run_batches(&batch.adds).await?;
-        apply_replies(&batch.nft_adds).await?;
-        if incremental && let Some(p) = &prev {
-            let added = wanted.rules.difference(&p.rules);
-            apply_bridges(&super::bridges::elements("add", added)).await?;
-        } else if rewrite {
-            let both = prev
-                .as_ref()
-                .map(|p| p.rules.union(&wanted.rules).copied().collect());
-            let bridges = super::bridges::render(&local_bridges, &wanted.rules);
-            let transition = both.map(|both| super::bridges::render(&local_bridges, &both));
-            self.bridge_table = None;
-            apply_bridges(transition.as_deref().unwrap_or(&bridges)).await?;
+        let observed = self.observe(full).await;
+        let changes = Changes::compute(plan, &self.config, &self.families, self.syncs, observed);
+        let mut reports = changes.reports(&self.families);
+        self.apply(changes).await?;
+        let took = start.elapsed();
+        for report in &mut reports {
+            report.took = took;
         }
+        Ok(reports)
+    }
+
+    /// What the host has: what this proxier last wrote, taken so that a failed apply leaves
+    /// it unknown (and the next sync full), or for a full sync nothing but the policy rules
+    /// at our priority; and the node's pod bridges.
+    async fn observe(&mut self, full: bool) -> Observed {
+        let steering = self.steering.take().filter(|_| !full);
+        let stale_rules = if steering.is_none() {
+            count_our_rules().await
+        } else {
+            0
+        };
+        let nodeport_chains = self
+            .nodeport_chains
+            .iter_mut()
+            .map(|(tool, written)| (tool.family, written.take()))
+            .collect();
+        Observed {
+            steering,
+            stale_rules,
+            local_bridges: super::bridges::local_bridges(),
+            bridge_table: self.bridge_table.take(),
+            nodeport_chains,
+        }
+    }
+
+    /// Applies `changes` in their order and records the state they leave.
+    async fn apply(&mut self, changes: Changes) -> Result<(), UserspaceError> {
+        let Changes {
+            batch,
+            bridges,
+            nodeports,
+            table,
+            steering,
+            bridge_table,
+            nodeport_chains,
+            ..
+        } = changes;
+        let (bridges_before, bridges_after) = match &bridges {
+            BridgeChanges::Unchanged => ("", ""),
+            BridgeChanges::Elements { add, delete } => (add.as_str(), delete.as_str()),
+            BridgeChanges::Rewrite { before, after } => (before.as_str(), after.as_str()),
+        };
+        self.run_batches(&batch.adds).await?;
+        apply_nft(&batch.nft_adds).await?;
+        apply_nft(bridges_before).await?;
         self.mailbox.post(table);
         self.run_batches(&batch.removals).await?;
-        apply_replies(&batch.nft_removals).await?;
-        if incremental && let Some(p) = &prev {
-            let removed = p.rules.difference(&wanted.rules);
-            apply_bridges(&super::bridges::elements("delete", removed)).await?;
-        } else if rewrite {
-            apply_bridges(&super::bridges::render(&local_bridges, &wanted.rules)).await?;
-            self.bridge_table = Some(shape);
+        apply_nft(&batch.nft_removals).await?;
+        apply_nft(bridges_after).await?;
+        for change in &nodeports {
+            if let Some((tool, _)) = self
+                .nodeport_chains
+                .iter()
+                .find(|(t, _)| t.family == change.family)
+            {
+                apply_nodeports(tool, &change.chains, change.nodeports).await?;
+            }
         }
-        self.steering = Some(wanted);
-        for family in self.families.clone() {
-            let nodeport_ip = nodeport_ips.iter().find(|ip| IpFamily::of(ip) == family);
-            let chains = super::nodeports::render(
-                &ours,
-                family,
-                nodeport_ip.copied(),
-                self.masquerade_ip(family),
-            );
-            let Some((tool, written)) = self
+        self.steering = Some(steering);
+        self.bridge_table = bridge_table;
+        for (family, chains) in nodeport_chains {
+            if let Some((_, written)) = self
                 .nodeport_chains
                 .iter_mut()
                 .find(|(t, _)| t.family == family)
-            else {
-                continue;
-            };
-            if full || written.as_ref() != Some(&chains) {
-                *written = None;
-                apply_nodeports(tool, &chains, nodeport_ip.is_some()).await?;
-                *written = Some(chains);
+            {
+                *written = chains;
             }
         }
-        let took = start.elapsed();
-        let steering = self.steering.as_ref();
-        // Each family reports its own routes and rules (dual-stack metrics must not count
-        // one family's objects twice).
-        Ok(self
-            .families
-            .iter()
-            .map(|&family| SyncReport {
-                mode: "userspace",
-                family,
-                full,
-                objects_written: batch.written.of(family),
-                objects_deleted: batch.deleted.of(family),
-                lines_written: batch.lines(family),
-                rules_total: steering.map_or(0, |s| s.count(family)),
-                took,
-            })
-            .collect())
+        Ok(())
     }
 
     /// Runs one step of a steering update, per family.
@@ -476,8 +421,9 @@ impl Drop for UserspaceProxier {
     }
 }
 
-/// Applies reply-steering `nft -f` input (nothing when empty).
-async fn apply_replies(input: &str) -> Result<(), UserspaceError> {
+/// Applies `nft -f` input: reply-steering elements or the bridge table (nothing when
+/// empty).
+async fn apply_nft(input: &str) -> Result<(), UserspaceError> {
     if input.is_empty() {
         return Ok(());
     }
@@ -569,15 +515,6 @@ async fn apply_nodeports(
             tool.run(&["-t", "nat", "-I", hook, "-j", chain]).await?;
         }
     }
-    Ok(())
-}
-
-/// Replaces the bridge table ([`super::bridges`]) with `text`.
-async fn apply_bridges(text: &str) -> Result<(), UserspaceError> {
-    if text.is_empty() {
-        return Ok(());
-    }
-    NFT.run(&["-f", "-"], Some(text)).await?;
     Ok(())
 }
 
