@@ -17,4 +17,5 @@ pub mod nftables;
 pub mod plan;
 pub mod report;
 pub mod tool;
+pub mod trace;
 pub mod userspace;

@@ -1,0 +1,403 @@
+//! What the rules of a plan do to one new connection, decided from the plan alone: which
+//! service port it matches and how, the verdict, the endpoints it may go to, whether it is
+//! masqueraded, and why. Every mode programs these decisions (upstream's iptables layout is
+//! the reference: `KUBE-SERVICES`, `KUBE-EXT-`, `KUBE-FW-`, `KUBE-SEP-`), so one pure
+//! function answers for all of them; `kproxy explain` prints its answer.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::plan::{
+    Endpoint, EndpointSet, FamilyContext, IpFamily, LocalTrafficDetector, NodeContext,
+    NodePortAddresses, Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
+};
+
+/// A new connection as the node's rules see its first packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    /// The source address.
+    pub from: IpAddr,
+    /// The destination.
+    pub to: SocketAddr,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Sent by the node itself (the source is one of its addresses, loopback included),
+    /// else arriving from outside (another host or a pod).
+    pub from_node: bool,
+}
+
+/// How a packet reached a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frontend {
+    /// Its cluster IP (internal traffic).
+    ClusterIp,
+    /// One of its external IPs.
+    ExternalIp,
+    /// One of its load-balancer IPs.
+    LoadBalancerIp,
+    /// Its NodePort on a NodePort address of this node.
+    NodePort,
+}
+
+impl Frontend {
+    /// The name used in explanations and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Frontend::ClusterIp => "cluster IP",
+            Frontend::ExternalIp => "external IP",
+            Frontend::LoadBalancerIp => "load-balancer IP",
+            Frontend::NodePort => "NodePort",
+        }
+    }
+}
+
+/// What happens to the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// DNATed to one of the endpoints.
+    Dnat,
+    /// Rejected (TCP RST / ICMP unreachable): the service has no endpoints.
+    Reject,
+    /// Dropped silently.
+    Drop,
+    /// No service rule applies: the packet goes on untouched.
+    Accept,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Dnat => "dnat",
+            Verdict::Reject => "reject",
+            Verdict::Drop => "drop",
+            Verdict::Accept => "accept",
+        })
+    }
+}
+
+/// The service port a packet matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// The service port.
+    pub name: ServicePortName,
+    /// Its family.
+    pub family: IpFamily,
+    /// How the packet reached it.
+    pub frontend: Frontend,
+    /// The endpoint set the packet's traffic uses (`None` when it is not DNATed).
+    pub set: Option<EndpointSet>,
+}
+
+/// What the rules do to a packet, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// The service port matched, if any.
+    pub matched: Option<Matched>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The endpoints a DNAT picks from.
+    pub endpoints: Vec<Endpoint>,
+    /// Whether the packet leaves with the node's address as source (for every endpoint).
+    pub masquerade: bool,
+    /// Why, step by step, in the order the rules decide.
+    pub reasons: Vec<String>,
+}
+
+/// Traces `packet` through the rules of `plan`.
+pub fn trace(plan: &ProxyPlan, packet: &Packet) -> Trace {
+    let family = IpFamily::of(&packet.to.ip());
+    let mut trace = Trace {
+        matched: None,
+        verdict: Verdict::Accept,
+        endpoints: Vec::new(),
+        masquerade: false,
+        reasons: Vec::new(),
+    };
+    let Some(fam) = plan.node.family(family) else {
+        trace
+            .reasons
+            .push(format!("this node does not serve {family}"));
+        return trace;
+    };
+    let Some((svc, frontend)) = find(plan, fam, packet, family) else {
+        trace.reasons.push(format!(
+            "no service port of this node has {} {}",
+            packet.protocol.as_lower(),
+            packet.to
+        ));
+        return trace;
+    };
+    trace.reasons.push(format!(
+        "{} {} is the {} of {}",
+        packet.protocol.as_lower(),
+        packet.to,
+        frontend.name(),
+        svc.name
+    ));
+    trace.matched = Some(Matched {
+        name: svc.name.clone(),
+        family,
+        frontend,
+        set: None,
+    });
+    let origin = origin(&fam.local_detector, packet.from);
+    if frontend == Frontend::ClusterIp {
+        internal(&mut trace, &plan.node, svc, origin, packet.from);
+    } else {
+        external(&mut trace, fam, svc, origin, packet);
+    }
+    if trace.verdict == Verdict::Dnat {
+        dnat_details(&mut trace, svc, packet);
+    }
+    trace
+}
+
+/// The service port whose rules capture the packet, and how: cluster IPs, external IPs and
+/// load-balancer IPs in `KUBE-SERVICES` order, then NodePorts.
+fn find<'p>(
+    plan: &'p ProxyPlan,
+    fam: &FamilyContext,
+    packet: &Packet,
+    family: IpFamily,
+) -> Option<(&'p ServicePortPlan, Frontend)> {
+    let (ip, port) = (packet.to.ip(), packet.to.port());
+    let ours = || {
+        plan.services_of(family)
+            .filter(move |s| s.name.protocol == packet.protocol)
+    };
+    let by_ip = ours().filter(|s| s.port == port).find_map(|s| {
+        if s.cluster_ip == ip {
+            Some((s, Frontend::ClusterIp))
+        } else if s.external_ips.contains(&ip) {
+            Some((s, Frontend::ExternalIp))
+        } else if s.load_balancer_ips.contains(&ip) {
+            Some((s, Frontend::LoadBalancerIp))
+        } else {
+            None
+        }
+    });
+    by_ip.or_else(|| {
+        is_nodeport_address(plan, fam, packet)
+            .then(|| ours().find(|s| s.node_port == Some(port)))
+            .flatten()
+            .map(|s| (s, Frontend::NodePort))
+    })
+}
+
+/// Whether NodePorts answer on the packet's destination: a NodePort address of this node,
+/// or (IPv4, from the node itself, with localhost NodePorts) a loopback address.
+fn is_nodeport_address(plan: &ProxyPlan, fam: &FamilyContext, packet: &Packet) -> bool {
+    let ip = packet.to.ip();
+    if ip.is_loopback() {
+        return ip.is_ipv4() && packet.from_node && plan.node.localhost_nodeports;
+    }
+    match &fam.nodeport_addresses {
+        NodePortAddresses::All => fam.node_ips.contains(&ip),
+        NodePortAddresses::Only(ips) => ips.contains(&ip),
+    }
+}
+
+/// Where the local-traffic detector says a packet comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// One of the cluster's pods (the detector matches).
+    Pod,
+    /// Not a pod (the detector does not match).
+    Other,
+    /// No detection is configured.
+    Undetected,
+    /// Detection is by input interface, which an address does not tell.
+    ByInterface,
+}
+
+/// What the family's local-traffic detector makes of the source.
+fn origin(detector: &LocalTrafficDetector, from: IpAddr) -> Origin {
+    match detector {
+        LocalTrafficDetector::None => Origin::Undetected,
+        LocalTrafficDetector::ClusterCidr(cidr) if cidr.contains(&from) => Origin::Pod,
+        LocalTrafficDetector::ClusterCidr(_) => Origin::Other,
+        LocalTrafficDetector::BridgeInterface(_) | LocalTrafficDetector::InterfaceNamePrefix(_) => {
+            Origin::ByInterface
+        }
+    }
+}
+
+/// Cluster-IP traffic: the internal set, masqueraded when `--masquerade-all` or when the
+/// detector sees it come from outside the cluster's pods.
+fn internal(
+    trace: &mut Trace,
+    node: &NodeContext,
+    svc: &ServicePortPlan,
+    origin: Origin,
+    from: IpAddr,
+) {
+    if !svc.has_internal_endpoints() {
+        no_endpoint(trace, svc, "internalTrafficPolicy: Local");
+        return;
+    }
+    use_set(trace, svc, svc.internal_set(), "internal");
+    if node.masquerade_all {
+        mark(trace, "masquerade-all is set");
+        return;
+    }
+    match origin {
+        Origin::Other => mark(
+            trace,
+            &format!("the source {from} is not traffic of this cluster's pods"),
+        ),
+        Origin::ByInterface => trace.reasons.push(
+            "masqueraded unless the packet arrives on a pod interface (local-traffic \
+             detection by interface)"
+                .into(),
+        ),
+        Origin::Pod | Origin::Undetected => {}
+    }
+}
+
+/// Traffic to an external IP, a load-balancer IP or a NodePort.
+fn external(
+    trace: &mut Trace,
+    fam: &FamilyContext,
+    svc: &ServicePortPlan,
+    origin: Origin,
+    packet: &Packet,
+) {
+    if !svc.has_any_endpoints {
+        no_endpoint(trace, svc, "");
+        return;
+    }
+    let frontend = trace.matched.as_ref().map(|m| m.frontend);
+    if frontend == Some(Frontend::LoadBalancerIp) && !svc.load_balancer_source_ranges.is_empty() {
+        let allowed = svc
+            .load_balancer_source_ranges
+            .iter()
+            .find(|r| r.contains(&packet.from));
+        let from_node_ranges = svc
+            .load_balancer_source_ranges
+            .iter()
+            .any(|r| fam.node_ips.iter().any(|ip| r.contains(ip)));
+        match allowed {
+            Some(range) => trace.reasons.push(format!(
+                "the source {} is in loadBalancerSourceRanges ({range})",
+                packet.from
+            )),
+            None if from_node_ranges && svc.load_balancer_ips.contains(&packet.from) => {
+                trace.reasons.push(format!(
+                    "the source {} is the load-balancer IP itself and a source range allows \
+                     the node",
+                    packet.from
+                ));
+            }
+            None => {
+                trace.verdict = Verdict::Drop;
+                trace.reasons.push(format!(
+                    "the source {} is in none of loadBalancerSourceRanges: dropped",
+                    packet.from
+                ));
+                return;
+            }
+        }
+    }
+    if !svc.external_policy_local {
+        use_set(trace, svc, EndpointSet::Cluster, "external");
+        mark(
+            trace,
+            "external traffic with externalTrafficPolicy: Cluster may go to another node",
+        );
+        return;
+    }
+    if origin == Origin::Pod {
+        trace.reasons.push(format!(
+            "the source {} is pod traffic (local-traffic detection): it bypasses \
+             externalTrafficPolicy: Local",
+            packet.from
+        ));
+        use_set(trace, svc, EndpointSet::Cluster, "cluster");
+        return;
+    }
+    if packet.from_node {
+        mark(
+            trace,
+            "the node itself reaches an external destination (not subject to \
+             externalTrafficPolicy: Local)",
+        );
+        use_set(trace, svc, EndpointSet::Cluster, "cluster");
+        return;
+    }
+    if origin == Origin::ByInterface {
+        trace.reasons.push(
+            "a packet arriving on a pod interface would bypass externalTrafficPolicy: Local \
+             (local-traffic detection by interface); traced as arriving from outside"
+                .into(),
+        );
+    }
+    if !svc.has_external_endpoints() {
+        no_endpoint(trace, svc, "externalTrafficPolicy: Local");
+        return;
+    }
+    use_set(trace, svc, EndpointSet::Local, "external");
+}
+
+/// No endpoint for this traffic: REJECT when the service has none at all, DROP when only
+/// the traffic policy (`policy`) leaves it without one.
+fn no_endpoint(trace: &mut Trace, svc: &ServicePortPlan, policy: &str) {
+    if svc.has_any_endpoints {
+        trace.verdict = Verdict::Drop;
+        trace.reasons.push(format!(
+            "{} has no endpoint on this node under {policy}: dropped",
+            svc.name
+        ));
+    } else {
+        trace.verdict = Verdict::Reject;
+        trace.reasons.push(format!(
+            "{} has no usable endpoint anywhere: rejected",
+            svc.name
+        ));
+    }
+}
+
+/// DNAT to the endpoints of `set`.
+fn use_set(trace: &mut Trace, svc: &ServicePortPlan, set: EndpointSet, traffic: &str) {
+    trace.verdict = Verdict::Dnat;
+    trace.endpoints = svc.endpoints(set).to_vec();
+    if let Some(m) = trace.matched.as_mut() {
+        m.set = Some(set);
+    }
+    trace.reasons.push(format!(
+        "{traffic} traffic uses the {set} endpoint set ({} endpoints)",
+        trace.endpoints.len()
+    ));
+}
+
+/// Masqueraded, because `why`.
+fn mark(trace: &mut Trace, why: &str) {
+    trace.masquerade = true;
+    trace.reasons.push(format!("masqueraded: {why}"));
+}
+
+/// Hairpin and session affinity of a DNATed packet.
+fn dnat_details(trace: &mut Trace, svc: &ServicePortPlan, packet: &Packet) {
+    let hairpin: Vec<&Endpoint> = trace
+        .endpoints
+        .iter()
+        .filter(|e| e.ip() == packet.from)
+        .collect();
+    if !hairpin.is_empty() && !trace.masquerade {
+        let all = hairpin.len() == trace.endpoints.len();
+        let which: Vec<String> = hairpin.iter().map(|e| e.addr.to_string()).collect();
+        trace.reasons.push(format!(
+            "masqueraded when DNATed to {} (hairpin: the pod reaches itself)",
+            which.join(", ")
+        ));
+        trace.masquerade = all;
+    }
+    if let Some(timeout) = svc.session_affinity_timeout {
+        trace.reasons.push(format!(
+            "session affinity ClientIP: the source keeps its endpoint for {timeout} s after \
+             its last connection"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests;
