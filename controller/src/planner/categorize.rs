@@ -156,3 +156,64 @@ fn allowed_by_topology(c: &Candidate<'_>, mode: TopologyMode, locality: Locality
         TopologyMode::PreferSameZone => locality.zone.is_some_and(|z| c.zone_hints.contains(z)),
     }
 }
+
+/// Why [`categorize`] leaves a candidate out of an endpoint set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// The Local set holds only endpoints on this node.
+    NotLocal,
+    /// Neither ready nor serving+terminating.
+    NotReady,
+    /// Serving and terminating, while ready endpoints exist (they are used first).
+    Terminating,
+    /// Ready, but its topology hints are for other zones or nodes.
+    TopologyHints,
+}
+
+impl std::fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Exclusion::NotLocal => "on another node (the Local set holds this node's only)",
+            Exclusion::NotReady => "not ready",
+            Exclusion::Terminating => "terminating (ready endpoints are used first)",
+            Exclusion::TopologyHints => "its topology hints are for other zones or nodes",
+        })
+    }
+}
+
+/// Why each candidate is in (`None`) or out of the Local (`local`) or Cluster set, the same
+/// decisions [`categorize`] makes, in candidate order.
+pub(super) fn exclusions(
+    candidates: &[Candidate<'_>],
+    local: bool,
+    locality: Locality<'_>,
+) -> Vec<Option<Exclusion>> {
+    let mode = topology_mode(candidates, locality);
+    let in_scope = |c: &Candidate<'_>| !local || c.is_local();
+    let usable_ready = |c: &Candidate<'_>| {
+        in_scope(c) && c.is_ready() && (local || allowed_by_topology(c, mode, locality))
+    };
+    let ready_used = candidates.iter().any(usable_ready);
+    candidates
+        .iter()
+        .map(|c| {
+            if !in_scope(c) {
+                Some(Exclusion::NotLocal)
+            } else if ready_used {
+                if usable_ready(c) {
+                    None
+                } else if c.is_ready() {
+                    Some(Exclusion::TopologyHints)
+                } else if c.is_serving_terminating() {
+                    Some(Exclusion::Terminating)
+                } else {
+                    Some(Exclusion::NotReady)
+                }
+            } else if c.is_serving_terminating() {
+                None
+            } else {
+                Some(Exclusion::NotReady)
+            }
+        })
+        .collect()
+}

@@ -13,6 +13,7 @@
 
 mod categorize;
 mod endpoints;
+mod explain;
 
 #[cfg(test)]
 mod fixtures;
@@ -31,6 +32,8 @@ use std::collections::BTreeSet;
 use kproxy_dataplane::plan::{
     IpFamily, NodeContext, PlanDelta, ProxyPlan, ServicePortName, ServicePortPlan,
 };
+
+pub use self::explain::{EndpointUse as ExplainedEndpoint, endpoint_uses};
 
 use self::categorize::{EndpointUse, Locality, categorize};
 use self::endpoints::{PortQuery, gather};

@@ -327,6 +327,36 @@ fn check_port(snap: &Snapshot, world: &World, sp: &ServicePortPlan) -> Result<()
 }
 
 /// The (service port, family) keys the plan must hold.
+/// `kproxy explain`'s endpoints in each set are exactly the plan's, and every other
+/// endpoint has a reason.
+fn check_explained(
+    snap: &Snapshot,
+    world: &World,
+    sp: &ServicePortPlan,
+) -> Result<(), TestCaseError> {
+    use kproxy_dataplane::plan::EndpointSet;
+    for set in [EndpointSet::Cluster, EndpointSet::Local] {
+        let used = match set {
+            EndpointSet::Cluster => sp.uses_cluster_endpoints(),
+            EndpointSet::Local => sp.uses_local_endpoints(),
+        };
+        if !used {
+            continue;
+        }
+        let uses = super::endpoint_uses(snap, &world.node, world.zone, &sp.name, sp.family, set);
+        let mut eligible: Vec<SocketAddr> = uses
+            .iter()
+            .filter(|u| u.excluded.is_none())
+            .map(|u| u.addr)
+            .collect();
+        let mut planned: Vec<SocketAddr> = sp.endpoints(set).iter().map(|e| e.addr).collect();
+        eligible.sort();
+        planned.sort();
+        prop_assert_eq!(eligible, planned, "{} {} set", sp.name, set);
+    }
+    Ok(())
+}
+
 fn expected_keys(world: &World) -> BTreeSet<(String, String, Protocol, IpFamily)> {
     let mut keys = BTreeSet::new();
     for svc in world.services.iter().filter(|s| s.skip.is_none()) {
@@ -349,6 +379,9 @@ proptest! {
         let p = plan(&snap, &world.node, world.zone);
         for sp in &p.services {
             check_port(&snap, &world, sp)?;
+        }
+        for sp in &p.services {
+            check_explained(&snap, &world, sp)?;
         }
         let sorted = p.services.windows(2).all(|w| (&w[0].name, w[0].family) < (&w[1].name, w[1].family));
         prop_assert!(sorted, "output not strictly sorted");
