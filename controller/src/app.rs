@@ -1,8 +1,8 @@
-//! The `kproxy` commands: run, `--once`, `--cleanup` and `render`.
+//! The `kproxy` commands: run, `--once`, `--cleanup`, `render` and `explain`.
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, Settings};
+use crate::cli::{Cli, Command, ExplainArgs, Settings};
 use crate::config::watch::ConfigFileWatch;
 use crate::dataplane::{backend, backend_error, cleanup_all, cleanup_other_modes, render};
 use crate::node::node_name;
@@ -14,8 +14,10 @@ use crate::sync::{self, ObjectSource, log_reports, node_families, plan_for, repo
 
 /// Runs the command line with its merged settings.
 pub async fn main(cli: Cli, settings: Settings) -> anyhow::Result<ExitCode> {
-    if matches!(cli.command, Some(Command::Render(_))) {
-        return render_command(&settings).await;
+    match &cli.command {
+        Some(Command::Render(_)) => return render_command(&settings).await,
+        Some(Command::Explain(args)) => return explain_command(&settings, args).await,
+        None => {}
     }
     let args = &cli.proxy;
     if let Some(path) = &args.write_config_to {
@@ -222,6 +224,30 @@ async fn render_command(settings: &Settings) -> anyhow::Result<ExitCode> {
     for (title, text) in render(settings, &plan).await? {
         println!("# {title} of a full sync (node {name})");
         print!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn explain_command(settings: &Settings, args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    let question = crate::explain::Question::parse(&args.from, &args.to)?;
+    let name = node_name(settings.hostname_override.as_deref())?;
+    let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
+    let (node, zone) = sync::node_inputs(settings, &name, &loaded.snapshot)?;
+    let plan = crate::planner::plan(&loaded.snapshot, &node, zone.as_deref());
+    let local = crate::node::HostAddresses::read()
+        .map_err(|e| anyhow::anyhow!("cannot read this host's addresses: {e}"))?;
+    let answer = crate::explain::explain(
+        &question,
+        &plan,
+        &loaded.snapshot,
+        zone.as_deref(),
+        &local.all,
+        settings.mode,
+    );
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", answer.to_text());
     }
     Ok(ExitCode::SUCCESS)
 }

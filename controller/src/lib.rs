@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod explain;
 pub mod healthcheck;
 pub mod host_setup;
 pub mod model;

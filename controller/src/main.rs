@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match &cli.command {
         Some(Command::Render(args)) => args,
+        Some(Command::Explain(explain)) => &explain.proxy,
         None => &cli.proxy,
     };
     let settings = match args.settings() {

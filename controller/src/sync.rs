@@ -39,7 +39,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const NOT_READY_RECHECK: Duration = Duration::from_millis(50);
 
 /// This node's context (reads the host's addresses) and zone for the planner.
-fn node_inputs(
+pub fn node_inputs(
     settings: &Settings,
     node_name: &str,
     snapshot: &Snapshot,

@@ -12,6 +12,19 @@ use crate::plan::{
     NodePortAddresses, Protocol, ProxyPlan, ServicePortName, ServicePortPlan,
 };
 
+/// Where a mode's rules differ from upstream's iptables layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rules {
+    /// The iptables layout; nftables and userspace mode decide the same.
+    #[default]
+    Iptables,
+    /// IPVS: a virtual server without real servers for the traffic answers ICMP port
+    /// unreachable (a refusal, where the iptables layout drops), and pod traffic is not
+    /// exempt from `externalTrafficPolicy: Local` (the detector only decides cluster-IP
+    /// masquerading), as upstream's IPVS mode.
+    Ipvs,
+}
+
 /// A new connection as the node's rules see its first packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packet {
@@ -24,6 +37,9 @@ pub struct Packet {
     /// Sent by the node itself (the source is one of its addresses, loopback included),
     /// else arriving from outside (another host or a pod).
     pub from_node: bool,
+    /// The destination is one of the node's own addresses (`-m addrtype --dst-type LOCAL`:
+    /// NodePorts answer there without `--nodeport-addresses`).
+    pub to_node: bool,
 }
 
 /// How a packet reached a service port.
@@ -103,8 +119,8 @@ pub struct Trace {
     pub reasons: Vec<String>,
 }
 
-/// Traces `packet` through the rules of `plan`.
-pub fn trace(plan: &ProxyPlan, packet: &Packet) -> Trace {
+/// Traces `packet` through the `rules` of `plan`.
+pub fn trace(plan: &ProxyPlan, packet: &Packet, rules: Rules) -> Trace {
     let family = IpFamily::of(&packet.to.ip());
     let mut trace = Trace {
         matched: None,
@@ -142,9 +158,9 @@ pub fn trace(plan: &ProxyPlan, packet: &Packet) -> Trace {
     });
     let origin = origin(&fam.local_detector, packet.from);
     if frontend == Frontend::ClusterIp {
-        internal(&mut trace, &plan.node, svc, origin, packet.from);
+        internal(&mut trace, &plan.node, svc, origin, packet.from, rules);
     } else {
-        external(&mut trace, fam, svc, origin, packet);
+        external(&mut trace, fam, svc, origin, packet, rules);
     }
     if trace.verdict == Verdict::Dnat {
         dnat_details(&mut trace, svc, packet);
@@ -192,7 +208,7 @@ fn is_nodeport_address(plan: &ProxyPlan, fam: &FamilyContext, packet: &Packet) -
         return ip.is_ipv4() && packet.from_node && plan.node.localhost_nodeports;
     }
     match &fam.nodeport_addresses {
-        NodePortAddresses::All => fam.node_ips.contains(&ip),
+        NodePortAddresses::All => packet.to_node || fam.node_ips.contains(&ip),
         NodePortAddresses::Only(ips) => ips.contains(&ip),
     }
 }
@@ -230,9 +246,10 @@ fn internal(
     svc: &ServicePortPlan,
     origin: Origin,
     from: IpAddr,
+    rules: Rules,
 ) {
     if !svc.has_internal_endpoints() {
-        no_endpoint(trace, svc, "internalTrafficPolicy: Local");
+        no_endpoint(trace, svc, "internalTrafficPolicy: Local", rules);
         return;
     }
     use_set(trace, svc, svc.internal_set(), "internal");
@@ -250,7 +267,12 @@ fn internal(
              detection by interface)"
                 .into(),
         ),
-        Origin::Pod | Origin::Undetected => {}
+        Origin::Undetected => trace.reasons.push(
+            "not masqueraded by source: no local-traffic detection (--cluster-cidr, \
+             --detect-local-mode)"
+                .into(),
+        ),
+        Origin::Pod => {}
     }
 }
 
@@ -261,9 +283,10 @@ fn external(
     svc: &ServicePortPlan,
     origin: Origin,
     packet: &Packet,
+    rules: Rules,
 ) {
     if !svc.has_any_endpoints {
-        no_endpoint(trace, svc, "");
+        no_endpoint(trace, svc, "", rules);
         return;
     }
     let frontend = trace.matched.as_ref().map(|m| m.frontend);
@@ -306,7 +329,7 @@ fn external(
         );
         return;
     }
-    if origin == Origin::Pod {
+    if origin == Origin::Pod && rules == Rules::Iptables {
         trace.reasons.push(format!(
             "the source {} is pod traffic (local-traffic detection): it bypasses \
              externalTrafficPolicy: Local",
@@ -324,7 +347,7 @@ fn external(
         use_set(trace, svc, EndpointSet::Cluster, "cluster");
         return;
     }
-    if origin == Origin::ByInterface {
+    if origin == Origin::ByInterface && rules == Rules::Iptables {
         trace.reasons.push(
             "a packet arriving on a pod interface would bypass externalTrafficPolicy: Local \
              (local-traffic detection by interface); traced as arriving from outside"
@@ -332,16 +355,23 @@ fn external(
         );
     }
     if !svc.has_external_endpoints() {
-        no_endpoint(trace, svc, "externalTrafficPolicy: Local");
+        no_endpoint(trace, svc, "externalTrafficPolicy: Local", rules);
         return;
     }
     use_set(trace, svc, EndpointSet::Local, "external");
 }
 
 /// No endpoint for this traffic: REJECT when the service has none at all, DROP when only
-/// the traffic policy (`policy`) leaves it without one.
-fn no_endpoint(trace: &mut Trace, svc: &ServicePortPlan, policy: &str) {
-    if svc.has_any_endpoints {
+/// the traffic policy (`policy`) leaves it without one (IPVS: refused either way).
+fn no_endpoint(trace: &mut Trace, svc: &ServicePortPlan, policy: &str, rules: Rules) {
+    if svc.has_any_endpoints && rules == Rules::Ipvs {
+        trace.verdict = Verdict::Reject;
+        trace.reasons.push(format!(
+            "{} has no endpoint on this node under {policy}: its IPVS virtual server has no \
+             real server and answers port unreachable",
+            svc.name
+        ));
+    } else if svc.has_any_endpoints {
         trace.verdict = Verdict::Drop;
         trace.reasons.push(format!(
             "{} has no endpoint on this node under {policy}: dropped",
@@ -364,7 +394,7 @@ fn use_set(trace: &mut Trace, svc: &ServicePortPlan, set: EndpointSet, traffic: 
         m.set = Some(set);
     }
     trace.reasons.push(format!(
-        "{traffic} traffic uses the {set} endpoint set ({} endpoints)",
+        "{traffic} traffic uses the {set} endpoint set (endpoints: {})",
         trace.endpoints.len()
     ));
 }

@@ -3,7 +3,7 @@
 //! from a client, DNAT-on-source probes). The e2e suite and `run-netns` are both written
 //! on top of it, so a scenario reads as: which Services, which client, what must happen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,62 @@ impl Cluster {
         };
         let seen = send_and_capture(&probe, &Capture::outgoing(&node.ns, UPLINK))?;
         Ok(!seen.is_empty() && seen.iter().all(|s| targets.contains(&s.dst)))
+    }
+}
+
+/// What `kproxy explain` answered, with endpoints as pod names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    /// `dnat`, `reject`, `drop` or `accept`.
+    pub verdict: String,
+    /// The pods a DNAT picks from.
+    pub pods: BTreeSet<String>,
+    /// Whether the packet leaves masqueraded.
+    pub masquerade: bool,
+    /// The whole answer, for messages.
+    pub json: serde_json::Value,
+}
+
+impl Cluster {
+    /// What node `node`'s rules do to a TCP connection from `from` to `to`, as
+    /// `kproxy explain` says.
+    pub fn explain(
+        &self,
+        node: usize,
+        from: impl Into<std::net::IpAddr>,
+        to: SocketAddr,
+    ) -> anyhow::Result<Explained> {
+        let json = self.rig.explain(node, from.into(), &to.to_string())?;
+        let text = |key: &str| json[key].as_str().unwrap_or_default().to_owned();
+        let pods = json["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let addr: SocketAddr = e
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse()
+                    .with_context(|| format!("endpoint {e} in {json}"))?;
+                let pod = self
+                    .rig
+                    .pods
+                    .iter()
+                    .find(|p| std::net::IpAddr::V4(p.ip) == addr.ip());
+                Ok(pod.map_or_else(|| addr.to_string(), |p| p.name.clone()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Explained {
+            verdict: text("verdict"),
+            pods,
+            masquerade: json["masquerade"].as_bool().unwrap_or_default(),
+            json,
+        })
+    }
+
+    /// The node of pod `name`.
+    pub fn node_of(&self, name: &str) -> anyhow::Result<usize> {
+        Ok(self.pod(name)?.node)
     }
 }
 

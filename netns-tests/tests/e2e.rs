@@ -44,6 +44,41 @@ fn backends_hit(hits: &kproxy_netns_tests::scenario::Hits) -> BTreeSet<String> {
     hits.per_pod.keys().cloned().collect()
 }
 
+/// `kproxy explain` on `node` agrees with what the probes saw: the verdict, and for a DNAT
+/// the pods the connections reached (`hit`, when every eligible pod was reached; else only
+/// a subset of the explained ones) and whether the source was masqueraded.
+fn assert_explained(
+    c: &Cluster,
+    node: usize,
+    from: Ipv4Addr,
+    to: SocketAddr,
+    verdict: &str,
+    hit: Option<&BTreeSet<String>>,
+    masquerade: Option<bool>,
+) -> Result {
+    let e = c.explain(node, from, to)?;
+    assert_eq!(
+        e.verdict, verdict,
+        "explain {from} -> {to} on node-{node}: {:#}",
+        e.json
+    );
+    if let Some(hit) = hit {
+        assert!(
+            hit.is_subset(&e.pods) && !hit.is_empty(),
+            "explain {from} -> {to} on node-{node}: probes reached {hit:?}: {:#}",
+            e.json
+        );
+    }
+    if let Some(masquerade) = masquerade {
+        assert_eq!(
+            e.masquerade, masquerade,
+            "explain {from} -> {to} on node-{node}: {:#}",
+            e.json
+        );
+    }
+    Ok(())
+}
+
 /// ClusterIP from a pod on another node and from a pod on the same node as an endpoint:
 /// every connection reaches an endpoint, evenly (chi-square), the client's address is
 /// kept, and the packet leaves the source node already DNATed (pnet capture).
@@ -66,6 +101,13 @@ fn cluster_ip(mode: &str) -> Result {
             hits.peers.keys().collect::<Vec<_>>(),
             vec![&own],
             "pod source kept from {client}"
+        );
+        let e = c.explain(c.node_of(client)?, c.pod_ip(client)?, vip)?;
+        assert_eq!(
+            (e.verdict.as_str(), &e.pods, e.masquerade),
+            ("dnat", &backends_hit(&hits), false),
+            "explain from {client}: {:#}",
+            e.json
         );
     }
     let dst = SocketAddrV4::new(ip(10, 96, 0, 10), 80);
@@ -113,6 +155,15 @@ fn node_port(mode: &str) -> Result {
             !hits.peers.contains_key(&EXTERNAL_IP.to_string()),
             "eTP Cluster masquerades: {hits:?}"
         );
+        assert_explained(
+            &c,
+            node,
+            EXTERNAL_IP,
+            sock(c.node_ip(node), 30080),
+            "dnat",
+            Some(&backends_hit(&hits)),
+            Some(true),
+        )?;
         let line = tun.request(
             SocketAddrV4::new(c.node_ip(node), 30080),
             b"",
@@ -182,6 +233,18 @@ fn load_balancer_source_ranges(mode: &str) -> Result {
         refused.is_err(),
         "198.18.0.2 is outside loadBalancerSourceRanges: {refused:?}"
     );
+    for node in 0..3 {
+        assert_explained(&c, node, ip(198, 18, 0, 2), lb, "drop", None, None)?;
+        assert_explained(
+            &c,
+            node,
+            EXTERNAL_IP,
+            lb,
+            "dnat",
+            Some(&backends_hit(&hits)),
+            None,
+        )?;
+    }
     // Without source ranges the same client gets through: the test can tell.
     spec.source_ranges.clear();
     c.apply(&spec)?;
@@ -222,6 +285,13 @@ fn external_traffic_policy_local(mode: &str) -> Result {
         vec![&EXTERNAL_IP.to_string()],
         "source preserved"
     );
+    let e = c.explain(1, EXTERNAL_IP, sock(c.node_ip(1), 30090))?;
+    assert_eq!(
+        (e.verdict.as_str(), &e.pods, e.masquerade),
+        ("dnat", &backends_hit(&hits), false),
+        "{:#}",
+        e.json
+    );
     let mut tun = TunClient::new(
         &c.rig.external,
         "kptun0",
@@ -249,6 +319,16 @@ fn external_traffic_policy_local(mode: &str) -> Result {
         turned_away_without_local_endpoint(mode, &outcome),
         "node-0 has no local endpoint: got {outcome:?}"
     );
+    let turned_away = if mode == "ipvs" { "reject" } else { "drop" };
+    assert_explained(
+        &c,
+        0,
+        EXTERNAL_IP,
+        sock(c.node_ip(0), 30090),
+        turned_away,
+        None,
+        None,
+    )?;
 
     let health = |node: usize| http_get(&c.rig.external, sock(c.node_ip(node), 32090), "/");
     let (status, body) = health(1)?;
@@ -271,11 +351,15 @@ fn internal_traffic_policy_local(mode: &str) -> Result {
     let hits = c.tcp_hits(c.pod_ns("pod-1-1")?, vip, 8);
     assert_eq!(hits.failures, 0, "{hits:?}");
     assert_eq!(backends_hit(&hits), names(&["pod-1-0"]));
+    let e = c.explain(1, c.pod_ip("pod-1-1")?, vip)?;
+    assert_eq!(e.pods, names(&["pod-1-0"]), "{:#}", e.json);
     let outcome = try_ask(c.pod_ns("pod-0-0")?, None, vip, DROP_TIMEOUT);
     assert!(
         turned_away_without_local_endpoint(mode, &outcome),
         "node-0 has no local endpoint: got {outcome:?}"
     );
+    let turned_away = if mode == "ipvs" { "reject" } else { "drop" };
+    assert_explained(&c, 0, c.pod_ip("pod-0-0")?, vip, turned_away, None, None)?;
     Ok(())
 }
 
@@ -421,6 +505,24 @@ fn no_endpoints_refused(mode: &str) -> Result {
             other => panic!("{target} without endpoints: expected refused, got {other:?}"),
         }
     }
+    assert_explained(
+        &c,
+        0,
+        c.pod_ip("pod-0-0")?,
+        sock(ip(10, 96, 0, 10), 80),
+        "reject",
+        None,
+        None,
+    )?;
+    assert_explained(
+        &c,
+        1,
+        EXTERNAL_IP,
+        sock(c.node_ip(1), 30082),
+        "reject",
+        None,
+        None,
+    )?;
     Ok(())
 }
 
@@ -436,6 +538,15 @@ fn hairpin(mode: &str) -> Result {
         vec!["10.244.0.1"],
         "hairpin is masqueraded"
     );
+    assert_explained(
+        &c,
+        0,
+        c.pod_ip("pod-0-0")?,
+        sock(ip(10, 96, 0, 10), 80),
+        "dnat",
+        Some(&names(&["pod-0-0"])),
+        Some(true),
+    )?;
     Ok(())
 }
 
@@ -459,6 +570,13 @@ fn terminating_fallback(mode: &str) -> Result {
         backends_hit(&hits),
         names(&["pod-0-1"]),
         "ready endpoints win: {hits:?}"
+    );
+    let e = c.explain(0, c.pod_ip("pod-0-0")?, vip)?;
+    assert_eq!(e.pods, names(&["pod-0-1"]), "{:#}", e.json);
+    let unused = e.json["unused_endpoints"].to_string();
+    assert!(
+        unused.contains("terminating"),
+        "why the others not: {unused}"
     );
     Ok(())
 }

@@ -36,6 +36,30 @@ pub enum Command {
     /// Print the rules a full sync would program (iptables-restore input, per IP family),
     /// without touching the kernel. Takes the same flags as running the proxy.
     Render(ProxyArgs),
+    /// Explain where a new connection goes on this node and why: the service port it
+    /// matches and how, the verdict (DNAT, REJECT, DROP or untouched), the endpoints it may
+    /// go to (and why the others not), masquerading, session affinity. Decided from the plan
+    /// a sync would program, without touching the kernel. Takes the same flags as running
+    /// the proxy.
+    Explain(ExplainArgs),
+}
+
+/// `kproxy explain`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExplainArgs {
+    /// The source address. A packet from one of this node's addresses (loopback included)
+    /// is sent by the node itself; any other arrives from outside (another host or a pod).
+    #[arg(long, value_name = "IP")]
+    pub from: String,
+    /// The destination: IP:PORT, [IPv6]:PORT, optionally /tcp, /udp or /sctp (default tcp).
+    #[arg(long, value_name = "IP:PORT[/PROTO]")]
+    pub to: String,
+    /// `text` for people, `json` for tools.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+    /// Proxy flags.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 /// The proxy mode.

@@ -17,12 +17,18 @@ fn scenarios() -> ProxyPlan {
     plan(services)
 }
 
+/// The iptables layout's answer.
+fn trace(plan: &ProxyPlan, packet: &Packet) -> Trace {
+    super::trace(plan, packet, Rules::Iptables)
+}
+
 fn tcp(from: &str, to: &str) -> Packet {
     Packet {
         from: ip(from),
         to: sock(to),
         protocol: Protocol::Tcp,
         from_node: false,
+        to_node: false,
     }
 }
 
@@ -164,4 +170,37 @@ fn a_family_the_node_does_not_serve_is_untouched() {
     let t = trace(&p, &tcp("fd00::1", "[fd00:10:96::1]:80"));
     assert_eq!(t.verdict, Verdict::Accept);
     assert!(t.reasons[0].contains("does not serve"), "{t:#?}");
+}
+
+#[test]
+fn ipvs_refuses_where_the_iptables_layout_drops_and_does_not_exempt_pods() {
+    let mut p = scenarios();
+    let mut itp = service("ns9", "itp", "", "172.30.0.98", 80);
+    itp.internal_policy_local = true;
+    p.services
+        .push(with_endpoints(itp, vec![endpoint("10.180.3.3:80", false)]));
+    let ipvs = |packet: &Packet| super::trace(&p, packet, Rules::Ipvs);
+    assert_eq!(
+        ipvs(&tcp("10.0.5.5", "172.30.0.98:80")).verdict,
+        Verdict::Reject
+    );
+    // A pod of this cluster to the eTP Local load balancer, allowed by its ranges: the
+    // iptables layout sends it to every endpoint, IPVS to the local ones only.
+    let mut pod = tcp("10.0.5.5", "203.0.113.7:443");
+    pod.from = ip("203.0.113.10");
+    let mut detecting = p.clone();
+    if let Some(v4) = detecting.node.ipv4.as_mut() {
+        v4.local_detector =
+            LocalTrafficDetector::ClusterCidr("203.0.113.0/24".parse().expect("cidr"));
+    }
+    assert_eq!(
+        super::trace(&detecting, &pod, Rules::Iptables)
+            .endpoints
+            .len(),
+        2
+    );
+    assert_eq!(
+        super::trace(&detecting, &pod, Rules::Ipvs).endpoints.len(),
+        1
+    );
 }

@@ -2,6 +2,7 @@
 //! kproxy per node.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,7 @@ impl Rig {
     /// [`Rig::kproxy_log_path`].
     pub fn start_kproxy(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         self.stop_kproxy();
+        self.kproxy_args.clear();
         let manifests = self.manifests_dir().display().to_string();
         for (i, node) in self.nodes.iter().enumerate() {
             let mut args = vec![
@@ -96,12 +98,40 @@ impl Rig {
                 "--conntrack-max-per-core=0",
             ];
             args.extend_from_slice(extra_args);
+            self.kproxy_args
+                .push(args.iter().map(|a| a.to_string()).collect());
             let log = self.kproxy_log_path(i);
             let process = KproxyProcess::start(&node.ns, &args, log)
                 .with_context(|| format!("starting kproxy on {}", node.name))?;
             self.kproxies.push(process);
         }
         Ok(())
+    }
+
+    /// `kproxy explain --output json` on node `node`, with the flags its kproxy runs with:
+    /// what its rules do to a connection from `from` to `to` (`IP:PORT[/PROTO]`).
+    pub fn explain(
+        &self,
+        node: usize,
+        from: IpAddr,
+        to: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let run_args = self
+            .kproxy_args
+            .get(node)
+            .with_context(|| format!("no kproxy started on node {node}"))?;
+        let from = from.to_string();
+        let mut args: Vec<&str> = vec!["explain", "--from", &from, "--to", to, "--output", "json"];
+        args.extend(run_args.iter().map(String::as_str));
+        let out = crate::kproxy::run(&self.nodes[node].ns, &args)?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "kproxy {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("kproxy explain's JSON")
     }
 
     /// Stops every kproxy of the rig (their rules stay in place).

@@ -123,6 +123,8 @@ pub struct Rig {
     tcp_servers: Vec<EchoServer>,
     udp_servers: Vec<UdpEchoServer>,
     kproxies: Vec<KproxyProcess>,
+    /// The arguments every node's kproxy was started with.
+    kproxy_args: Vec<Vec<String>>,
     /// Last: removed after the namespaces are gone.
     _scratch: Scratch,
 }
@@ -180,6 +182,7 @@ impl Rig {
             tcp_servers: Vec::new(),
             udp_servers: Vec::new(),
             kproxies: Vec::new(),
+            kproxy_args: Vec::new(),
             _scratch: scratch,
         };
         rig.write_manifest("nodes.yaml", &rig.node_manifests())?;

@@ -1,0 +1,241 @@
+//! `kproxy explain`: where a new connection goes on this node, and why.
+//!
+//! The question is parsed here ([`Question`]); the answer comes from the plan a sync would
+//! program ([`kproxy_dataplane::trace`]) and, for the endpoints the packet's traffic may not
+//! use, from the planner's own selection ([`crate::planner::endpoint_uses`]). The output is
+//! human text or JSON.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use kproxy_dataplane::plan::{IpFamily, Protocol, ProxyPlan};
+use kproxy_dataplane::trace::{Packet, Rules, Trace, Verdict, trace};
+use serde::Serialize;
+
+use crate::cli::ProxyMode;
+use crate::model::Snapshot;
+use crate::planner::{ExplainedEndpoint, endpoint_uses};
+
+/// A connection to explain: `--from IP --to IP:PORT[/tcp|udp|sctp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Question {
+    /// The source address.
+    pub from: IpAddr,
+    /// The destination.
+    pub to: SocketAddr,
+    /// The protocol (TCP when not given).
+    pub protocol: Protocol,
+}
+
+impl Question {
+    /// Parses `--from` and `--to` (`IP:PORT`, `[IPv6]:PORT`, optionally `/tcp`, `/udp` or
+    /// `/sctp`).
+    pub fn parse(from: &str, to: &str) -> anyhow::Result<Question> {
+        let from: IpAddr = from
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--from {from:?}: not an IP address"))?;
+        let (addr, protocol) = match to.rsplit_once('/') {
+            Some((addr, proto)) => (addr, proto),
+            None => (to, "tcp"),
+        };
+        let protocol = match protocol.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            other => anyhow::bail!("--to {to:?}: protocol {other:?} is not tcp, udp or sctp"),
+        };
+        let to: SocketAddr = addr
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--to {to:?}: not IP:PORT (IPv6 as [ADDR]:PORT)"))?;
+        if IpFamily::of(&from) != IpFamily::of(&to.ip()) {
+            anyhow::bail!("--from {from} and --to {to} are of different IP families");
+        }
+        Ok(Question { from, to, protocol })
+    }
+}
+
+/// An endpoint the packet's traffic does not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unused {
+    /// `ip:port`.
+    pub endpoint: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The answer, as `--output json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// The node explained for.
+    pub node: String,
+    /// The proxy mode whose rules were explained.
+    pub mode: String,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// The source.
+    pub from: String,
+    /// The destination.
+    pub to: String,
+    /// The service port matched (`ns/name:port`), if any.
+    pub service: Option<String>,
+    /// How it matched (`cluster IP`, `external IP`, `load-balancer IP`, `NodePort`).
+    pub frontend: Option<String>,
+    /// `dnat`, `reject`, `drop` or `accept` (no service rule applies).
+    pub verdict: String,
+    /// The endpoints a DNAT picks from.
+    pub endpoints: Vec<String>,
+    /// Whether the packet leaves with the node's address as source.
+    pub masquerade: bool,
+    /// Why, in the order the rules decide.
+    pub reasons: Vec<String>,
+    /// The service's other endpoints, and why this traffic does not use them.
+    pub unused_endpoints: Vec<Unused>,
+}
+
+/// Where the question's packet goes under `plan` (planned from `snapshot` for this node and
+/// `zone`); `local` are the node's own addresses (a packet from one is sent by the node).
+pub fn explain(
+    question: &Question,
+    plan: &ProxyPlan,
+    snapshot: &Snapshot,
+    zone: Option<&str>,
+    local: &[IpAddr],
+    mode: ProxyMode,
+) -> Explanation {
+    let is_node = |ip: &IpAddr| ip.is_loopback() || local.contains(ip);
+    let packet = Packet {
+        from: question.from,
+        to: question.to,
+        protocol: question.protocol,
+        from_node: is_node(&question.from),
+        to_node: is_node(&question.to.ip()),
+    };
+    let rules = match mode {
+        ProxyMode::Ipvs => Rules::Ipvs,
+        ProxyMode::Iptables | ProxyMode::Nftables | ProxyMode::Userspace => Rules::Iptables,
+    };
+    let traced = trace(plan, &packet, rules);
+    let unused = unused_endpoints(&traced, plan, snapshot, zone);
+    Explanation {
+        node: plan.node.node_name.clone(),
+        mode: mode.name().to_owned(),
+        protocol: question.protocol.as_lower().to_owned(),
+        from: question.from.to_string(),
+        to: question.to.to_string(),
+        service: traced.matched.as_ref().map(|m| m.name.to_string()),
+        frontend: traced
+            .matched
+            .as_ref()
+            .map(|m| m.frontend.name().to_owned()),
+        verdict: traced.verdict.to_string(),
+        endpoints: traced
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect(),
+        masquerade: traced.masquerade,
+        reasons: traced.reasons,
+        unused_endpoints: unused,
+    }
+}
+
+/// The matched service port's endpoints that the traced traffic does not use, with the
+/// planner's reasons (every endpoint, when the packet is not DNATed).
+fn unused_endpoints(
+    traced: &Trace,
+    plan: &ProxyPlan,
+    snapshot: &Snapshot,
+    zone: Option<&str>,
+) -> Vec<Unused> {
+    let Some(matched) = &traced.matched else {
+        return Vec::new();
+    };
+    let set = matched
+        .set
+        .unwrap_or(kproxy_dataplane::plan::EndpointSet::Cluster);
+    let uses: Vec<ExplainedEndpoint> = endpoint_uses(
+        snapshot,
+        &plan.node,
+        zone,
+        &matched.name,
+        matched.family,
+        set,
+    );
+    let dnat = traced.verdict == Verdict::Dnat;
+    uses.into_iter()
+        .filter_map(|u| {
+            let reason = match u.excluded {
+                Some(why) => why,
+                None if dnat => return None,
+                None => format!("the packet is not DNATed ({})", traced.verdict),
+            };
+            Some(Unused {
+                endpoint: u.addr.to_string(),
+                reason,
+            })
+        })
+        .collect()
+}
+
+impl Explanation {
+    /// The answer as text for a person.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} {} -> {} on node {} ({} mode)",
+            self.protocol, self.from, self.to, self.node, self.mode
+        );
+        let service = match (&self.service, &self.frontend) {
+            (Some(s), Some(f)) => format!("{s} (by its {f})"),
+            _ => "none".to_owned(),
+        };
+        let _ = writeln!(out, "  service:    {service}");
+        let verdict = match self.verdict.as_str() {
+            "dnat" => format!(
+                "DNAT to one of {} endpoint(s): {}",
+                self.endpoints.len(),
+                self.endpoints.join(", ")
+            ),
+            "reject" => "REJECT".to_owned(),
+            "drop" => "DROP".to_owned(),
+            _ => "untouched (no service rule applies)".to_owned(),
+        };
+        let _ = writeln!(out, "  verdict:    {verdict}");
+        let masquerade = if self.masquerade { "yes" } else { "no" };
+        let _ = writeln!(out, "  masquerade: {masquerade}");
+        let _ = writeln!(out, "  why:");
+        for reason in &self.reasons {
+            let _ = writeln!(out, "    - {reason}");
+        }
+        if !self.unused_endpoints.is_empty() {
+            let _ = writeln!(out, "  endpoints not used:");
+            for unused in &self.unused_endpoints {
+                let _ = writeln!(out, "    - {}: {}", unused.endpoint, unused.reason);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_parse_like_the_flags_say() {
+        let q = Question::parse("10.0.0.1", "10.96.0.10:53/udp").expect("valid");
+        assert_eq!(q.protocol, Protocol::Udp);
+        let q = Question::parse("fd00::1", "[fd00:96::a]:80").expect("valid");
+        assert_eq!((q.protocol, q.to.port()), (Protocol::Tcp, 80));
+        for (from, to, says) in [
+            ("10.0.0.x", "10.96.0.10:80", "--from"),
+            ("10.0.0.1", "10.96.0.10", "IP:PORT"),
+            ("10.0.0.1", "10.96.0.10:80/icmp", "protocol \"icmp\""),
+            ("10.0.0.1", "[fd00::1]:80", "different IP families"),
+        ] {
+            let err = Question::parse(from, to).expect_err(to).to_string();
+            assert!(err.contains(says), "{from} {to}: {err}");
+        }
+    }
+}
