@@ -174,6 +174,7 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let dataplane = backend(settings, families).await?;
     let health = ProxyHealth::new(settings.sync_period);
     let metrics = Metrics::new(settings.mode);
+    let (asker, questions) = crate::explain::channel();
     // Kept alive for the whole run; dropped (servers stopped) on exit.
     let _servers = servers::start(
         settings.healthz_bind_address,
@@ -181,6 +182,7 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         &health,
         &metrics,
         settings.configz(),
+        Some(asker),
         settings.bind_address_hard_fail,
     )?;
     // Other modes' leftovers go once this mode's rules are live, so that switching modes
@@ -197,6 +199,7 @@ async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         metrics,
         config_watch: ConfigFileWatch::new(settings.config_file.clone()),
         first_sync: Some(first_sync),
+        explain: questions,
     };
     sync::run(
         settings,

@@ -54,6 +54,68 @@ impl Question {
     }
 }
 
+/// A question to the running sync loop, answered from the plan it programmed last.
+#[derive(Debug)]
+pub struct Asked {
+    /// The question.
+    pub question: Question,
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<Explanation>,
+}
+
+/// How the metrics server asks the sync loop.
+pub type Asker = tokio::sync::mpsc::Sender<Asked>;
+
+/// A channel for [`Asked`] questions (a few may wait while a sync runs).
+pub fn channel() -> (Asker, tokio::sync::mpsc::Receiver<Asked>) {
+    tokio::sync::mpsc::channel(16)
+}
+
+/// Parses the query of `GET /explain?from=IP&to=IP:PORT[/PROTO][&output=json]`
+/// (percent-encoding allowed): the question and whether JSON is wanted.
+pub fn parse_query(query: &str) -> anyhow::Result<(Question, bool)> {
+    let (mut from, mut to, mut json) = (None, None, false);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)?;
+        match key {
+            "from" => from = Some(value),
+            "to" => to = Some(value),
+            "output" => match value.as_str() {
+                "json" => json = true,
+                "text" => json = false,
+                other => anyhow::bail!("output={other:?}: not text or json"),
+            },
+            other => anyhow::bail!("unknown parameter {other:?} (from, to, output)"),
+        }
+    }
+    let from = from.ok_or_else(|| anyhow::anyhow!("missing from=IP"))?;
+    let to = to.ok_or_else(|| anyhow::anyhow!("missing to=IP:PORT[/PROTO]"))?;
+    Ok((Question::parse(&from, &to)?, json))
+}
+
+/// `%XX` escapes and `+` decoded.
+fn percent_decode(s: &str) -> anyhow::Result<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                let byte = std::str::from_utf8(&hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .filter(|_| hex.len() == 2)
+                    .ok_or_else(|| anyhow::anyhow!("{s:?}: a bad %-escape"))?;
+                out.push(byte);
+            }
+            b'+' => out.push(b' '),
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).map_err(|_| anyhow::anyhow!("{s:?}: not UTF-8"))
+}
+
 /// An endpoint the packet's traffic does not use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unused {
@@ -221,6 +283,28 @@ impl Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_queries_parse_with_escapes() {
+        let (q, json) =
+            parse_query("from=fd00%3A%3A1&to=%5Bfd00%3A96%3A%3Aa%5D%3A53%2Fudp&output=json")
+                .expect("valid");
+        assert!(json);
+        assert_eq!((q.to.port(), q.protocol), (53, Protocol::Udp));
+        for (query, says) in [
+            ("to=10.96.0.10:80", "missing from"),
+            ("from=10.0.0.1", "missing to"),
+            ("from=10.0.0.1&to=10.96.0.10:80&x=1", "unknown parameter"),
+            (
+                "from=10.0.0.1&to=10.96.0.10:80&output=yaml",
+                "not text or json",
+            ),
+            ("from=10.0.0.%G1&to=10.96.0.10:80", "%-escape"),
+        ] {
+            let err = parse_query(query).expect_err(query).to_string();
+            assert!(err.contains(says), "{query}: {err}");
+        }
+    }
 
     #[test]
     fn questions_parse_like_the_flags_say() {

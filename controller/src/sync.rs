@@ -185,6 +185,8 @@ pub struct Observers {
     pub config_watch: crate::config::watch::ConfigFileWatch,
     /// Told once the first sync succeeded (the rules are live).
     pub first_sync: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Questions for `/explain`, answered between syncs from the last plan.
+    pub explain: tokio::sync::mpsc::Receiver<crate::explain::Asked>,
 }
 
 /// Network programming latency: from an EndpointSlice's
@@ -329,6 +331,26 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Answers an `/explain` question from the last plan (dropping the question, which
+    /// the server reports, before the first plan).
+    fn answer(&self, asked: crate::explain::Asked, mode: crate::cli::ProxyMode) {
+        let Some(planner) = &self.planner else {
+            return;
+        };
+        let local = HostAddresses::read().map(|h| h.all).unwrap_or_default();
+        let answer = crate::explain::explain(
+            &asked.question,
+            planner.plan(),
+            &self.snapshot,
+            planner.zone(),
+            &local,
+            mode,
+        );
+        let _ = asked.reply.send(answer);
+    }
+}
+
 /// Runs until SIGINT or SIGTERM, starting from `snapshot` (the source's first complete
 /// view). The rules stay in place when kproxy exits, as with kube-proxy: a restart must
 /// not interrupt traffic.
@@ -345,6 +367,7 @@ pub async fn run(
         metrics,
         mut config_watch,
         mut first_sync,
+        mut explain,
     } = observers;
     let mut schedule = Schedule::new(settings);
     let mut service_health = ServiceHealthServer::new();
@@ -374,6 +397,10 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             reason = config_watch.updated() => anyhow::bail!(reason),
+            Some(asked) = explain.recv() => {
+                pipeline.answer(asked, settings.mode);
+                continue;
+            }
         }
         let polled = Instant::now();
         if let Some(update) = source.poll() {

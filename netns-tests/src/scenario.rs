@@ -173,14 +173,36 @@ pub struct Explained {
 
 impl Cluster {
     /// What node `node`'s rules do to a TCP connection from `from` to `to`, as
-    /// `kproxy explain` says.
+    /// `kproxy explain` says; the running kproxy's `/explain` (on the default metrics
+    /// address) must say the same.
     pub fn explain(
         &self,
         node: usize,
         from: impl Into<std::net::IpAddr>,
         to: SocketAddr,
     ) -> anyhow::Result<Explained> {
-        let json = self.rig.explain(node, from.into(), &to.to_string())?;
+        let from = from.into();
+        let json = self.rig.explain(node, from, &to.to_string())?;
+        let metrics = SocketAddr::from(([127, 0, 0, 1], 10249));
+        let path = format!("/explain?from={from}&to={to}&output=json");
+        let (status, body) = crate::http::http_get(&self.rig.nodes[node].ns, metrics, &path)?;
+        anyhow::ensure!(status == 200, "GET {path} on node-{node}: {status} {body}");
+        let live: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("GET {path}: {body}"))?;
+        for key in [
+            "service",
+            "verdict",
+            "endpoints",
+            "masquerade",
+            "unused_endpoints",
+        ] {
+            anyhow::ensure!(
+                live[key] == json[key],
+                "{key}: kproxy explain says {}, the running kproxy's /explain {}",
+                json[key],
+                live[key]
+            );
+        }
         let text = |key: &str| json[key].as_str().unwrap_or_default().to_owned();
         let pods = json["endpoints"]
             .as_array()

@@ -92,6 +92,11 @@ impl Planner {
         &self.plan
     }
 
+    /// The zone it was planned for.
+    pub fn zone(&self) -> Option<&str> {
+        self.zone.as_deref()
+    }
+
     /// Re-plans the Services in `touched` (their object or one of their slices changed),
     /// or every Service when the node context or zone changed, and returns what changed.
     pub fn update(

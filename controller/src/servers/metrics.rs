@@ -506,6 +506,7 @@ fn register(i: &mut Inner) {
 struct Ctx {
     metrics: Metrics,
     configz: Arc<String>,
+    explain: Option<crate::explain::Asker>,
 }
 
 /// The metrics server's routes: `/metrics` (OpenMetrics when the `Accept` header asks
@@ -513,8 +514,13 @@ struct Ctx {
 /// `/configz` (`configz`: `{"kubeproxy.config.k8s.io": ..., "kproxy": ...}`), and
 /// `/healthz` and `/livez`
 /// answering `ok` (the metrics port's generic checks, as kube-proxy's; the proxy's real
-/// health is on the health server).
-pub fn router(metrics: Metrics, configz: serde_json::Value) -> Router {
+/// health is on the health server), and kproxy's `/explain?from=IP&to=IP:PORT[/PROTO]`
+/// (`&output=json`), answered by the sync loop through `explain`.
+pub fn router(
+    metrics: Metrics,
+    configz: serde_json::Value,
+    explain: Option<crate::explain::Asker>,
+) -> Router {
     let configz = configz.to_string();
     Router::new()
         .route("/metrics", get(metrics_text))
@@ -522,10 +528,49 @@ pub fn router(metrics: Metrics, configz: serde_json::Value) -> Router {
         .route("/configz", get(configz_json))
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
+        .route("/explain", get(explain_answer))
         .with_state(Ctx {
             metrics,
             configz: Arc::new(configz),
+            explain,
         })
+}
+
+/// How long `/explain` waits for the sync loop (which answers between syncs).
+const EXPLAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn explain_answer(
+    State(ctx): State<Ctx>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    use axum::http::StatusCode;
+    let (question, json) = match crate::explain::parse_query(query.as_deref().unwrap_or("")) {
+        Ok(parsed) => parsed,
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err:#}\n")).into_response(),
+    };
+    let unavailable =
+        |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    let Some(asker) = ctx.explain else {
+        return unavailable("this kproxy does not answer /explain");
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if asker
+        .send(crate::explain::Asked { question, reply })
+        .await
+        .is_err()
+    {
+        return unavailable("kproxy is shutting down");
+    }
+    match tokio::time::timeout(EXPLAIN_TIMEOUT, answer).await {
+        Ok(Ok(explanation)) if json => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string_pretty(&explanation).unwrap_or_default() + "\n",
+        )
+            .into_response(),
+        Ok(Ok(explanation)) => plain(explanation.to_text()),
+        Ok(Err(_)) => unavailable("kproxy has not planned yet: ask again after its first sync"),
+        Err(_) => unavailable("kproxy did not answer in 30 s (a sync is running)"),
+    }
 }
 
 async fn metrics_text(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {

@@ -513,7 +513,7 @@ async fn server_answers_every_route() {
     let server = serve(
         "metrics-bind-address",
         "127.0.0.1:0".parse().expect("addr"),
-        router(m, config),
+        router(m, config, None),
     )
     .expect("bind");
     let addr = server.local_addr();

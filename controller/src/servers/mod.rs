@@ -51,7 +51,7 @@ impl Drop for Servers {
 
 /// Starts the health server on `healthz_addr` and the metrics server on `metrics_addr`
 /// (`None` disables one, as an empty address does for kube-proxy). `configz` is the
-/// effective configuration `/configz` shows. A server that cannot bind is an error with
+/// effective configuration `/configz` shows, `explain` where `/explain` asks. A server that cannot bind is an error with
 /// `hard_fail` (`bindAddressHardFail`), else it is logged and tried again every
 /// [`BIND_RETRY`], as upstream. Must be called within a tokio runtime.
 pub fn start(
@@ -60,6 +60,7 @@ pub fn start(
     health: &ProxyHealth,
     metrics: &Metrics,
     configz: serde_json::Value,
+    explain: Option<crate::explain::Asker>,
     hard_fail: bool,
 ) -> Result<Servers, BindError> {
     let mut servers = Servers {
@@ -72,7 +73,7 @@ pub fn start(
         servers.health = servers.bind("healthz-bind-address", addr, router, hard_fail)?;
     }
     if let Some(addr) = metrics_addr {
-        let router = metrics::router(metrics.clone(), configz);
+        let router = metrics::router(metrics.clone(), configz, explain);
         servers.metrics = servers.bind("metrics-bind-address", addr, router, hard_fail)?;
     }
     Ok(servers)
@@ -120,11 +121,27 @@ mod tests {
         let metrics = Metrics::new(ProxyMode::Nftables);
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().ok();
-        let err = start(addr, None, &health, &metrics, serde_json::json!({}), true)
-            .expect_err("hard fail");
+        let err = start(
+            addr,
+            None,
+            &health,
+            &metrics,
+            serde_json::json!({}),
+            None,
+            true,
+        )
+        .expect_err("hard fail");
         assert!(err.to_string().contains("healthz-bind-address"), "{err}");
-        let servers = start(addr, None, &health, &metrics, serde_json::json!({}), false)
-            .expect("retries instead");
+        let servers = start(
+            addr,
+            None,
+            &health,
+            &metrics,
+            serde_json::json!({}),
+            None,
+            false,
+        )
+        .expect("retries instead");
         assert!(servers.health.is_none());
         assert_eq!(servers.retrying.len(), 1, "a task keeps trying");
     }
@@ -134,8 +151,16 @@ mod tests {
         let health = ProxyHealth::new(Duration::from_secs(30));
         let metrics = Metrics::new(ProxyMode::Nftables);
         let any = "127.0.0.1:0".parse().ok();
-        let servers =
-            start(any, any, &health, &metrics, serde_json::json!({}), true).expect("bind");
+        let servers = start(
+            any,
+            any,
+            &health,
+            &metrics,
+            serde_json::json!({}),
+            None,
+            true,
+        )
+        .expect("bind");
         let health_addr = servers.health.as_ref().map(ServerHandle::local_addr);
         let metrics_addr = servers.metrics.as_ref().map(ServerHandle::local_addr);
         let health_addr = health_addr.expect("health server");
@@ -150,8 +175,16 @@ mod tests {
             "{text}"
         );
 
-        let none =
-            start(None, None, &health, &metrics, serde_json::json!({}), true).expect("no-op");
+        let none = start(
+            None,
+            None,
+            &health,
+            &metrics,
+            serde_json::json!({}),
+            None,
+            true,
+        )
+        .expect("no-op");
         assert!(none.health.is_none() && none.metrics.is_none());
     }
 }
