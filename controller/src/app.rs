@@ -7,6 +7,7 @@ use crate::config::watch::ConfigFileWatch;
 use crate::dataplane::{backend, backend_error, cleanup_all, cleanup_other_modes, render};
 use crate::node::node_name;
 use crate::servers::{self, Metrics, ProxyHealth};
+use kproxy_dataplane::plan::IpFamily;
 use std::time::{Duration, Instant};
 
 use crate::source::{ConnectOptions, KubeSource, Loaded, ManifestWatcher};
@@ -239,7 +240,7 @@ async fn explain_command(settings: &Settings, args: &ExplainArgs) -> anyhow::Res
     let plan = crate::planner::plan(&loaded.snapshot, &node, zone.as_deref());
     let local = crate::node::HostAddresses::read()
         .map_err(|e| anyhow::anyhow!("cannot read this host's addresses: {e}"))?;
-    let answer = crate::explain::explain(
+    let mut answer = crate::explain::explain(
         &question,
         &plan,
         &loaded.snapshot,
@@ -247,10 +248,27 @@ async fn explain_command(settings: &Settings, args: &ExplainArgs) -> anyhow::Res
         &local.all,
         settings.mode,
     );
+    if args.live
+        && let Some(service) = &answer.service
+        && let Some(entry) = plan
+            .services
+            .iter()
+            .find(|s| s.name.to_string() == *service && s.family == IpFamily::of(&question.to.ip()))
+    {
+        let objects =
+            crate::dataplane::inspect_live(settings, &plan, &entry.name, entry.family).await?;
+        answer.live = Some(crate::explain::Live::of(&objects));
+    }
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         print!("{}", answer.to_text());
     }
-    Ok(ExitCode::SUCCESS)
+    // The kernel disagrees with the plan: a script can tell.
+    let disagrees = answer.live.as_ref().is_some_and(|l| !l.agrees);
+    Ok(if disagrees {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

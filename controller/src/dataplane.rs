@@ -178,6 +178,51 @@ pub async fn render(
     })
 }
 
+/// What the live kernel holds of `name`'s objects in `family`, next to what `plan` wants
+/// (`kproxy explain --live`), in the mode of `settings`.
+pub async fn inspect_live(
+    settings: &Settings,
+    plan: &ProxyPlan,
+    name: &kproxy_dataplane::plan::ServicePortName,
+    family: IpFamily,
+) -> anyhow::Result<Vec<kproxy_dataplane::live::LiveObject>> {
+    let Some(svc) = plan
+        .services
+        .iter()
+        .find(|s| s.name == *name && s.family == family)
+    else {
+        anyhow::bail!("{name} is not in this node's plan for {family}");
+    };
+    match settings.mode {
+        ProxyMode::Iptables => {
+            let backend = resolve_backend(settings.iptables_backend, family).await?;
+            let tool = IptablesTool { family, backend };
+            let options = RenderOptions {
+                random_fully: tool.supports_random_fully().await,
+                conntrack_tcp_be_liberal: conntrack_tcp_be_liberal(),
+                nfacct: kproxy_dataplane::iptables::nfacct::counters_exist(),
+            };
+            let expected = render_iptables(plan, family, &options)
+                .ok_or_else(|| anyhow::anyhow!("this node does not serve {family}"))?;
+            Ok(kproxy_dataplane::iptables::live::inspect(&tool, &expected, svc).await?)
+        }
+        ProxyMode::Nftables => {
+            let options = kproxy_dataplane::nftables::render::RenderOptions {
+                conntrack_tcp_be_liberal: conntrack_tcp_be_liberal(),
+            };
+            let expected = kproxy_dataplane::nftables::render::render(plan, family, &options, None)
+                .ok_or_else(|| anyhow::anyhow!("this node does not serve {family}"))?;
+            Ok(kproxy_dataplane::nftables::live::inspect(&expected, svc).await?)
+        }
+        ProxyMode::Ipvs => anyhow::bail!(
+            "--live is not available in IPVS mode yet: list the virtual server with ipvsadm -Ln"
+        ),
+        ProxyMode::Userspace => anyhow::bail!(
+            "--live is not available in userspace mode: the forwarder's table lives in the running kproxy (ask its /explain)"
+        ),
+    }
+}
+
 /// The rules and objects one mode leaves on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leftovers {

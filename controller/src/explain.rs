@@ -152,6 +152,28 @@ pub struct Explanation {
     pub reasons: Vec<String>,
     /// The service's other endpoints, and why this traffic does not use them.
     pub unused_endpoints: Vec<Unused>,
+    /// With `--live`: the kernel objects carrying the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<Live>,
+}
+
+/// The kernel's side of an explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Live {
+    /// The kernel holds every object as the plan wants it.
+    pub agrees: bool,
+    /// Each object with what the kernel has of it (`ok`, `MISSING`, `DIFFERENT`).
+    pub objects: Vec<String>,
+}
+
+impl Live {
+    /// The kernel's side from the mode's inspection.
+    pub fn of(objects: &[kproxy_dataplane::live::LiveObject]) -> Live {
+        Live {
+            agrees: objects.iter().all(|o| !o.disagrees()),
+            objects: objects.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// Where the question's packet goes under `plan` (planned from `snapshot` for this node and
@@ -198,6 +220,7 @@ pub fn explain(
         masquerade: traced.masquerade,
         reasons: traced.reasons,
         unused_endpoints: unused,
+        live: None,
     }
 }
 
@@ -274,6 +297,17 @@ impl Explanation {
             let _ = writeln!(out, "  endpoints not used:");
             for unused in &self.unused_endpoints {
                 let _ = writeln!(out, "    - {}: {}", unused.endpoint, unused.reason);
+            }
+        }
+        if let Some(live) = &self.live {
+            let verdict = if live.agrees {
+                "the kernel agrees with the plan"
+            } else {
+                "THE KERNEL DISAGREES WITH THE PLAN"
+            };
+            let _ = writeln!(out, "  kernel ({} mode): {verdict}", self.mode);
+            for object in &live.objects {
+                let _ = writeln!(out, "    {object}");
             }
         }
         out

@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod iptables;
 pub mod ipvs;
 pub mod lb;
+pub mod live;
 pub mod netlink;
 pub mod nftables;
 pub mod plan;

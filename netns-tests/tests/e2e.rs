@@ -581,6 +581,71 @@ fn terminating_fallback(mode: &str) -> Result {
     Ok(())
 }
 
+/// `kproxy explain --live` on a node: the kernel objects of a Service agree with the plan;
+/// after one is deleted behind kproxy's back (iptables: the cluster-IP rule in
+/// `KUBE-SERVICES`; nftables: its `service-ips` element), it says which one is missing,
+/// exits 3, and the probe fails as it says.
+fn explain_live_catches_tampering(mode: &str) -> Result {
+    let mut c = Cluster::start(mode, 2, 1, &[], &[])?;
+    c.apply(&web(vec![c.endpoint("pod-1-0")?]))?;
+    let vip = sock(ip(10, 96, 0, 10), 80);
+    let from = IpAddr::V4(c.pod_ip("pod-0-0")?);
+    let (status, json) = c.rig.explain_with(0, from, &vip.to_string(), &["--live"])?;
+    assert_eq!(status, 0, "{json:#}");
+    assert_eq!(json["live"]["agrees"], true, "{json:#}");
+    let objects = json["live"]["objects"].as_array().map_or(0, Vec::len);
+    assert!(
+        objects >= 3,
+        "the service's kernel objects are listed: {json:#}"
+    );
+
+    let node = &c.rig.nodes[0].ns;
+    if mode == "nftables" {
+        node.exec(
+            "nft",
+            &[
+                "delete",
+                "element",
+                "ip",
+                "kproxy",
+                "service-ips",
+                "{ 10.96.0.10 . tcp . 80 }",
+            ],
+        )?;
+    } else {
+        let save = node.exec("iptables-save", &["-t", "nat"])?;
+        let tampered =
+            |l: &&str| l.starts_with("-A KUBE-SERVICES") && l.contains("web:http cluster IP");
+        assert_eq!(save.lines().filter(tampered).count(), 1, "{save}");
+        let kept: String = save
+            .lines()
+            .filter(|l| !tampered(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = c.rig.dir.join("tampered-nat.rules");
+        std::fs::write(&file, kept)?;
+        node.exec("iptables-restore", &[&file.display().to_string()])?;
+    }
+    let (status, json) = c.rig.explain_with(0, from, &vip.to_string(), &["--live"])?;
+    assert_eq!(status, 3, "{json:#}");
+    assert_eq!(json["live"]["agrees"], false, "{json:#}");
+    let missing: Vec<&str> = json["live"]["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_str())
+        .filter(|o| o.starts_with("MISSING"))
+        .collect();
+    assert_eq!(missing.len(), 1, "exactly the deleted object: {json:#}");
+    let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, vip, 1);
+    assert_eq!(
+        hits.total(),
+        0,
+        "the tampered service no longer answers: {hits:?}"
+    );
+    Ok(())
+}
+
 /// An endpoint change is programmed on every node and traffic follows, within a bound.
 fn endpoint_change_follows(mode: &str) -> Result {
     let mut c = Cluster::start(mode, 3, 2, &[], &[])?;
@@ -815,6 +880,16 @@ fn ipvs_vip_does_not_expose_node_ports() -> Result {
     let hits = c.tcp_hits(c.pod_ns("pod-0-0")?, sock(ip(10, 96, 0, 10), 80), 3);
     assert_eq!(hits.failures, 0, "{hits:?}");
     Ok(())
+}
+
+#[test]
+fn explain_live_catches_tampering_iptables() -> Result {
+    explain_live_catches_tampering("iptables")
+}
+
+#[test]
+fn explain_live_catches_tampering_nftables() -> Result {
+    explain_live_catches_tampering("nftables")
 }
 
 /// A node switches between IPVS and nftables mode by restarting kproxy: each start removes

@@ -57,6 +57,11 @@ pub struct ExplainArgs {
     /// `text` for people, `json` for tools.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
+    /// Also read the kernel objects that carry the decision in this mode (iptables rules,
+    /// nftables map elements) and say where they disagree with the plan (exit status 3).
+    /// Run it on the node, where kproxy runs.
+    #[arg(long)]
+    pub live: bool,
     /// Proxy flags.
     #[command(flatten)]
     pub proxy: ProxyArgs,

@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod jumps;
+pub mod live;
 pub mod names;
 pub mod nfacct;
 pub mod proxier;

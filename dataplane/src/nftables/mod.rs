@@ -68,6 +68,7 @@
 //! `firewall-check` before DNAT.
 
 pub mod apply;
+pub mod live;
 pub mod names;
 pub mod proxier;
 pub mod render;

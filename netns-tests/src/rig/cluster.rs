@@ -116,22 +116,37 @@ impl Rig {
         from: IpAddr,
         to: &str,
     ) -> anyhow::Result<serde_json::Value> {
+        let (status, json) = self.explain_with(node, from, to, &[])?;
+        anyhow::ensure!(status == 0, "kproxy explain exited with {status}: {json}");
+        Ok(json)
+    }
+
+    /// `kproxy explain --output json EXTRA` on node `node` (as [`Rig::explain`]): its exit
+    /// status and its answer.
+    pub fn explain_with(
+        &self,
+        node: usize,
+        from: IpAddr,
+        to: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(i32, serde_json::Value)> {
         let run_args = self
             .kproxy_args
             .get(node)
             .with_context(|| format!("no kproxy started on node {node}"))?;
         let from = from.to_string();
         let mut args: Vec<&str> = vec!["explain", "--from", &from, "--to", to, "--output", "json"];
+        args.extend_from_slice(extra);
         args.extend(run_args.iter().map(String::as_str));
         let out = crate::kproxy::run(&self.nodes[node].ns, &args)?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "kproxy {args:?} failed ({}): {}",
+        let json = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "kproxy {args:?} ({}): {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        serde_json::from_slice(&out.stdout).context("kproxy explain's JSON")
+            )
+        })?;
+        Ok((out.status.code().unwrap_or(-1), json))
     }
 
     /// Stops every kproxy of the rig (their rules stay in place).
