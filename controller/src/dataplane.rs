@@ -214,9 +214,20 @@ pub async fn inspect_live(
                 .ok_or_else(|| anyhow::anyhow!("this node does not serve {family}"))?;
             Ok(kproxy_dataplane::nftables::live::inspect(&expected, svc).await?)
         }
-        ProxyMode::Ipvs => anyhow::bail!(
-            "--live is not available in IPVS mode yet: list the virtual server with ipvsadm -Ln"
-        ),
+        ProxyMode::Ipvs => {
+            let scheduler: Scheduler = settings
+                .ipvs_scheduler
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--ipvs-scheduler: {e}"))?;
+            let expected = render_ipvs(plan, family, &IpvsRenderOptions { scheduler })
+                .ok_or_else(|| anyhow::anyhow!("this node does not serve {family}"))?;
+            let owner = name.to_string();
+            let objects = tokio::task::spawn_blocking(move || {
+                kproxy_dataplane::ipvs::live::inspect(&expected, &owner)
+            })
+            .await??;
+            Ok(objects)
+        }
         ProxyMode::Userspace => anyhow::bail!(
             "--live is not available in userspace mode: the forwarder's table lives in the running kproxy (ask its /explain)"
         ),

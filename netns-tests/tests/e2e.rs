@@ -583,8 +583,8 @@ fn terminating_fallback(mode: &str) -> Result {
 
 /// `kproxy explain --live` on a node: the kernel objects of a Service agree with the plan;
 /// after one is deleted behind kproxy's back (iptables: the cluster-IP rule in
-/// `KUBE-SERVICES`; nftables: its `service-ips` element), it says which one is missing,
-/// exits 3, and the probe fails as it says.
+/// `KUBE-SERVICES`; nftables: its `service-ips` element; IPVS: its real server), it says
+/// which one is missing, exits 3, and the probe fails as it says.
 fn explain_live_catches_tampering(mode: &str) -> Result {
     let mut c = Cluster::start(mode, 2, 1, &[], &[])?;
     c.apply(&web(vec![c.endpoint("pod-1-0")?]))?;
@@ -600,7 +600,10 @@ fn explain_live_catches_tampering(mode: &str) -> Result {
     );
 
     let node = &c.rig.nodes[0].ns;
-    if mode == "nftables" {
+    if mode == "ipvs" {
+        let backend = format!("{}:{BACKEND_PORT}", c.pod_ip("pod-1-0")?);
+        node.exec("ipvsadm", &["-d", "-t", "10.96.0.10:80", "-r", &backend])?;
+    } else if mode == "nftables" {
         node.exec(
             "nft",
             &[
@@ -890,6 +893,12 @@ fn explain_live_catches_tampering_iptables() -> Result {
 #[test]
 fn explain_live_catches_tampering_nftables() -> Result {
     explain_live_catches_tampering("nftables")
+}
+
+#[cfg(feature = "ipvs-guest")]
+#[test]
+fn explain_live_catches_tampering_ipvs() -> Result {
+    explain_live_catches_tampering("ipvs")
 }
 
 /// A node switches between IPVS and nftables mode by restarting kproxy: each start removes

@@ -17,6 +17,7 @@ pub mod canary;
 pub mod diff;
 pub mod incremental;
 pub mod ipset;
+pub mod live;
 pub mod netlink;
 pub mod proxier;
 pub mod rules;
