@@ -161,20 +161,83 @@ pub async fn render(
                 .ipvs_scheduler
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--ipvs-scheduler: {e}"))?;
-            families
-                .into_iter()
-                .filter_map(|family| {
-                    let state = render_ipvs(plan, family, &IpvsRenderOptions { scheduler })?;
-                    Some((
-                        format!("{family}: IPVS virtual servers, ipsets and kube-ipvs0 addresses"),
-                        format!("{state:#?}\n"),
-                    ))
-                })
-                .collect()
+            let (_, random_fully) = iptables_binary(settings).await?;
+            let mut sections = Vec::new();
+            for family in families {
+                let Some(state) = render_ipvs(plan, family, &IpvsRenderOptions { scheduler })
+                else {
+                    continue;
+                };
+                sections.push((
+                    format!("{family}: IPVS virtual servers (as ipvsadm -Ln lists them)"),
+                    state.listing(),
+                ));
+                let addresses: String = state
+                    .bound_addresses
+                    .iter()
+                    .map(|ip| format!("{ip}\n"))
+                    .collect();
+                sections.push((
+                    format!(
+                        "{family}: addresses on {}",
+                        kproxy_dataplane::ipvs::state::DUMMY_INTERFACE
+                    ),
+                    addresses,
+                ));
+                sections.push((
+                    format!("{family}: ipset restore input"),
+                    kproxy_dataplane::ipvs::ipset::listing(&state.ipsets, family),
+                ));
+                let rules = kproxy_dataplane::ipvs::rules::render_rules(
+                    plan,
+                    family,
+                    kproxy_dataplane::ipvs::rules::RuleOptions { random_fully },
+                );
+                if let Some(rules) = rules {
+                    sections.push((
+                        format!("{family}: iptables-restore --noflush input"),
+                        rules.to_restore_text(),
+                    ));
+                }
+            }
+            sections
         }
-        ProxyMode::Userspace => anyhow::bail!(
-            "userspace mode programs no rules to print: it routes service addresses into its TUN device and balances in process"
-        ),
+        ProxyMode::Userspace => {
+            use kproxy_dataplane::userspace::changes::{Changes, Observed};
+            let config = userspace_config(settings)?;
+            let observed = Observed {
+                nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
+                ..Observed::default()
+            };
+            let changes = Changes::compute(plan, &config, &families, 0, observed);
+            let mut sections = vec![
+                (
+                    format!("the forwarder's table ({} balancing)", config.algorithm),
+                    changes.table.listing(),
+                ),
+                (
+                    format!(
+                        "routes and policy rules into {} (ip -batch input)",
+                        config.device
+                    ),
+                    format!("{}{}", changes.batch.adds.v4, changes.batch.adds.v6),
+                ),
+                (
+                    "reply steering (nft -f input)".to_owned(),
+                    changes.batch.nft_adds.clone(),
+                ),
+            ];
+            for change in &changes.nodeports {
+                sections.push((
+                    format!(
+                        "{}: NodePort and masquerade chains (iptables-restore --noflush input)",
+                        change.family
+                    ),
+                    change.chains.to_restore_text(),
+                ));
+            }
+            sections
+        }
     })
 }
 

@@ -33,8 +33,11 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the rules a full sync would program (iptables-restore input, per IP family),
-    /// without touching the kernel. Takes the same flags as running the proxy.
+    /// Print what a full sync would program, per IP family, without touching the kernel:
+    /// iptables-restore input (iptables), nft -f input (nftables), the virtual servers as
+    /// ipvsadm -Ln lists them with the kube-ipvs0 addresses, ipsets and iptables rules
+    /// (ipvs), the forwarder's table with its routes, reply steering and NodePort chains
+    /// (userspace). Takes the same flags as running the proxy.
     Render(ProxyArgs),
     /// Explain where a new connection goes on this node and why: the service port it
     /// matches and how, the verdict (DNAT, REJECT, DROP or untouched), the endpoints it may

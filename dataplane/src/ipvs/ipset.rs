@@ -212,6 +212,24 @@ fn create_line(name: &str, ty: &str, inet: &str) -> String {
     }
 }
 
+/// `entries` as `ipset restore` input that creates each set and adds its entries (what
+/// `kproxy render` prints).
+pub fn listing(entries: &IpsetEntries, family: IpFamily) -> String {
+    let inet = match family {
+        IpFamily::V4 => "inet",
+        IpFamily::V6 => "inet6",
+    };
+    let mut out = String::new();
+    for (set, members) in entries {
+        let name = set_name(set, family);
+        out.push_str(&create_line(&name, set_type(set), inet));
+        for member in members {
+            out.push_str(&format!("add {name} {member}\n"));
+        }
+    }
+    out
+}
+
 /// The `ipset restore` input that creates every set (if missing) and moves its entries
 /// from `current` (what the last sync wrote) to `wanted`. Returns the text and the number
 /// of entry lines.

@@ -130,6 +130,26 @@ pub struct IpvsState {
 }
 
 impl IpvsState {
+    /// The virtual servers as `ipvsadm -Ln` lists them (what `kproxy render` prints).
+    pub fn listing(&self) -> String {
+        let mut out = String::from(
+            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight\n",
+        );
+        for (key, vs) in &self.virtual_servers {
+            let persistent = if vs.service.timeout > 0 {
+                format!(" persistent {}", vs.service.timeout)
+            } else {
+                String::new()
+            };
+            let key = key.to_string().replacen(' ', "  ", 1);
+            out.push_str(&format!("{key:<27} {}{persistent}\n", vs.service.scheduler));
+            for (addr, weight) in &vs.real_servers {
+                out.push_str(&format!("  -> {:<28} Masq    {weight}\n", addr.to_string()));
+            }
+        }
+        out
+    }
+
     /// Real servers over all virtual servers.
     pub fn real_server_count(&self) -> usize {
         self.virtual_servers

@@ -398,3 +398,23 @@ fn source_ranges_health_checks_and_vip_filter() {
         assert!(section.contains(&format!("-X {target}\n")), "{target}");
     }
 }
+
+/// `kproxy render`'s listing reads like `ipvsadm -Ln`.
+#[test]
+fn virtual_servers_list_like_ipvsadm() {
+    let state = render(&plan(), IpFamily::V4, &opts(Scheduler::Rr)).expect("v4");
+    let listing = state.listing();
+    let expected = "\
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight
+TCP  10.96.0.10:80          rr persistent 10800
+  -> 10.244.0.11:8080             Masq    1
+  -> 10.244.1.12:8080             Masq    1
+TCP  192.168.0.10:30080     rr persistent 10800
+  -> 10.244.0.11:8080             Masq    1
+  -> 10.244.1.12:8080             Masq    1
+UDP  10.96.0.53:53          rr
+  -> 10.244.1.20:53               Masq    1
+";
+    assert_eq!(listing, expected);
+}

@@ -372,4 +372,14 @@ mod tests {
         );
         assert_eq!(next.bridge_table.map(|(b, _)| b.len()), Some(2));
     }
+
+    #[test]
+    fn the_table_lists_every_frontend_with_its_sets() {
+        let changes = compute(&web("10.0.0.5:8080", Some(30080)), unknown());
+        assert_eq!(
+            changes.table.listing(),
+            "tcp 169.254.42.2:30080 (ns1/web:http, external): cluster [10.0.0.5:8080] local []\n\
+             tcp 172.30.0.41:80 (ns1/web:http, internal): cluster [10.0.0.5:8080] local []\n"
+        );
+    }
 }

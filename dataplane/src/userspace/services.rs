@@ -131,6 +131,44 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
+    /// The table as text (what `kproxy render` prints): per frontend (`proto ip:port`,
+    /// sorted), its service port, whether traffic to it is external, and the backend sets.
+    pub fn listing(&self) -> String {
+        let mut frontends: Vec<(&(u8, IpAddr, u16), &Frontend)> = self.frontends.iter().collect();
+        frontends.sort_by_key(|(key, _)| **key);
+        let mut out = String::new();
+        for ((proto, ip, port), frontend) in frontends {
+            let Some(entry) = self.services.get(frontend.service as usize) else {
+                continue;
+            };
+            let proto = match *proto {
+                PROTO_TCP => "tcp",
+                PROTO_UDP => "udp",
+                _ => "?",
+            };
+            let traffic = if frontend.external {
+                "external"
+            } else {
+                "internal"
+            };
+            let set = |addrs: &[SocketAddr]| {
+                addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push_str(&format!(
+                "{proto} {} ({}, {traffic}): cluster [{}] local [{}]\n",
+                SocketAddr::new(*ip, *port),
+                entry.plan.name,
+                set(&entry.cluster.addrs),
+                set(&entry.local.addrs)
+            ));
+        }
+        out
+    }
+
     /// Builds the table for `plan`, balancing every set with `algorithm` (random seeded
     /// from `seed`). SCTP service ports are skipped; NodePorts are not served (see
     /// [`ServiceTable::build_with_nodeports`]).
