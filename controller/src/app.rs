@@ -238,14 +238,13 @@ async fn explain_command(settings: &Settings, args: &ExplainArgs) -> anyhow::Res
     let (loaded, _) = open_source(settings, &name, Some(API_SYNC_TIMEOUT), false).await?;
     let (node, zone) = sync::node_inputs(settings, &name, &loaded.snapshot)?;
     let plan = crate::planner::plan(&loaded.snapshot, &node, zone.as_deref());
-    let local = crate::node::HostAddresses::read()
-        .map_err(|e| anyhow::anyhow!("cannot read this host's addresses: {e}"))?;
+    let host = crate::explain::Host::read(question.from);
     let mut answer = crate::explain::explain(
         &question,
         &plan,
         &loaded.snapshot,
         zone.as_deref(),
-        &local.all,
+        &host,
         settings.mode,
     );
     if args.live

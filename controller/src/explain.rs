@@ -176,23 +176,45 @@ impl Live {
     }
 }
 
+/// What the node knows about where a question's packet comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    /// The node's own addresses (a packet from one is sent by the node).
+    pub addresses: Vec<IpAddr>,
+    /// The interface packets from the question's source arrive on, if known.
+    pub arrival_interface: Option<String>,
+}
+
+impl Host {
+    /// This host's addresses and the interface it routes `from` through.
+    pub fn read(from: IpAddr) -> Host {
+        Host {
+            addresses: crate::node::HostAddresses::read()
+                .map(|h| h.all)
+                .unwrap_or_default(),
+            arrival_interface: crate::node::route_interface(from),
+        }
+    }
+}
+
 /// Where the question's packet goes under `plan` (planned from `snapshot` for this node and
-/// `zone`); `local` are the node's own addresses (a packet from one is sent by the node).
+/// `zone`) on `host`.
 pub fn explain(
     question: &Question,
     plan: &ProxyPlan,
     snapshot: &Snapshot,
     zone: Option<&str>,
-    local: &[IpAddr],
+    host: &Host,
     mode: ProxyMode,
 ) -> Explanation {
-    let is_node = |ip: &IpAddr| ip.is_loopback() || local.contains(ip);
+    let is_node = |ip: &IpAddr| ip.is_loopback() || host.addresses.contains(ip);
     let packet = Packet {
         from: question.from,
         to: question.to,
         protocol: question.protocol,
         from_node: is_node(&question.from),
         to_node: is_node(&question.to.ip()),
+        in_interface: host.arrival_interface.clone(),
     };
     let rules = match mode {
         ProxyMode::Ipvs => Rules::Ipvs,

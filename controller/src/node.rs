@@ -21,6 +21,22 @@ pub struct HostAddresses {
     pub all: Vec<IpAddr>,
 }
 
+/// The interface this host routes `ip` through (`ip route get`), which is the interface
+/// packets from `ip` arrive on when routing is symmetric; `None` when unknown.
+pub fn route_interface(ip: std::net::IpAddr) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "route", "get", &ip.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "dev")?;
+    words.next().map(str::to_owned)
+}
+
 impl HostAddresses {
     /// Reads the addresses of the current network namespace.
     pub fn read() -> std::io::Result<Self> {

@@ -338,13 +338,13 @@ impl Pipeline {
         let Some(planner) = &self.planner else {
             return;
         };
-        let local = HostAddresses::read().map(|h| h.all).unwrap_or_default();
+        let host = crate::explain::Host::read(asked.question.from);
         let answer = crate::explain::explain(
             &asked.question,
             planner.plan(),
             &self.snapshot,
             planner.zone(),
-            &local,
+            &host,
             mode,
         );
         let _ = asked.reply.send(answer);

@@ -26,7 +26,7 @@ pub enum Rules {
 }
 
 /// A new connection as the node's rules see its first packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
     /// The source address.
     pub from: IpAddr,
@@ -40,6 +40,8 @@ pub struct Packet {
     /// The destination is one of the node's own addresses (`-m addrtype --dst-type LOCAL`:
     /// NodePorts answer there without `--nodeport-addresses`).
     pub to_node: bool,
+    /// The interface it arrives on (for local-traffic detection by interface), if known.
+    pub in_interface: Option<String>,
 }
 
 /// How a packet reached a service port.
@@ -156,7 +158,7 @@ pub fn trace(plan: &ProxyPlan, packet: &Packet, rules: Rules) -> Trace {
         frontend,
         set: None,
     });
-    let origin = origin(&fam.local_detector, packet.from);
+    let origin = origin(&fam.local_detector, packet);
     if frontend == Frontend::ClusterIp {
         internal(&mut trace, &plan.node, svc, origin, packet.from, rules);
     } else {
@@ -226,14 +228,23 @@ enum Origin {
     ByInterface,
 }
 
-/// What the family's local-traffic detector makes of the source.
-fn origin(detector: &LocalTrafficDetector, from: IpAddr) -> Origin {
+/// What the family's local-traffic detector makes of the packet.
+fn origin(detector: &LocalTrafficDetector, packet: &Packet) -> Origin {
+    let by_interface =
+        |matches: &dyn Fn(&str) -> bool| match (&packet.in_interface, packet.from_node) {
+            // The node's own packets come from no interface.
+            (_, true) => Origin::Other,
+            (Some(iface), false) if matches(iface) => Origin::Pod,
+            (Some(_), false) => Origin::Other,
+            (None, false) => Origin::ByInterface,
+        };
     match detector {
         LocalTrafficDetector::None => Origin::Undetected,
-        LocalTrafficDetector::ClusterCidr(cidr) if cidr.contains(&from) => Origin::Pod,
+        LocalTrafficDetector::ClusterCidr(cidr) if cidr.contains(&packet.from) => Origin::Pod,
         LocalTrafficDetector::ClusterCidr(_) => Origin::Other,
-        LocalTrafficDetector::BridgeInterface(_) | LocalTrafficDetector::InterfaceNamePrefix(_) => {
-            Origin::ByInterface
+        LocalTrafficDetector::BridgeInterface(name) => by_interface(&|iface| iface == name),
+        LocalTrafficDetector::InterfaceNamePrefix(prefix) => {
+            by_interface(&|iface| iface.starts_with(prefix.as_str()))
         }
     }
 }
@@ -260,11 +271,13 @@ fn internal(
     match origin {
         Origin::Other => mark(
             trace,
-            &format!("the source {from} is not traffic of this cluster's pods"),
+            &format!(
+                "the source {from} is not traffic of this cluster's pods (local-traffic detection)"
+            ),
         ),
         Origin::ByInterface => trace.reasons.push(
             "masqueraded unless the packet arrives on a pod interface (local-traffic \
-             detection by interface)"
+             detection by interface; the interface is not known)"
                 .into(),
         ),
         Origin::Undetected => trace.reasons.push(
@@ -350,7 +363,8 @@ fn external(
     if origin == Origin::ByInterface && rules == Rules::Iptables {
         trace.reasons.push(
             "a packet arriving on a pod interface would bypass externalTrafficPolicy: Local \
-             (local-traffic detection by interface); traced as arriving from outside"
+             (local-traffic detection by interface; the interface is not known); traced as \
+             arriving from outside"
                 .into(),
         );
     }

@@ -181,8 +181,19 @@ impl Cluster {
         from: impl Into<std::net::IpAddr>,
         to: SocketAddr,
     ) -> anyhow::Result<Explained> {
+        self.explain_to(node, from, &to.to_string())
+    }
+
+    /// [`Cluster::explain`] for any destination `kproxy explain --to` takes
+    /// (`IP:PORT[/PROTO]`).
+    pub fn explain_to(
+        &self,
+        node: usize,
+        from: impl Into<std::net::IpAddr>,
+        to: &str,
+    ) -> anyhow::Result<Explained> {
         let from = from.into();
-        let json = self.rig.explain(node, from, &to.to_string())?;
+        let json = self.rig.explain(node, from, to)?;
         let metrics = SocketAddr::from(([127, 0, 0, 1], 10249));
         let path = format!("/explain?from={from}&to={to}&output=json");
         let (status, body) = crate::http::http_get(&self.rig.nodes[node].ns, metrics, &path)?;

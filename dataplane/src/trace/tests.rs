@@ -29,6 +29,7 @@ fn tcp(from: &str, to: &str) -> Packet {
         protocol: Protocol::Tcp,
         from_node: false,
         to_node: false,
+        in_interface: None,
     }
 }
 
@@ -202,5 +203,27 @@ fn ipvs_refuses_where_the_iptables_layout_drops_and_does_not_exempt_pods() {
     assert_eq!(
         super::trace(&detecting, &pod, Rules::Ipvs).endpoints.len(),
         1
+    );
+}
+
+#[test]
+fn detection_by_interface_uses_the_arrival_interface() {
+    let mut p = scenarios();
+    if let Some(v4) = p.node.ipv4.as_mut() {
+        v4.local_detector = LocalTrafficDetector::BridgeInterface("cbr0".into());
+    }
+    let from = |iface: Option<&str>| Packet {
+        in_interface: iface.map(str::to_owned),
+        ..tcp("192.168.7.7", "172.30.0.41:80")
+    };
+    assert!(!trace(&p, &from(Some("cbr0"))).masquerade, "pod traffic");
+    assert!(trace(&p, &from(Some("eth0"))).masquerade, "other traffic");
+    let unknown = trace(&p, &from(None));
+    assert!(
+        unknown
+            .reasons
+            .iter()
+            .any(|r| r.contains("interface is not known")),
+        "{unknown:#?}"
     );
 }
