@@ -291,9 +291,19 @@ pub async fn inspect_live(
             .await??;
             Ok(objects)
         }
-        ProxyMode::Userspace => anyhow::bail!(
-            "--live is not available in userspace mode: the forwarder's table lives in the running kproxy (ask its /explain)"
-        ),
+        ProxyMode::Userspace => {
+            use kproxy_dataplane::userspace::changes::{Changes, Observed};
+            let config = userspace_config(settings)?;
+            let families: Vec<IpFamily> = plan.node.families().collect();
+            let observed = Observed {
+                nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
+                ..Observed::default()
+            };
+            let changes = Changes::compute(plan, &config, &families, 0, observed);
+            let backend = resolve_backend(settings.iptables_backend, family).await?;
+            let tool = IptablesTool { family, backend };
+            Ok(kproxy_dataplane::userspace::live::inspect(&changes, &config, &tool, svc).await?)
+        }
     }
 }
 

@@ -606,8 +606,9 @@ fn terminating_fallback(mode: &str) -> Result {
 
 /// `kproxy explain --live` on a node: the kernel objects of a Service agree with the plan;
 /// after one is deleted behind kproxy's back (iptables: the cluster-IP rule in
-/// `KUBE-SERVICES`; nftables: its `service-ips` element; IPVS: its real server), it says
-/// which one is missing, exits 3, and the probe fails as it says.
+/// `KUBE-SERVICES`; nftables: its `service-ips` element; IPVS: its real server;
+/// userspace: the host route of its cluster IP into the TUN device), it says which one is
+/// missing, exits 3, and the probe fails as it says.
 fn explain_live_catches_tampering(mode: &str) -> Result {
     let mut c = Cluster::start(mode, 2, 1, &[], &[])?;
     c.apply(&web(vec![c.endpoint("pod-1-0")?]))?;
@@ -623,7 +624,9 @@ fn explain_live_catches_tampering(mode: &str) -> Result {
     );
 
     let node = &c.rig.nodes[0].ns;
-    if mode == "ipvs" {
+    if mode == "userspace" {
+        node.ip(&["route", "del", "10.96.0.10/32", "dev", "kproxy0"])?;
+    } else if mode == "ipvs" {
         let backend = format!("{}:{BACKEND_PORT}", c.pod_ip("pod-1-0")?);
         node.exec("ipvsadm", &["-d", "-t", "10.96.0.10:80", "-r", &backend])?;
     } else if mode == "nftables" {
@@ -923,6 +926,11 @@ fn explain_live_catches_tampering_iptables() -> Result {
 #[test]
 fn explain_live_catches_tampering_nftables() -> Result {
     explain_live_catches_tampering("nftables")
+}
+
+#[test]
+fn explain_live_catches_tampering_userspace() -> Result {
+    explain_live_catches_tampering("userspace")
 }
 
 #[cfg(feature = "ipvs-guest")]

@@ -61,7 +61,8 @@ pub struct ExplainArgs {
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
     /// Also read the kernel objects that carry the decision in this mode (iptables rules,
-    /// nftables map elements) and say where they disagree with the plan (exit status 3).
+    /// nftables map elements, IPVS virtual and real servers, userspace routes, NodePort
+    /// rules and reply steering) and say where they disagree with the plan (exit status 3).
     /// Run it on the node, where kproxy runs.
     #[arg(long)]
     pub live: bool,

@@ -69,7 +69,7 @@ fn own_chains(svc: &ServicePortPlan) -> Vec<String> {
 }
 
 /// `iptables -C`: whether the kernel has the rule.
-async fn check(
+pub(crate) async fn check(
     tool: &IptablesTool,
     table: Table,
     chain: &str,

@@ -18,7 +18,7 @@ use super::table::NftTable;
 const NFT: Tool<'static> = Tool::new("nft", "nftables");
 
 /// Elements by set or map name: `(key, value)`, value empty for a set.
-type Listed = BTreeMap<String, Vec<(String, String)>>;
+pub(crate) type Listed = BTreeMap<String, Vec<(String, String)>>;
 
 /// The elements of `svc` in `expected` (the family's rendered table), each with what the
 /// kernel has of it.
@@ -147,7 +147,7 @@ fn compare(expected: &NftTable, svc: &ServicePortPlan, listed: &Listed) -> Vec<L
 }
 
 /// The elements of every set and map in `nft list table` output.
-fn parse_listing(text: &str) -> Listed {
+pub(crate) fn parse_listing(text: &str) -> Listed {
     let mut listed = Listed::new();
     let mut current: Option<String> = None;
     let mut collecting: Option<String> = None;

@@ -43,6 +43,7 @@ pub mod conntrack;
 pub mod device;
 pub mod forwarder;
 pub mod icmp;
+pub mod live;
 pub mod nodeports;
 pub mod packet;
 pub mod proxier;

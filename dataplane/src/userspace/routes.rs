@@ -262,7 +262,7 @@ impl FamilyBatches {
 }
 
 /// The reply set of a family.
-fn reply_set(family: IpFamily) -> &'static str {
+pub fn reply_set(family: IpFamily) -> &'static str {
     match family {
         IpFamily::V4 => "replies4",
         IpFamily::V6 => "replies6",
