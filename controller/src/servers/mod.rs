@@ -115,33 +115,34 @@ mod tests {
     use crate::cli::ProxyMode;
     use std::time::Duration;
 
+    /// [`start`] without a configuration to show or questions to answer.
+    fn start_plain(
+        healthz: Option<std::net::SocketAddr>,
+        metrics_addr: Option<std::net::SocketAddr>,
+        health: &ProxyHealth,
+        metrics: &Metrics,
+        hard_fail: bool,
+    ) -> Result<Servers, BindError> {
+        start(
+            healthz,
+            metrics_addr,
+            health,
+            metrics,
+            serde_json::json!({}),
+            None,
+            hard_fail,
+        )
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_taken_port_fails_only_with_hard_fail() {
         let health = ProxyHealth::new(Duration::from_secs(30));
         let metrics = Metrics::new(ProxyMode::Nftables);
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().ok();
-        let err = start(
-            addr,
-            None,
-            &health,
-            &metrics,
-            serde_json::json!({}),
-            None,
-            true,
-        )
-        .expect_err("hard fail");
+        let err = start_plain(addr, None, &health, &metrics, true).expect_err("hard fail");
         assert!(err.to_string().contains("healthz-bind-address"), "{err}");
-        let servers = start(
-            addr,
-            None,
-            &health,
-            &metrics,
-            serde_json::json!({}),
-            None,
-            false,
-        )
-        .expect("retries instead");
+        let servers = start_plain(addr, None, &health, &metrics, false).expect("retries instead");
         assert!(servers.health.is_none());
         assert_eq!(servers.retrying.len(), 1, "a task keeps trying");
     }
@@ -151,16 +152,7 @@ mod tests {
         let health = ProxyHealth::new(Duration::from_secs(30));
         let metrics = Metrics::new(ProxyMode::Nftables);
         let any = "127.0.0.1:0".parse().ok();
-        let servers = start(
-            any,
-            any,
-            &health,
-            &metrics,
-            serde_json::json!({}),
-            None,
-            true,
-        )
-        .expect("bind");
+        let servers = start_plain(any, any, &health, &metrics, true).expect("bind");
         let health_addr = servers.health.as_ref().map(ServerHandle::local_addr);
         let metrics_addr = servers.metrics.as_ref().map(ServerHandle::local_addr);
         let health_addr = health_addr.expect("health server");
@@ -175,16 +167,7 @@ mod tests {
             "{text}"
         );
 
-        let none = start(
-            None,
-            None,
-            &health,
-            &metrics,
-            serde_json::json!({}),
-            None,
-            true,
-        )
-        .expect("no-op");
+        let none = start_plain(None, None, &health, &metrics, true).expect("no-op");
         assert!(none.health.is_none() && none.metrics.is_none());
     }
 }
