@@ -687,6 +687,8 @@ fn endpoint_change_follows(mode: &str) -> Result {
     assert!(took < Duration::from_secs(5), "bounded: {took:?}");
     let hits = c.tcp_hits(c.pod_ns("pod-0-1")?, vip, 8);
     assert_eq!(backends_hit(&hits), names(&["pod-2-1"]), "{hits:?}");
+    let e = c.explain(0, c.pod_ip("pod-0-1")?, vip)?;
+    assert_eq!(e.pods, names(&["pod-2-1"]), "{:#}", e.json);
     Ok(())
 }
 
@@ -760,6 +762,8 @@ fn udp_flow_leaves_removed_endpoint(mode: &str) -> Result {
         .ok_or_else(|| anyhow::anyhow!("{first} is not an endpoint"))?;
     spec.endpoints = vec![c.endpoint(remaining)?];
     c.apply(&spec)?;
+    let e = c.explain_to(0, c.pod_ip("pod-0-0")?, "10.96.0.53:53/udp")?;
+    assert_eq!(e.pods, names(&[remaining]), "{:#}", e.json);
     let mut answers = Vec::new();
     for _ in 0..10 {
         // A datagram may be lost while the old flow ends (IPVS drops the packet that finds
@@ -807,6 +811,21 @@ fn dnat_off_source_is_detected(mode: &str) -> Result {
     assert!(
         !c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &targets, 10)?,
         "a probe leaving node-0 with the ClusterIP must be reported"
+    );
+    // explain --live on node-0 sees that the kernel has none of the Service's objects.
+    let from = IpAddr::V4(c.pod_ip("pod-0-0")?);
+    let (status, json) = c.rig.explain_with(0, from, "10.96.0.10:80", &["--live"])?;
+    assert_eq!(status, 3, "{json:#}");
+    let objects = json["live"]["objects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !objects.is_empty()
+            && objects
+                .iter()
+                .all(|o| o.as_str().is_some_and(|o| o.starts_with("MISSING"))),
+        "everything is gone after --cleanup: {json:#}"
     );
     Ok(())
 }
