@@ -218,7 +218,8 @@ pub fn explain(
     };
     let rules = match mode {
         ProxyMode::Ipvs => Rules::Ipvs,
-        ProxyMode::Iptables | ProxyMode::Nftables | ProxyMode::Userspace => Rules::Iptables,
+        ProxyMode::Nftables => Rules::Nftables,
+        ProxyMode::Iptables | ProxyMode::Userspace => Rules::Iptables,
     };
     let traced = trace(plan, &packet, rules);
     let unused = unused_endpoints(&traced, plan, snapshot, zone);

@@ -15,13 +15,18 @@ use crate::plan::{
 /// Where a mode's rules differ from upstream's iptables layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Rules {
-    /// The iptables layout; nftables and userspace mode decide the same.
+    /// The iptables layout; userspace mode decides the same.
     #[default]
     Iptables,
+    /// nftables, as upstream's nftables mode: the iptables layout's decisions, and traffic
+    /// to a cluster IP on a port no service has is rejected, to an unallocated address of
+    /// a service CIDR dropped.
+    Nftables,
     /// IPVS: a virtual server without real servers for the traffic answers ICMP port
-    /// unreachable (a refusal, where the iptables layout drops), and pod traffic is not
+    /// unreachable (a refusal, where the iptables layout drops), pod traffic is not
     /// exempt from `externalTrafficPolicy: Local` (the detector only decides cluster-IP
-    /// masquerading), as upstream's IPVS mode.
+    /// masquerading), and new connections to another port of an address bound to
+    /// `kube-ipvs0` are rejected (`KUBE-IPVS-FILTER`), as upstream's IPVS mode.
     Ipvs,
 }
 
@@ -143,6 +148,7 @@ pub fn trace(plan: &ProxyPlan, packet: &Packet, rules: Rules) -> Trace {
             packet.protocol.as_lower(),
             packet.to
         ));
+        unmatched(&mut trace, plan, fam, packet, rules);
         return trace;
     };
     trace.reasons.push(format!(
@@ -168,6 +174,51 @@ pub fn trace(plan: &ProxyPlan, packet: &Packet, rules: Rules) -> Trace {
         dnat_details(&mut trace, svc, packet);
     }
     trace
+}
+
+/// What the mode does with a packet no service port captures: nftables rejects it on a
+/// cluster IP and drops it on an unallocated address of a service CIDR; IPVS rejects a new
+/// connection to an address bound to `kube-ipvs0`; else it goes on untouched.
+fn unmatched(
+    trace: &mut Trace,
+    plan: &ProxyPlan,
+    fam: &FamilyContext,
+    packet: &Packet,
+    rules: Rules,
+) {
+    let ip = packet.to.ip();
+    let family = IpFamily::of(&ip);
+    let mut services = plan.services_of(family);
+    match rules {
+        Rules::Nftables => {
+            if services.any(|s| s.cluster_ip == ip) {
+                trace.verdict = Verdict::Reject;
+                trace.reasons.push(format!(
+                    "{ip} is a cluster IP: traffic to its other ports is rejected"
+                ));
+            } else if let Some(cidr) = fam.service_cidrs.iter().find(|c| c.contains(&ip)) {
+                trace.verdict = Verdict::Drop;
+                trace.reasons.push(format!(
+                    "{ip} is an unallocated address of the service CIDR {cidr}: dropped"
+                ));
+            }
+        }
+        Rules::Ipvs => {
+            let bound = services.any(|s| {
+                s.cluster_ip == ip
+                    || s.external_ips.contains(&ip)
+                    || s.load_balancer_ips.contains(&ip)
+            });
+            if bound {
+                trace.verdict = Verdict::Reject;
+                trace.reasons.push(format!(
+                    "{ip} is bound to kube-ipvs0: new connections to its other ports are \
+                     rejected (KUBE-IPVS-FILTER)"
+                ));
+            }
+        }
+        Rules::Iptables => {}
+    }
 }
 
 /// The service port whose rules capture the packet, and how: cluster IPs, external IPs and
@@ -342,7 +393,7 @@ fn external(
         );
         return;
     }
-    if origin == Origin::Pod && rules == Rules::Iptables {
+    if origin == Origin::Pod && rules != Rules::Ipvs {
         trace.reasons.push(format!(
             "the source {} is pod traffic (local-traffic detection): it bypasses \
              externalTrafficPolicy: Local",
@@ -360,7 +411,7 @@ fn external(
         use_set(trace, svc, EndpointSet::Cluster, "cluster");
         return;
     }
-    if origin == Origin::ByInterface && rules == Rules::Iptables {
+    if origin == Origin::ByInterface && rules != Rules::Ipvs {
         trace.reasons.push(
             "a packet arriving on a pod interface would bypass externalTrafficPolicy: Local \
              (local-traffic detection by interface; the interface is not known); traced as \

@@ -115,6 +115,18 @@ fn cluster_ip(mode: &str) -> Result {
         c.dnat_on_source("pod-0-0", dst, ProbeProtocol::TcpSyn, &endpoints, 20)?,
         "TCP DNAT on the source node"
     );
+    // Another port of the cluster IP: refused exactly where explain says rejected
+    // (nftables and IPVS mode), not answered elsewhere.
+    let other_port = sock(ip(10, 96, 0, 10), 81);
+    let outcome = try_ask(c.pod_ns("pod-0-0")?, None, other_port, DROP_TIMEOUT);
+    let e = c.explain(0, c.pod_ip("pod-0-0")?, other_port)?;
+    assert_eq!(
+        e.verdict == "reject",
+        matches!(outcome, Outcome::Refused),
+        "{outcome:?}: {:#}",
+        e.json
+    );
+    assert!(!matches!(outcome, Outcome::Replied(_)), "{outcome:?}");
     Ok(())
 }
 

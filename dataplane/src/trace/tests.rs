@@ -227,3 +227,23 @@ fn detection_by_interface_uses_the_arrival_interface() {
         "{unknown:#?}"
     );
 }
+
+#[test]
+fn other_ports_of_service_addresses_per_mode() {
+    let p = scenarios();
+    let other_port = tcp("10.0.5.5", "172.30.0.41:81");
+    let unallocated = tcp("10.0.5.5", "172.30.9.9:80");
+    let verdict = |packet: &Packet, rules| super::trace(&p, packet, rules).verdict;
+    assert_eq!(verdict(&other_port, Rules::Iptables), Verdict::Accept);
+    assert_eq!(verdict(&other_port, Rules::Nftables), Verdict::Reject);
+    assert_eq!(verdict(&other_port, Rules::Ipvs), Verdict::Reject);
+    assert_eq!(verdict(&unallocated, Rules::Iptables), Verdict::Accept);
+    assert_eq!(verdict(&unallocated, Rules::Nftables), Verdict::Drop);
+    assert_eq!(verdict(&unallocated, Rules::Ipvs), Verdict::Accept);
+    let external_other_port = tcp("198.51.100.1", "203.0.113.7:80");
+    assert_eq!(verdict(&external_other_port, Rules::Ipvs), Verdict::Reject);
+    assert_eq!(
+        verdict(&external_other_port, Rules::Nftables),
+        Verdict::Accept
+    );
+}
