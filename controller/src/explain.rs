@@ -59,6 +59,9 @@ impl Question {
 pub struct Asked {
     /// The question.
     pub question: Question,
+    /// What the host says about its source (read by the asker, so that the sync loop does
+    /// no I/O for it).
+    pub host: Host,
     /// Where the answer goes.
     pub reply: tokio::sync::oneshot::Sender<Explanation>,
 }

@@ -338,13 +338,12 @@ impl Pipeline {
         let Some(planner) = &self.planner else {
             return;
         };
-        let host = crate::explain::Host::read(asked.question.from);
         let answer = crate::explain::explain(
             &asked.question,
             planner.plan(),
             &self.snapshot,
             planner.zone(),
-            &host,
+            &asked.host,
             mode,
         );
         let _ = asked.reply.send(answer);

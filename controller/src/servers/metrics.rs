@@ -553,9 +553,17 @@ async fn explain_answer(
     let Some(asker) = ctx.explain else {
         return unavailable("this kproxy does not answer /explain");
     };
+    let from = question.from;
+    let host = tokio::task::spawn_blocking(move || crate::explain::Host::read(from))
+        .await
+        .unwrap_or_default();
     let (reply, answer) = tokio::sync::oneshot::channel();
     if asker
-        .send(crate::explain::Asked { question, reply })
+        .send(crate::explain::Asked {
+            question,
+            host,
+            reply,
+        })
         .await
         .is_err()
     {
