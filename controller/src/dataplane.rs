@@ -285,8 +285,11 @@ pub async fn inspect_live(
             let expected = render_ipvs(plan, family, &IpvsRenderOptions { scheduler })
                 .ok_or_else(|| anyhow::anyhow!("this node does not serve {family}"))?;
             let owner = name.to_string();
-            let objects = tokio::task::spawn_blocking(move || {
-                kproxy_dataplane::ipvs::live::inspect(&expected, &owner)
+            let (plan, svc) = (plan.clone(), svc.clone());
+            let objects = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let mut objects = kproxy_dataplane::ipvs::live::inspect(&expected, &owner)?;
+                objects.extend(kproxy_dataplane::ipvs::live::inspect_bindings(&plan, &svc)?);
+                Ok(objects)
             })
             .await??;
             Ok(objects)
