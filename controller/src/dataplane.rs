@@ -203,13 +203,9 @@ pub async fn render(
             sections
         }
         ProxyMode::Userspace => {
-            use kproxy_dataplane::userspace::changes::{Changes, Observed};
             let config = userspace_config(settings)?;
-            let observed = Observed {
-                nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
-                ..Observed::default()
-            };
-            let changes = Changes::compute(plan, &config, &families, 0, observed);
+            let changes =
+                kproxy_dataplane::userspace::changes::Changes::full(plan, &config, &families);
             let mut sections = vec![
                 (
                     format!("the forwarder's table ({} balancing)", config.algorithm),
@@ -295,14 +291,10 @@ pub async fn inspect_live(
             Ok(objects)
         }
         ProxyMode::Userspace => {
-            use kproxy_dataplane::userspace::changes::{Changes, Observed};
             let config = userspace_config(settings)?;
             let families: Vec<IpFamily> = plan.node.families().collect();
-            let observed = Observed {
-                nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
-                ..Observed::default()
-            };
-            let changes = Changes::compute(plan, &config, &families, 0, observed);
+            let changes =
+                kproxy_dataplane::userspace::changes::Changes::full(plan, &config, &families);
             let backend = resolve_backend(settings.iptables_backend, family).await?;
             let tool = IptablesTool { family, backend };
             Ok(kproxy_dataplane::userspace::live::inspect(&changes, &config, &tool, svc).await?)

@@ -174,6 +174,16 @@ impl Changes {
         }
     }
 
+    /// What a full sync of `plan` writes onto a host where nothing is known (for
+    /// `kproxy render` and `explain --live`, which run beside, not inside, a proxier).
+    pub fn full(plan: &ProxyPlan, config: &UserspaceConfig, families: &[IpFamily]) -> Changes {
+        let observed = Observed {
+            nodeport_chains: families.iter().map(|f| (*f, None)).collect(),
+            ..Observed::default()
+        };
+        Changes::compute(plan, config, families, 0, observed)
+    }
+
     /// What the sync reports per family (each its own routes and rules, so dual-stack
     /// metrics do not count one family's objects twice); `took` is set once applied.
     pub fn reports(&self, families: &[IpFamily]) -> Vec<SyncReport> {
