@@ -120,12 +120,29 @@ pub fn udp_ask_here(addr: SocketAddr) -> anyhow::Result<Reply> {
     ask(0, addr)
 }
 
+/// Binds the client socket. A fixed port may still be held for a moment by a socket the
+/// namespace's stack has not released (a bind failed once with EADDRINUSE between two asks
+/// that had both returned): try again, at most 20 times over 1 s.
+fn bind_client(local: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let mut tries = 0;
+    loop {
+        match UdpSocket::bind(local) {
+            Ok(socket) => return Ok(socket),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("bind udp client {local}")),
+        }
+    }
+}
+
 fn ask(local_port: u16, addr: SocketAddr) -> anyhow::Result<Reply> {
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, local_port).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, local_port).into(),
     };
-    let socket = UdpSocket::bind(local).with_context(|| format!("bind udp client {local}"))?;
+    let socket = bind_client(local)?;
     let mut buf = [0u8; 2048];
     socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     for _ in 0..ATTEMPTS {
